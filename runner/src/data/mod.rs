@@ -1,0 +1,3 @@
+//! Data: the reference assets (model and corpus) and the Brown corpus as text.
+pub mod assets;
+pub mod corpus;
