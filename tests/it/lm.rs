@@ -571,3 +571,170 @@ fn real_model_end_to_end() {
     assert!((m.loss_recovered - 1.0).abs() < 1e-9);
     assert!(m.kl_div.abs() < 1e-6);
 }
+
+// ---------------------------------------------------------------- harvest, loss recovered, features
+
+use saeperf_kernels::{Arch, Sae, SaeCfg};
+use saeperf_runner::data::actset::ActivationSet;
+use saeperf_runner::lm::features::{feature_report, FeatureOptions};
+use saeperf_runner::lm::harvest::{prepare, PrepareOutcome, PrepareParams};
+
+/// A dictionary that reconstructs exactly (`relu(x) - relu(-x) = x`), or nothing at all.
+fn identity_sae(d: usize, scaling_factor: f32, exact: bool) -> Sae {
+    let fsz = 2 * d;
+    let mut w_enc = vec![0f32; d * fsz];
+    let mut w_dec = vec![0f32; fsz * d];
+    if exact {
+        for j in 0..d {
+            w_enc[j * fsz + j] = 1.0;
+            w_enc[j * fsz + d + j] = -1.0;
+            w_dec[j * d + j] = 1.0;
+            w_dec[(d + j) * d + j] = -1.0;
+        }
+    }
+    Sae {
+        cfg: SaeCfg {
+            d_in: d,
+            d_sae: fsz,
+            architecture: Arch::Relu,
+            k: None,
+            l1_coefficient: 0.0,
+            scaling_factor,
+            seed: 0,
+            steps: 0,
+            batch_size: 1,
+            lr: 0.0,
+            activation_set_sha256: String::new(),
+            hook_name: None,
+            pruned_features: 0,
+            dtype: "float32".into(),
+            apply_b_dec_to_input: true,
+        },
+        w_enc,
+        b_enc: vec![0.0; fsz],
+        w_dec,
+        b_dec: vec![0.0; d],
+    }
+}
+
+#[test]
+fn real_harvest_loss_recovered_and_features() {
+    let Some(a) = real_assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("set");
+    let p = PrepareParams {
+        model: a.model.clone(),
+        corpus: a.corpus.clone(),
+        layer: 15,
+        train_tokens: 300,
+        eval_tokens: 200,
+        context: 128,
+        loss_contexts: 3,
+        seed: 0,
+        batch: 2,
+    };
+    let first = prepare(&p, &out, false, false).unwrap();
+    assert!(
+        matches!(first, PrepareOutcome::Prepared { .. }),
+        "{first:?}"
+    );
+    let set = ActivationSet::open(&out).unwrap();
+    let m = set.manifest();
+    assert_eq!(
+        (m.d_in, m.n_train, m.n_eval, m.dtype.as_str()),
+        (576, 300, 200, "f16")
+    );
+    assert_eq!(m.source["kind"], "model");
+    assert_eq!(m.source["params"]["layer"], 15);
+    assert_eq!(m.source["model"]["sha256"], assets::MODEL_SHA256);
+    // Provenance traces every row back to its document token; BOS is never a row.
+    let prov = set.provenance().unwrap();
+    let tok = real_tokenizer().unwrap();
+    let corpus = Corpus::from_tgz(&a.corpus).unwrap();
+    let split = corpus.split();
+    for row in [0usize, 127, 299, 300, 499] {
+        let d = prov.doc[row] as usize;
+        let toks = tok.encode(&corpus.docs[d].text).unwrap();
+        assert_eq!(
+            toks[prov.pos[row] as usize], prov.token_id[row],
+            "row {row}"
+        );
+        assert_eq!(
+            split.eval.contains(&d),
+            row >= 300,
+            "row {row} on the wrong side"
+        );
+    }
+    assert!(!prov.token_id.contains(&tok.bos));
+    // Same rows as a direct forward pass (to f16 precision).
+    let ctx: Vec<u32> = std::iter::once(tok.bos)
+        .chain(
+            tok.encode(&corpus.docs[prov.doc[0] as usize].text).unwrap()
+                [prov.pos[0] as usize..prov.pos[0] as usize + 127]
+                .iter()
+                .copied(),
+        )
+        .collect();
+    let model = Llama::load(&a.model).unwrap();
+    let r = model.resid_pre(&ctx, 1, 128, 15).unwrap();
+    let r = r.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let rows = set.rows_f32(0..127);
+    for (i, (g, w)) in rows.iter().zip(&r[576..]).enumerate() {
+        assert!(
+            (g - w).abs() <= 2e-3 * w.abs().max(1.0),
+            "row value {i}: {g} vs {w}"
+        );
+    }
+    // A second run verifies and does nothing; other parameters are refused without --force.
+    assert!(matches!(
+        prepare(&p, &out, false, false).unwrap(),
+        PrepareOutcome::AlreadyPrepared(_)
+    ));
+    let other = PrepareParams {
+        train_tokens: 254,
+        ..p.clone()
+    };
+    let err = prepare(&other, &out, false, false).unwrap_err().to_string();
+    assert!(err.contains("--force"), "{err}");
+
+    // Loss recovered: an exact dictionary recovers everything, an empty one nothing.
+    let exact = identity_sae(576, 0.5, true);
+    let lr = saeperf_runner::lm::loss_recovered(&set, &exact).unwrap();
+    eprintln!("identity dictionary: {lr:?}");
+    assert!((2.5..5.0).contains(&lr.ce_clean), "{lr:?}");
+    assert!(lr.ce_zero > lr.ce_clean + 0.5, "{lr:?}");
+    assert!(
+        (lr.loss_recovered - 1.0).abs() < 1e-3 && lr.kl_div < 1e-3,
+        "{lr:?}"
+    );
+    let empty = identity_sae(576, 0.5, false);
+    let lr0 = saeperf_runner::lm::loss_recovered(&set, &empty).unwrap();
+    assert!(lr0.loss_recovered.abs() < 1e-9, "{lr0:?}");
+    assert_eq!(lr0.ce_clean, lr.ce_clean);
+
+    // Feature contexts: readable Brown text around each top activation.
+    let opts = FeatureOptions {
+        per_band: 2,
+        examples: 3,
+        include: vec![0],
+        ..FeatureOptions::default()
+    };
+    let rep = feature_report(&exact, dir.path(), &set, &opts).unwrap();
+    assert_eq!(rep.eval_tokens, 200);
+    assert!(!rep.features.is_empty());
+    let f0 = rep.features.iter().find(|f| f.index == 0).unwrap();
+    assert_eq!(f0.top_tokens.len(), 10);
+    for f in &rep.features {
+        assert_eq!(f.band == "dead", f.fires == 0);
+        for e in &f.top_examples {
+            assert!(e.doc.starts_with('c') && e.doc.len() == 4, "{}", e.doc);
+            assert!(e.text.contains("[[") && e.tokens.len() >= 10, "{}", e.text);
+            let at = e.tokens[e.focus].activation.unwrap();
+            assert!((at - e.activation).abs() < 1e-5, "focus activation");
+        }
+    }
+    let ex = &f0.top_examples[0];
+    eprintln!("feature 0 top example ({}): {}", ex.doc, ex.text);
+    let json = serde_json::to_value(&rep).unwrap();
+    assert!(json["band_counts"]["dead"].is_u64());
+}

@@ -1,3 +1,6 @@
-//! Data: the reference assets (model and corpus) and the Brown corpus as text.
+//! Data that training reads: activation sets (the on-disk format), the reference assets (model and
+//! corpus) and the Brown corpus as text.
+
+pub mod actset;
 pub mod assets;
 pub mod corpus;

@@ -100,3 +100,108 @@ pub fn spliced_losses(
         kl_div: s_kl / n,
     })
 }
+
+/// Options of [`loss_recovered_with`].
+#[derive(Debug, Clone)]
+pub struct LossOptions {
+    /// Use only the first n stored evaluation contexts (default: all, 64 for a default set).
+    pub contexts: Option<usize>,
+    /// Contexts per forward pass.
+    pub batch: usize,
+    pub progress: bool,
+    /// The model file (default: the one recorded in the set, else the asset cache).
+    pub model: Option<std::path::PathBuf>,
+}
+
+impl Default for LossOptions {
+    fn default() -> Self {
+        LossOptions {
+            contexts: None,
+            batch: 8,
+            progress: false,
+            model: None,
+        }
+    }
+}
+
+/// Loss recovered of `sae` on the evaluation contexts stored with a model activation set.
+pub fn loss_recovered(
+    set: &crate::data::actset::ActivationSet,
+    sae: &saeperf_kernels::sae::Sae,
+) -> anyhow::Result<LmMetrics> {
+    loss_recovered_with(set, sae, &LossOptions::default())
+}
+
+/// [`loss_recovered`] with options.
+pub fn loss_recovered_with(
+    set: &crate::data::actset::ActivationSet,
+    sae: &saeperf_kernels::sae::Sae,
+    opts: &LossOptions,
+) -> anyhow::Result<LmMetrics> {
+    use anyhow::Context as _;
+    let src = &set.manifest().source;
+    anyhow::ensure!(
+        src["kind"] == "model",
+        "{}: loss recovered needs a set harvested from a model (source kind is {})",
+        set.dir().display(),
+        src["kind"]
+    );
+    let d = set.d_in();
+    anyhow::ensure!(
+        sae.cfg.d_in == d,
+        "dictionary d_in {} does not match the set's d_in {d}",
+        sae.cfg.d_in
+    );
+    let layer = src["params"]["layer"]
+        .as_u64()
+        .with_context(|| format!("{}: source has no params.layer", set.dir().display()))?
+        as usize;
+    let ctx_path = set.dir().join(super::contexts::EVAL_CONTEXTS_FILE);
+    let want = src["eval_contexts"]["sha256"].as_str().unwrap_or_default();
+    let got = crate::data::assets::sha256_file(&ctx_path)
+        .with_context(|| format!("{}", ctx_path.display()))?;
+    anyhow::ensure!(
+        got == want,
+        "{}: checksum mismatch (expected {want}, got {got})",
+        ctx_path.display()
+    );
+    let mut contexts = Contexts::load(&ctx_path)?;
+    if let Some(n) = opts.contexts {
+        contexts = contexts.take(n);
+    }
+    let model_path = match &opts.model {
+        Some(p) => p.clone(),
+        None => super::features::locate_asset(set, "model")?,
+    };
+    let model = Llama::load(&model_path)?;
+    anyhow::ensure!(
+        model.cfg.d_model == d,
+        "{}: d_model {} != set d_in {d}",
+        model_path.display(),
+        model.cfg.d_model
+    );
+    let sf = sae.cfg.scaling_factor;
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(contexts.n() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("loss recovered {bar:40} {pos}/{len} contexts eta {eta}")
+            .expect("valid template"),
+    );
+    let m = spliced_losses(
+        &model,
+        &contexts,
+        layer,
+        opts.batch,
+        &mut |rows, n| {
+            let x: Vec<f32> = rows.iter().map(|v| v * sf).collect();
+            let xh = sae.decode(&sae.encode(&x, n), n);
+            Ok(xh.into_iter().map(|v| v / sf).collect())
+        },
+        &mut |done| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    Ok(m)
+}

@@ -6,14 +6,17 @@
 //! Everything runs on the CPU in f32 (weights are dequantized at load); candle supplies the
 //! tensors and matmuls, the forward pass itself is written here so the hook point is ours.
 
+pub mod cli;
 pub mod contexts;
+pub mod features;
 pub mod gguf;
+pub mod harvest;
 pub mod loss;
 pub mod model;
 pub mod tokenizer;
 
 pub use gguf::{GgufFile, LlamaConfig};
-pub use loss::LmMetrics;
+pub use loss::{loss_recovered, LmMetrics};
 pub use model::{HookAction, Llama};
 pub use tokenizer::Tokenizer;
 
