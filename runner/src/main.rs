@@ -1,1 +1,6 @@
-fn main() {}
+//! The `runner` binary: parses the command line and runs one command. Errors print as one line on stderr and exit
+//! non-zero (see the README for the exit codes).
+
+fn main() {
+    std::process::exit(saeperf_runner::cli::main());
+}
