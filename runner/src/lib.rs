@@ -1,3 +1,11 @@
-//! The saeperf service as a library: the `runner` binary is its command-line face.
+//! saeperf's service code behind the `runner` binary: activation sets, training, metrics, the language model (and, as
+//! they land, the bench suite, the store, comparison, reports and the scheduler).
+//!
+//! Data flows one way: activation set → training (ops on a backend) → metrics → run → store → compare → report.
+
+pub mod cli;
 pub mod data;
+pub mod home;
 pub mod lm;
+pub mod metrics;
+pub mod train;

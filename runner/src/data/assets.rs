@@ -74,12 +74,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
 
 /// The cache directory: `$SAEPERF_HOME` if set, else `<user cache dir>/saeperf`.
 pub fn home() -> PathBuf {
-    match std::env::var_os("SAEPERF_HOME") {
-        Some(h) if !h.is_empty() => PathBuf::from(h),
-        _ => dirs::cache_dir()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("saeperf"),
-    }
+    crate::home::saeperf_home()
 }
 
 /// Where the assets live under a cache directory.

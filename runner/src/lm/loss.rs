@@ -205,3 +205,31 @@ pub fn loss_recovered_with(
     bar.finish_and_clear();
     Ok(m)
 }
+
+/// Fills the language-model keys of `m` (ce_*, loss_recovered, delta_ce, kl_div) when `set` was
+/// harvested from a model; leaves them null otherwise.
+pub fn fill_metrics(
+    m: &mut crate::metrics::Metrics,
+    set: &crate::data::actset::ActivationSet,
+    sae: &saeperf_kernels::sae::Sae,
+    progress: bool,
+) -> anyhow::Result<()> {
+    if set.manifest().source_kind() != "model" {
+        return Ok(());
+    }
+    let lm = loss_recovered_with(
+        set,
+        sae,
+        &LossOptions {
+            progress,
+            ..LossOptions::default()
+        },
+    )?;
+    m.ce_clean = Some(lm.ce_clean);
+    m.ce_sae = Some(lm.ce_sae);
+    m.ce_zero = Some(lm.ce_zero);
+    m.loss_recovered = Some(lm.loss_recovered);
+    m.delta_ce = Some(lm.delta_ce);
+    m.kl_div = Some(lm.kl_div);
+    Ok(())
+}
