@@ -209,7 +209,10 @@ pub fn feature_report(
     // Sample features per band.
     let mut by_band: HashMap<&'static str, Vec<usize>> = HashMap::new();
     for (j, &c) in fires.iter().enumerate() {
-        by_band.entry(band(c as f64 / n as f64)).or_default().push(j);
+        by_band
+            .entry(band(c as f64 / n as f64))
+            .or_default()
+            .push(j);
     }
     let band_counts = ["dead", "ultralow", "typical", "dense"]
         .into_iter()
@@ -245,13 +248,16 @@ pub fn feature_report(
     };
     let gguf = GgufFile::open(&model_path)?;
     let cfg = gguf.config()?;
-    anyhow::ensure!(cfg.d_model == d, "model d_model {} != set d_in {d}", cfg.d_model);
+    anyhow::ensure!(
+        cfg.d_model == d,
+        "model d_model {} != set d_in {d}",
+        cfg.d_model
+    );
     let tok = Tokenizer::from_gguf(&gguf)?;
     let corpus = Corpus::from_tgz(&corpus_path)?;
-    let doc_names: Vec<String> = serde_json::from_value(
-        set.manifest().source["corpus"]["documents"].clone(),
-    )
-    .unwrap_or_else(|_| corpus.docs.iter().map(|d| d.id.clone()).collect());
+    let doc_names: Vec<String> =
+        serde_json::from_value(set.manifest().source["corpus"]["documents"].clone())
+            .unwrap_or_else(|_| corpus.docs.iter().map(|d| d.id.clone()).collect());
     let out_name = if gguf.has("output.weight") {
         "output.weight"
     } else {

@@ -220,7 +220,10 @@ pub fn prepare(
             let r = model.resid_pre(toks, b, p.context, p.layer)?;
             let r = r.narrow(1, 1, body)?.flatten_all()?.to_vec1::<f32>()?;
             if r.iter().any(|v| !v.is_finite()) {
-                bail!("the model produced NaN or Inf activations (contexts {i}..{})", i + b);
+                bail!(
+                    "the model produced NaN or Inf activations (contexts {i}..{})",
+                    i + b
+                );
             }
             for v in r {
                 bytes.extend_from_slice(&f16::from_f32(v).to_le_bytes());
@@ -266,7 +269,10 @@ pub fn prepare(
             }
         }
     }
-    anyhow::ensure!(need == [0, 0], "internal: rows missing after harvest {need:?}");
+    anyhow::ensure!(
+        need == [0, 0],
+        "internal: rows missing after harvest {need:?}"
+    );
 
     let loss_ctx = eval.take(p.loss_contexts);
     let ctx_file_tmp = partial.join(EVAL_CONTEXTS_FILE);

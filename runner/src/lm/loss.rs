@@ -22,12 +22,12 @@ pub struct LmMetrics {
     pub kl_div: f64,
 }
 
+/// A reconstruction callback: `n` rows of `d_model` values in (model units), as many out.
+pub type Reconstruct<'a> = dyn FnMut(&[f32], usize) -> Result<Vec<f32>, LmError> + 'a;
+
 /// Replaces positions 1.. of `x` `[b, t, d]` with `f(rows)` where rows is `[(b*(t-1)), d]`
 /// flattened row-major; position 0 is kept.
-fn splice_rows(
-    x: &Tensor,
-    f: &mut dyn FnMut(&[f32], usize) -> Result<Vec<f32>, LmError>,
-) -> Result<Tensor, LmError> {
+fn splice_rows(x: &Tensor, f: &mut Reconstruct) -> Result<Tensor, LmError> {
     let (b, t, d) = x.dims3()?;
     let body = x.narrow(1, 1, t - 1)?.contiguous()?;
     let rows = body.flatten_all()?.to_vec1::<f32>()?;
@@ -54,7 +54,7 @@ pub fn spliced_losses(
     contexts: &Contexts,
     layer: usize,
     batch: usize,
-    reconstruct: &mut dyn FnMut(&[f32], usize) -> Result<Vec<f32>, LmError>,
+    reconstruct: &mut Reconstruct,
     progress: &mut dyn FnMut(usize),
 ) -> Result<LmMetrics, LmError> {
     let (t, n_ctx) = (contexts.len, contexts.n());
@@ -187,8 +187,10 @@ pub fn loss_recovered_with(
         indicatif::ProgressBar::hidden()
     };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("loss recovered {bar:40} {pos}/{len} contexts eta {eta}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "loss recovered {bar:40} {pos}/{len} contexts eta {eta}",
+        )
+        .expect("valid template"),
     );
     let m = spliced_losses(
         &model,
