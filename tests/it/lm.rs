@@ -734,7 +734,7 @@ fn real_harvest_loss_recovered_and_features() {
         }
     }
     let ex = &f0.top_examples[0];
-    eprintln!("feature 0 top example ({}): {}", ex.doc, ex.text);
+    eprintln!("feature 0 top example ({}): {:?}", ex.doc, ex.text);
     let json = serde_json::to_value(&rep).unwrap();
     assert!(json["band_counts"]["dead"].is_u64());
 }
