@@ -10,6 +10,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod backend;
+pub mod cuda;
 pub mod ops;
 pub mod sae;
 
