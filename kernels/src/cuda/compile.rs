@@ -440,4 +440,36 @@ ptxas info    : Used 30 registers, used 1 barriers, 1060 bytes smem, 380 bytes c
         let b = ptx(&FILES[0], 90).unwrap();
         assert!(std::sync::Arc::ptr_eq(&a, &b));
     }
+
+    /// Runs every kernel in the CPU emulator of the CUDA execution model (kernels/cuda/emu) against C++ references
+    /// where g++ exists: the only correctness evidence for the kernels on a machine without a GPU.
+    #[test]
+    fn kernels_run_correctly_in_the_emulator() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("emu-check");
+        let build = Command::new("g++")
+            .args(["-std=c++20", "-O1", "-pthread", "-I"])
+            .arg(&root)
+            .arg(root.join("emu/check.cpp"))
+            .arg("-o")
+            .arg(&exe)
+            .output();
+        let build = match build {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("SKIP kernels_run_correctly_in_the_emulator: no g++ ({e})");
+                return;
+            }
+        };
+        assert!(
+            build.status.success(),
+            "g++: {}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let run = Command::new(&exe).arg("--quick").output().unwrap();
+        let out = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "{out}");
+        assert!(out.contains(" 0 failed"), "{out}");
+    }
 }
