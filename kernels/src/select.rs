@@ -63,7 +63,22 @@ pub enum Selected {
     Cuda(Box<CudaBackend>),
 }
 
+/// Code generic over the backend, to run with whichever [`Selected`] holds (a closure cannot be generic over the
+/// backend type; a trait method can). The training loop implements it once and runs on either device.
+pub trait WithBackend {
+    type Output;
+    fn run<B: crate::Backend>(self, backend: &B) -> Self::Output;
+}
+
 impl Selected {
+    /// Runs `w` with the selected backend.
+    pub fn with<W: WithBackend>(&self, w: W) -> W::Output {
+        match self {
+            Selected::Cpu(b) => w.run(b),
+            Selected::Cuda(b) => w.run(&**b),
+        }
+    }
+
     pub fn name(&self) -> String {
         use crate::Backend;
         match self {
@@ -133,6 +148,22 @@ mod tests {
             .parse::<BackendChoice>()
             .unwrap_err()
             .contains("expected cpu, reference, cuda or auto"));
+    }
+
+    #[test]
+    fn generic_code_runs_with_the_selected_backend() {
+        struct RoundTrip(Vec<f32>);
+        impl WithBackend for RoundTrip {
+            type Output = Result<(String, Vec<f32>), BackendError>;
+            fn run<B: crate::Backend>(self, b: &B) -> Self::Output {
+                let buf = b.upload(&self.0)?;
+                Ok((b.name(), b.download(&buf)?))
+            }
+        }
+        let s = select_backend(BackendChoice::Reference).unwrap();
+        let (name, back) = s.backend.with(RoundTrip(vec![1.0, -2.5])).unwrap();
+        assert_eq!(name, "cpu-reference");
+        assert_eq!(back, vec![1.0, -2.5]);
     }
 
     #[test]

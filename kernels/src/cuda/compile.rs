@@ -76,8 +76,11 @@ impl KernelFile {
     }
 }
 
-fn cache() -> &'static Mutex<HashMap<(u64, u32), Arc<String>>> {
-    static CACHE: OnceLock<Mutex<HashMap<(u64, u32), Arc<String>>>> = OnceLock::new();
+/// PTX texts by (source hash, compute capability).
+type PtxCache = Mutex<HashMap<(u64, u32), Arc<String>>>;
+
+fn cache() -> &'static PtxCache {
+    static CACHE: OnceLock<PtxCache> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 

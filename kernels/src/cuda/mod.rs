@@ -8,7 +8,7 @@
 //!
 //! - [`toolkit`]: finding libcuda, libnvrtc and ptxas.
 //! - [`compile`]: the embedded sources, NVRTC compilation (cached per process), the ptxas resource report.
-//! - [`backend`]: [`CudaBackend`].
+//! - [`backend`]: the `CudaBackend`.
 //! - [`verify`]: every kernel against its CPU reference on a GPU (`runner kernels check --backend cuda`).
 //! - [`bench`]: CUDA-event timings of every op and of cuBLAS SGEMM as the yardstick.
 
