@@ -2,8 +2,9 @@
 //!
 //! `check` compiles every kernel with NVRTC for sm_80 and sm_90 and, where ptxas exists, reports each kernel's
 //! registers, shared memory and spill bytes (no GPU needed); with `--backend cuda` (or `auto` on a GPU machine) it
-//! also runs every kernel against its CPU reference. `bench` times the CUDA ops against cuBLAS SGEMM. Exit codes:
-//! 0 all good, 1 a check failed or a kernel spills registers, 2 an error (e.g. CUDA asked for but unavailable).
+//! also runs every kernel against its CPU reference. `bench` times the CUDA ops against cuBLAS SGEMM. Exit codes
+//! (as every runner command): 0 all good; 1 a check failed, a kernel spills registers, or an error (e.g. CUDA asked
+//! for but unavailable), printed as one line on stderr.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -78,15 +79,15 @@ fn parse_shape(s: &str) -> Result<Shape, String> {
 }
 
 /// Runs the subcommand; returns the process exit code.
-pub fn run(cmd: KernelsCmd) -> Result<i32> {
+pub fn run(cmd: KernelsCmd, quiet: bool) -> Result<i32> {
     match cmd {
-        KernelsCmd::Check(a) => check(a),
-        KernelsCmd::Bench(a) => run_bench(a),
+        KernelsCmd::Check(a) => check(a, quiet),
+        KernelsCmd::Bench(a) => run_bench(a, quiet),
     }
 }
 
-fn spinner(json: bool) -> indicatif::ProgressBar {
-    if json {
+fn spinner(hidden: bool) -> indicatif::ProgressBar {
+    if hidden {
         return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::new_spinner();
@@ -94,7 +95,7 @@ fn spinner(json: bool) -> indicatif::ProgressBar {
     pb
 }
 
-fn check(a: CheckArgs) -> Result<i32> {
+fn check(a: CheckArgs, quiet: bool) -> Result<i32> {
     // Open the backend first: `--backend cuda` without a GPU is an error before any work.
     let sel = match a.backend {
         BackendChoice::Cpu | BackendChoice::Reference => None,
@@ -106,7 +107,7 @@ fn check(a: CheckArgs) -> Result<i32> {
             eprintln!("{}", s.line);
         }
     }
-    let pb = spinner(a.json);
+    let pb = spinner(a.json || quiet);
     let report = cuda::compile_all(|m| pb.set_message(format!("NVRTC {m}")))
         .context("compiling the CUDA kernels (runner kernels check)")?;
     pb.finish_and_clear();
@@ -116,7 +117,7 @@ fn check(a: CheckArgs) -> Result<i32> {
         ..
     }) = &sel
     {
-        let pb = spinner(a.json);
+        let pb = spinner(a.json || quiet);
         checks = verify::verify(gpu, &a.ops, |m| {
             pb.set_message(format!("checking kernels against the CPU: {m}"))
         })
@@ -205,7 +206,7 @@ fn check(a: CheckArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn run_bench(a: BenchArgs) -> Result<i32> {
+fn run_bench(a: BenchArgs, quiet: bool) -> Result<i32> {
     let sel = select_backend(a.backend).with_context(|| format!("--backend {}", a.backend))?;
     let Selected::Cuda(gpu) = &sel.backend else {
         bail!(
@@ -217,7 +218,7 @@ fn run_bench(a: BenchArgs) -> Result<i32> {
         eprintln!("{}", sel.line);
     }
     let gpu: &CudaBackend = gpu;
-    let pb = spinner(a.json);
+    let pb = spinner(a.json || quiet);
     let opts = bench::BenchOpts {
         warmup: a.warmup,
         iters: a.iters,

@@ -22,7 +22,7 @@ fn kernels_check_compiles_every_kernel_and_reports_resources() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     if let Err(why) = cuda::toolkit::nvrtc() {
         eprintln!("SKIP kernels_check_compiles_every_kernel_and_reports_resources: {why}");
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("NVRTC not found"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
         return;
@@ -90,7 +90,7 @@ fn auto_falls_back_to_cpu_with_a_clear_line_and_cuda_fails_cleanly_without_a_dri
 
     let out = runner(&["kernels", "check", "--backend", "cuda"]);
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line: {stderr}");
@@ -100,7 +100,7 @@ fn auto_falls_back_to_cpu_with_a_clear_line_and_cuda_fails_cleanly_without_a_dri
     );
 
     let out = runner(&["kernels", "bench", "--backend", "cuda"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("not available"));
 }
 
@@ -131,7 +131,7 @@ fn a_missing_nvrtc_is_a_one_line_error_naming_it() {
         .output()
         .unwrap();
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(
         stderr

@@ -1,3 +1,6 @@
-//! The one integration-test binary of saeperf: one module per area.
+//! The one integration-test binary of saeperf: a module per area, each driving the real `runner` binary or the
+//! library on real files.
 
+mod common;
 mod cuda;
+mod engine;

@@ -1,0 +1,11 @@
+//! saeperf's service code behind the `runner` binary: activation sets, training, metrics (and, as they land, the
+//! language model, the bench suite, the store, comparison, reports and the scheduler).
+//!
+//! Data flows one way: activation set → training (ops on a backend) → metrics → run → store → compare → report.
+
+pub mod cli;
+pub mod data;
+pub mod home;
+pub mod kernels_cmd;
+pub mod metrics;
+pub mod train;
