@@ -98,18 +98,12 @@ pub struct TrainArgs {
     /// After training, remove features whose training-split frequency exceeds this (e.g. 0.038).
     #[arg(long)]
     pub prune_above: Option<f64>,
-    /// cpu (fast ops) or reference (plain loops, slow).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub backend: BackendArg,
+    /// cpu (fast ops), reference (plain loops, slow), cuda, or auto (CUDA when a driver and a device are present).
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum BackendArg {
-    Cpu,
-    Reference,
 }
 
 #[derive(Args, Debug)]
@@ -244,10 +238,7 @@ pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
             sample: a.resample_sample,
         });
     }
-    c.backend = match a.backend {
-        BackendArg::Cpu => BackendChoice::Cpu,
-        BackendArg::Reference => BackendChoice::Reference,
-    };
+    c.backend = a.backend;
     if let Some(p) = a.prune_above {
         if !(0.0..=1.0).contains(&p) {
             bail!("--prune-above must lie in [0, 1], got {p}");

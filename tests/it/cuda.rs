@@ -141,3 +141,71 @@ fn a_missing_nvrtc_is_a_one_line_error_naming_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn training_with_auto_falls_back_to_cpu_and_cuda_fails_cleanly_without_a_driver() {
+    if let Ok(n) = cuda::device_present() {
+        eprintln!(
+            "SKIP: {n} CUDA device(s) present; the no-driver fallback cannot be observed here"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("set");
+    let synth = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "data",
+            "synth",
+            "--d-in",
+            "8",
+            "--features",
+            "16",
+            "--train-tokens",
+            "512",
+            "--eval-tokens",
+            "64",
+            "--out",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(synth.status.success());
+    let train = |backend: &str| {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args([
+                "train",
+                "--steps",
+                "5",
+                "--batch",
+                "64",
+                "--backend",
+                backend,
+                "--data",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(tmp.path().join(backend))
+            .output()
+            .unwrap()
+    };
+    let out = train("auto");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("backend: auto chose cpu (CUDA unavailable: "),
+        "{stderr}"
+    );
+    let out = train("cuda");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with("error: backend cuda is not available: "),
+        "{stderr}"
+    );
+    assert!(!tmp
+        .path()
+        .join("cuda")
+        .join("sae_weights.safetensors")
+        .exists());
+}
