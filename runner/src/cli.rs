@@ -40,6 +40,9 @@ pub enum Command {
     Data(DataCommand),
     /// Feature contexts of a dictionary on a model activation set (JSON report + table).
     Features(crate::lm::cli::FeaturesArgs),
+    /// The CUDA kernels: NVRTC compile + ptxas resource check (no GPU needed), GPU correctness check, GPU timings.
+    #[command(subcommand)]
+    Kernels(crate::kernels_cmd::KernelsCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,18 +104,12 @@ pub struct TrainArgs {
     /// After training, remove features whose training-split frequency exceeds this (e.g. 0.038).
     #[arg(long)]
     pub prune_above: Option<f64>,
-    /// cpu (fast ops) or reference (plain loops, slow).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub backend: BackendArg,
+    /// cpu (fast ops), reference (plain loops, slow), cuda, or auto (CUDA when a driver and a device are present).
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum BackendArg {
-    Cpu,
-    Reference,
 }
 
 #[derive(Args, Debug)]
@@ -197,8 +194,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Eval(a) => cmd_eval(a),
         Command::Data(DataCommand::Synth(a)) => cmd_synth(a),
         Command::Data(DataCommand::Fetch(a)) => crate::lm::cli::cmd_fetch(a),
-        Command::Data(DataCommand::Prepare(a)) => crate::lm::cli::cmd_prepare(a),
+        Command::Data(DataCommand::Prepare(a)) => crate::lm::cli::cmd_prepare(a, cli.quiet),
         Command::Features(a) => crate::lm::cli::cmd_features(a),
+        Command::Kernels(k) => crate::kernels_cmd::run(k, cli.quiet),
     }
 }
 
@@ -249,10 +247,7 @@ pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
             sample: a.resample_sample,
         });
     }
-    c.backend = match a.backend {
-        BackendArg::Cpu => BackendChoice::Cpu,
-        BackendArg::Reference => BackendChoice::Reference,
-    };
+    c.backend = a.backend;
     if let Some(p) = a.prune_above {
         if !(0.0..=1.0).contains(&p) {
             bail!("--prune-above must lie in [0, 1], got {p}");

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod data;
 pub mod home;
+pub mod kernels_cmd;
 pub mod lm;
 pub mod metrics;
 pub mod train;

@@ -2,5 +2,6 @@
 //! library on real files.
 
 mod common;
+mod cuda;
 mod engine;
 mod lm;

@@ -55,9 +55,6 @@ pub struct PrepareArgs {
     pub force: bool,
     #[arg(long)]
     pub json: bool,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// `runner features`
@@ -113,7 +110,8 @@ pub fn cmd_fetch(a: FetchArgs) -> Result<i32> {
     Ok(0)
 }
 
-pub fn cmd_prepare(a: PrepareArgs) -> Result<i32> {
+/// `quiet` is the global --quiet (no progress bar).
+pub fn cmd_prepare(a: PrepareArgs, quiet: bool) -> Result<i32> {
     let home = assets::home();
     let (model, corpus) = match (&a.model, &a.corpus) {
         (Some(m), Some(c)) => (m.clone(), c.clone()),
@@ -142,7 +140,7 @@ pub fn cmd_prepare(a: PrepareArgs) -> Result<i32> {
         seed: a.seed,
         batch: a.batch,
     };
-    let outcome = prepare(&p, &out, a.force, !a.quiet && !a.json)?;
+    let outcome = prepare(&p, &out, a.force, !quiet && !a.json)?;
     let report = match &outcome {
         PrepareOutcome::AlreadyPrepared(dir) => serde_json::json!({
             "dir": dir, "action": "already_prepared",
