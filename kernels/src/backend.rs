@@ -1,0 +1,366 @@
+//! One interface, several devices: the ops as methods on device buffers, so the training loop runs unchanged on any.
+//!
+//! [`CpuBackend`] runs the `fast` CPU ops (or, in [`CpuMode::Reference`], the plain reference loops, for measuring and
+//! checking the fast path). A CUDA backend implements the same trait.
+
+use crate::ops::{self, backward, resample, Activation, AdamHyper, BatchStats, Shape};
+use thiserror::Error;
+
+/// Why a backend could not do what was asked.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// The device or its driver is not present on this machine.
+    #[error("backend {backend} is not available: {reason}")]
+    Unavailable { backend: String, reason: String },
+    /// The device failed while working.
+    #[error("{backend} device error: {message}")]
+    Device { backend: String, message: String },
+    /// A buffer had the wrong length for the shape.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+}
+
+/// The four parameters of a dictionary (or their gradients, or Adam moments) as buffers of one backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params<B> {
+    pub w_enc: B,
+    pub b_enc: B,
+    pub w_dec: B,
+    pub b_dec: B,
+}
+
+impl<B> Params<B> {
+    pub fn try_map<C, E>(&self, mut f: impl FnMut(&B) -> Result<C, E>) -> Result<Params<C>, E> {
+        Ok(Params {
+            w_enc: f(&self.w_enc)?,
+            b_enc: f(&self.b_enc)?,
+            w_dec: f(&self.w_dec)?,
+            b_dec: f(&self.b_dec)?,
+        })
+    }
+}
+
+impl Params<Vec<f32>> {
+    /// Zero buffers of the sizes of a dictionary of shape `s`.
+    pub fn zeros(s: Shape) -> Self {
+        Params {
+            w_enc: vec![0.0; s.d_in * s.d_sae],
+            b_enc: vec![0.0; s.d_sae],
+            w_dec: vec![0.0; s.d_sae * s.d_in],
+            b_dec: vec![0.0; s.d_in],
+        }
+    }
+}
+
+/// The SAE ops on one device. Buffers live on the device; `upload` / `download` move data to and from the host.
+pub trait Backend {
+    /// A buffer of f32 on the device.
+    type Buf;
+    /// A name for tables and logs (e.g. "cpu", "cpu-reference", "cuda:0 NVIDIA H100").
+    fn name(&self) -> String;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf, BackendError>;
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>, BackendError>;
+    /// Overwrites a buffer of the same length with host data.
+    fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<(), BackendError>;
+    fn zeros(&self, len: usize) -> Result<Self::Buf, BackendError>;
+    /// f = act((x − b_dec)·W_enc + b_enc).
+    fn encode(
+        &self,
+        s: Shape,
+        act: Activation,
+        x: &Self::Buf,
+        p: &Params<Self::Buf>,
+        f: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
+    /// x̂ = f·W_dec + b_dec.
+    fn decode(
+        &self,
+        s: Shape,
+        f: &Self::Buf,
+        p: &Params<Self::Buf>,
+        xhat: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
+    /// Gradients of mean ‖x − x̂‖² + l1·mean ‖f‖₁ into `g`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        s: Shape,
+        l1: f32,
+        x: &Self::Buf,
+        f: &Self::Buf,
+        xhat: &Self::Buf,
+        p: &Params<Self::Buf>,
+        g: &mut Params<Self::Buf>,
+    ) -> Result<(), BackendError>;
+    /// One Adam step on every parameter; decoder rows get the gradient projection and renormalisation.
+    fn adam(
+        &self,
+        s: Shape,
+        h: AdamHyper,
+        p: &mut Params<Self::Buf>,
+        g: &mut Params<Self::Buf>,
+        m: &mut Params<Self::Buf>,
+        v: &mut Params<Self::Buf>,
+    ) -> Result<(), BackendError>;
+    /// Squared error, L0 and L1 sums of the batch; `fire_counts` (host, [d_sae]) incremented per firing token.
+    fn batch_stats(
+        &self,
+        s: Shape,
+        x: &Self::Buf,
+        xhat: &Self::Buf,
+        f: &Self::Buf,
+        fire_counts: &mut [u32],
+    ) -> Result<BatchStats, BackendError>;
+    /// ‖x_b − x̂_b‖² per token, on the host.
+    fn per_token_sq_err(
+        &self,
+        s: Shape,
+        x: &Self::Buf,
+        xhat: &Self::Buf,
+    ) -> Result<Vec<f32>, BackendError>;
+    /// Gives each dead feature its new unit direction (`dirs`, n_dead × d_in, host) and resets its Adam moments.
+    /// The encoder column gets 0.2 × the mean norm of the alive encoder columns.
+    fn resample(
+        &self,
+        s: Shape,
+        dead: &[usize],
+        dirs: &[f32],
+        p: &mut Params<Self::Buf>,
+        m: &mut Params<Self::Buf>,
+        v: &mut Params<Self::Buf>,
+    ) -> Result<(), BackendError>;
+}
+
+type AdamFn = fn(AdamHyper, &mut [f32], &[f32], &mut [f32], &mut [f32]);
+type DecoderAdamFn = fn(AdamHyper, usize, &mut [f32], &mut [f32], &mut [f32], &mut [f32]);
+
+/// Which CPU ops to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuMode {
+    /// gemm + rayon, sparse where f is sparse.
+    Fast,
+    /// The plain reference loops (slow; for checking and for measuring the fast path).
+    Reference,
+}
+
+/// The CPU backend: buffers are `Vec<f32>`.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuBackend {
+    pub mode: CpuMode,
+}
+
+impl CpuBackend {
+    pub fn fast() -> Self {
+        CpuBackend {
+            mode: CpuMode::Fast,
+        }
+    }
+    pub fn reference() -> Self {
+        CpuBackend {
+            mode: CpuMode::Reference,
+        }
+    }
+}
+
+fn len_check(what: &str, got: usize, want: usize) -> Result<(), BackendError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(BackendError::Shape(format!(
+            "{what}: {got} values, expected {want}"
+        )))
+    }
+}
+
+fn params_check(s: Shape, p: &Params<Vec<f32>>, what: &str) -> Result<(), BackendError> {
+    len_check(&format!("{what}.W_enc"), p.w_enc.len(), s.d_in * s.d_sae)?;
+    len_check(&format!("{what}.b_enc"), p.b_enc.len(), s.d_sae)?;
+    len_check(&format!("{what}.W_dec"), p.w_dec.len(), s.d_sae * s.d_in)?;
+    len_check(&format!("{what}.b_dec"), p.b_dec.len(), s.d_in)
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> String {
+        match self.mode {
+            CpuMode::Fast => "cpu".into(),
+            CpuMode::Reference => "cpu-reference".into(),
+        }
+    }
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>, BackendError> {
+        Ok(data.to_vec())
+    }
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>, BackendError> {
+        Ok(buf.clone())
+    }
+    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) -> Result<(), BackendError> {
+        len_check("write", data.len(), buf.len())?;
+        buf.copy_from_slice(data);
+        Ok(())
+    }
+    fn zeros(&self, len: usize) -> Result<Vec<f32>, BackendError> {
+        Ok(vec![0.0; len])
+    }
+    fn encode(
+        &self,
+        s: Shape,
+        act: Activation,
+        x: &Vec<f32>,
+        p: &Params<Vec<f32>>,
+        f: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        params_check(s, p, "params")?;
+        len_check("x", x.len(), s.batch * s.d_in)?;
+        len_check("f", f.len(), s.batch * s.d_sae)?;
+        match self.mode {
+            CpuMode::Fast => ops::encode::fast(s, act, x, &p.w_enc, &p.b_enc, &p.b_dec, f),
+            CpuMode::Reference => {
+                ops::encode::reference(s, act, x, &p.w_enc, &p.b_enc, &p.b_dec, f)
+            }
+        }
+        Ok(())
+    }
+    fn decode(
+        &self,
+        s: Shape,
+        f: &Vec<f32>,
+        p: &Params<Vec<f32>>,
+        xhat: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        params_check(s, p, "params")?;
+        len_check("f", f.len(), s.batch * s.d_sae)?;
+        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        match self.mode {
+            CpuMode::Fast => ops::decode::fast(s, f, &p.w_dec, &p.b_dec, xhat),
+            CpuMode::Reference => ops::decode::reference(s, f, &p.w_dec, &p.b_dec, xhat),
+        }
+        Ok(())
+    }
+    fn backward(
+        &self,
+        s: Shape,
+        l1: f32,
+        x: &Vec<f32>,
+        f: &Vec<f32>,
+        xhat: &Vec<f32>,
+        p: &Params<Vec<f32>>,
+        g: &mut Params<Vec<f32>>,
+    ) -> Result<(), BackendError> {
+        params_check(s, p, "params")?;
+        params_check(s, g, "grads")?;
+        len_check("x", x.len(), s.batch * s.d_in)?;
+        len_check("f", f.len(), s.batch * s.d_sae)?;
+        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        let w = backward::Weights {
+            w_enc: &p.w_enc,
+            b_enc: &p.b_enc,
+            w_dec: &p.w_dec,
+            b_dec: &p.b_dec,
+        };
+        let gm = backward::GradsMut {
+            w_enc: &mut g.w_enc,
+            b_enc: &mut g.b_enc,
+            w_dec: &mut g.w_dec,
+            b_dec: &mut g.b_dec,
+        };
+        match self.mode {
+            CpuMode::Fast => backward::fast(s, x, f, xhat, l1, w, gm),
+            CpuMode::Reference => backward::reference(s, x, f, xhat, l1, w, gm),
+        }
+        Ok(())
+    }
+    fn adam(
+        &self,
+        s: Shape,
+        h: AdamHyper,
+        p: &mut Params<Vec<f32>>,
+        g: &mut Params<Vec<f32>>,
+        m: &mut Params<Vec<f32>>,
+        v: &mut Params<Vec<f32>>,
+    ) -> Result<(), BackendError> {
+        for (what, q) in [("params", &*p), ("grads", &*g), ("m", &*m), ("v", &*v)] {
+            params_check(s, q, what)?;
+        }
+        let (step, dec): (AdamFn, DecoderAdamFn) = match self.mode {
+            CpuMode::Fast => (ops::adam::fast, ops::adam::decoder_fast),
+            CpuMode::Reference => (ops::adam::reference, ops::adam::decoder_reference),
+        };
+        step(h, &mut p.w_enc, &g.w_enc, &mut m.w_enc, &mut v.w_enc);
+        step(h, &mut p.b_enc, &g.b_enc, &mut m.b_enc, &mut v.b_enc);
+        step(h, &mut p.b_dec, &g.b_dec, &mut m.b_dec, &mut v.b_dec);
+        dec(
+            h,
+            s.d_in,
+            &mut p.w_dec,
+            &mut g.w_dec,
+            &mut m.w_dec,
+            &mut v.w_dec,
+        );
+        Ok(())
+    }
+    fn batch_stats(
+        &self,
+        s: Shape,
+        x: &Vec<f32>,
+        xhat: &Vec<f32>,
+        f: &Vec<f32>,
+        fire_counts: &mut [u32],
+    ) -> Result<BatchStats, BackendError> {
+        len_check("x", x.len(), s.batch * s.d_in)?;
+        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        len_check("f", f.len(), s.batch * s.d_sae)?;
+        len_check("fire counts", fire_counts.len(), s.d_sae)?;
+        Ok(match self.mode {
+            CpuMode::Fast => ops::reduce::fast(s, x, xhat, f, fire_counts),
+            CpuMode::Reference => ops::reduce::reference(s, x, xhat, f, fire_counts),
+        })
+    }
+    fn per_token_sq_err(
+        &self,
+        s: Shape,
+        x: &Vec<f32>,
+        xhat: &Vec<f32>,
+    ) -> Result<Vec<f32>, BackendError> {
+        len_check("x", x.len(), s.batch * s.d_in)?;
+        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        let mut out = vec![0.0; s.batch];
+        ops::reduce::per_token_sq_err(s, x, xhat, &mut out);
+        Ok(out)
+    }
+    fn resample(
+        &self,
+        s: Shape,
+        dead: &[usize],
+        dirs: &[f32],
+        p: &mut Params<Vec<f32>>,
+        m: &mut Params<Vec<f32>>,
+        v: &mut Params<Vec<f32>>,
+    ) -> Result<(), BackendError> {
+        params_check(s, p, "params")?;
+        len_check("directions", dirs.len(), dead.len() * s.d_in)?;
+        if let Some(&bad) = dead.iter().find(|&&i| i >= s.d_sae) {
+            return Err(BackendError::Shape(format!(
+                "dead feature {bad} ≥ d_sae {}",
+                s.d_sae
+            )));
+        }
+        let scale = 0.2 * resample::mean_alive_encoder_norm(s, &p.w_enc, dead);
+        let t = resample::ResampleTargets {
+            w_enc: &mut p.w_enc,
+            b_enc: &mut p.b_enc,
+            w_dec: &mut p.w_dec,
+            m_w_enc: &mut m.w_enc,
+            v_w_enc: &mut v.w_enc,
+            m_b_enc: &mut m.b_enc,
+            v_b_enc: &mut v.b_enc,
+            m_w_dec: &mut m.w_dec,
+            v_w_dec: &mut v.w_dec,
+        };
+        match self.mode {
+            CpuMode::Fast => resample::fast(s, dead, dirs, scale, t),
+            CpuMode::Reference => resample::reference(s, dead, dirs, scale, t),
+        }
+        Ok(())
+    }
+}

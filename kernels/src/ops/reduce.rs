@@ -1,0 +1,170 @@
+//! Loss and metric reductions over a batch: squared error, L0, L1, per-feature firing counts, per-token loss.
+//!
+//! Contract: x [B, d], x̂ [B, d], f [B, F] → sums in f64 (deterministic: partial sums per token, added in token order);
+//! `fire_counts` [F] is incremented by the number of tokens each feature fired on. Bytes ≈ 4·(2·B·d + B·F).
+
+use super::Shape;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Sums over one batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchStats {
+    /// Σ_tokens ‖x − x̂‖².
+    pub sse: f64,
+    /// Σ_tokens #{i : f_i > 0}.
+    pub l0: f64,
+    /// Σ_tokens Σ_i f_i.
+    pub l1: f64,
+}
+
+impl BatchStats {
+    /// The training loss of the batch: mean ‖x − x̂‖² + λ·mean ‖f‖₁.
+    pub fn loss(&self, batch: usize, l1_coeff: f32) -> f64 {
+        (self.sse + l1_coeff as f64 * self.l1) / batch.max(1) as f64
+    }
+}
+
+fn check(s: Shape, x: &[f32], xhat: &[f32], f: &[f32], counts: &[u32]) {
+    assert_eq!(x.len(), s.batch * s.d_in, "reduce: x");
+    assert_eq!(xhat.len(), s.batch * s.d_in, "reduce: x̂");
+    assert_eq!(f.len(), s.batch * s.d_sae, "reduce: f");
+    assert_eq!(counts.len(), s.d_sae, "reduce: fire counts");
+}
+
+fn row_stats(x: &[f32], xh: &[f32], f: &[f32]) -> (f64, f64, f64) {
+    let sse: f64 = x
+        .iter()
+        .zip(xh)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let l0 = f.iter().filter(|v| **v > 0.0).count() as f64;
+    let l1: f64 = f.iter().map(|v| *v as f64).sum();
+    (sse, l0, l1)
+}
+
+/// Plain loops.
+pub fn reference(
+    s: Shape,
+    x: &[f32],
+    xhat: &[f32],
+    f: &[f32],
+    fire_counts: &mut [u32],
+) -> BatchStats {
+    check(s, x, xhat, f, fire_counts);
+    let mut st = BatchStats::default();
+    for b in 0..s.batch {
+        let (sse, l0, l1) = row_stats(
+            &x[b * s.d_in..(b + 1) * s.d_in],
+            &xhat[b * s.d_in..(b + 1) * s.d_in],
+            &f[b * s.d_sae..(b + 1) * s.d_sae],
+        );
+        st.sse += sse;
+        st.l0 += l0;
+        st.l1 += l1;
+        for (c, v) in fire_counts
+            .iter_mut()
+            .zip(&f[b * s.d_sae..(b + 1) * s.d_sae])
+        {
+            if *v > 0.0 {
+                *c += 1;
+            }
+        }
+    }
+    st
+}
+
+/// Per-token partial sums in parallel, added in token order; firing counts per thread, then merged.
+pub fn fast(s: Shape, x: &[f32], xhat: &[f32], f: &[f32], fire_counts: &mut [u32]) -> BatchStats {
+    check(s, x, xhat, f, fire_counts);
+    let rows: Vec<(f64, f64, f64)> = (0..s.batch)
+        .into_par_iter()
+        .map(|b| {
+            row_stats(
+                &x[b * s.d_in..(b + 1) * s.d_in],
+                &xhat[b * s.d_in..(b + 1) * s.d_in],
+                &f[b * s.d_sae..(b + 1) * s.d_sae],
+            )
+        })
+        .collect();
+    let mut st = BatchStats::default();
+    for (sse, l0, l1) in rows {
+        st.sse += sse;
+        st.l0 += l0;
+        st.l1 += l1;
+    }
+    if s.d_sae > 0 {
+        let counts = f
+            .par_chunks(s.d_sae)
+            .fold(
+                || vec![0u32; s.d_sae],
+                |mut acc, row| {
+                    for (c, v) in acc.iter_mut().zip(row) {
+                        *c += (*v > 0.0) as u32;
+                    }
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0u32; s.d_sae],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        fire_counts
+            .iter_mut()
+            .zip(counts)
+            .for_each(|(c, n)| *c += n);
+    }
+    st
+}
+
+/// ‖x_b − x̂_b‖² for every token b (the per-token loss that resampling draws by).
+pub fn per_token_sq_err(s: Shape, x: &[f32], xhat: &[f32], out: &mut [f32]) {
+    assert_eq!(out.len(), s.batch, "reduce: per-token out");
+    assert_eq!(x.len(), s.batch * s.d_in, "reduce: x");
+    assert_eq!(xhat.len(), s.batch * s.d_in, "reduce: x̂");
+    out.par_iter_mut().enumerate().for_each(|(b, o)| {
+        let r = b * s.d_in..(b + 1) * s.d_in;
+        *o = x[r.clone()]
+            .iter()
+            .zip(&xhat[r])
+            .map(|(a, c)| (a - c) * (a - c))
+            .sum();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testutil::*;
+    use rand::Rng;
+
+    #[test]
+    fn fast_matches_reference() {
+        let mut r = rng(7);
+        for &(b, d, fs) in SHAPES {
+            let s = Shape::new(b, d, fs);
+            let x = randn(&mut r, b * d, 1.0);
+            let xh = randn(&mut r, b * d, 1.0);
+            let f: Vec<f32> = (0..b * fs)
+                .map(|_| {
+                    if r.random::<f32>() < 0.2 {
+                        r.random()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mut c1 = vec![3u32; fs];
+            let mut c2 = vec![3u32; fs];
+            let a = reference(s, &x, &xh, &f, &mut c1);
+            let bb = fast(s, &x, &xh, &f, &mut c2);
+            assert_eq!(c1, c2);
+            assert_eq!(a.l0, bb.l0);
+            assert!((a.sse - bb.sse).abs() <= 1e-9 * a.sse.abs().max(1.0));
+            assert!((a.l1 - bb.l1).abs() <= 1e-9 * a.l1.abs().max(1.0));
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! A dictionary (a trained SAE): its configuration and parameters, initialisation, and save / load in the SAELens
+//! layout (cfg.json + sae_weights.safetensors with W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in],
+//! b_dec [d_in], all f32).
+
+use crate::ops::{self, Activation, Shape};
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub const CFG_FILE: &str = "cfg.json";
+pub const WEIGHTS_FILE: &str = "sae_weights.safetensors";
+
+/// Errors loading or saving a dictionary; each names the file.
+#[derive(Debug, Error)]
+pub enum SaeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid cfg.json: {message}")]
+    Cfg { path: PathBuf, message: String },
+    #[error("{path}: invalid weights: {message}")]
+    Weights { path: PathBuf, message: String },
+}
+
+/// The architecture. Serialised as SAELens names it ("standard" is ReLU + L1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    #[serde(rename = "standard", alias = "relu")]
+    Relu,
+    #[serde(rename = "topk")]
+    TopK,
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::Relu => "relu",
+            Arch::TopK => "topk",
+        })
+    }
+}
+
+/// cfg.json.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaeCfg {
+    pub d_in: usize,
+    pub d_sae: usize,
+    pub architecture: Arch,
+    /// TopK only: features kept per token.
+    pub k: Option<usize>,
+    pub l1_coefficient: f32,
+    /// Model activations are multiplied by this before encoding (so that E‖x‖² = d_in on the training data).
+    pub scaling_factor: f32,
+    pub seed: u64,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    /// SHA-256 of the activation set the dictionary was trained on.
+    pub activation_set_sha256: String,
+    #[serde(default)]
+    pub hook_name: Option<String>,
+    /// Features removed by pruning after training (0 when not pruned).
+    #[serde(default)]
+    pub pruned_features: usize,
+    pub dtype: String,
+    pub apply_b_dec_to_input: bool,
+}
+
+impl SaeCfg {
+    /// The activation the encoder applies.
+    pub fn activation(&self) -> Activation {
+        match self.architecture {
+            Arch::Relu => Activation::Relu,
+            Arch::TopK => Activation::TopK {
+                k: self.k.unwrap_or(0),
+            },
+        }
+    }
+    fn validate(&self, path: &Path) -> Result<(), SaeError> {
+        let bad = |m: String| {
+            Err(SaeError::Cfg {
+                path: path.to_path_buf(),
+                message: m,
+            })
+        };
+        if self.d_in == 0 || self.d_sae == 0 {
+            return bad(format!(
+                "d_in {} and d_sae {} must be positive",
+                self.d_in, self.d_sae
+            ));
+        }
+        if self.architecture == Arch::TopK && !matches!(self.k, Some(k) if k > 0 && k <= self.d_sae)
+        {
+            return bad(format!("topk needs 0 < k ≤ d_sae, got k {:?}", self.k));
+        }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return bad(format!(
+                "scaling_factor must be positive and finite, got {}",
+                self.scaling_factor
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A dictionary: configuration plus parameters (row-major, SAELens shapes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sae {
+    pub cfg: SaeCfg,
+    pub w_enc: Vec<f32>,
+    pub b_enc: Vec<f32>,
+    pub w_dec: Vec<f32>,
+    pub b_dec: Vec<f32>,
+}
+
+impl Sae {
+    /// Decoder rows: random unit vectors; encoder: the decoder's transpose times `enc_scale`; b_enc 0; b_dec given.
+    pub fn init(cfg: SaeCfg, b_dec: Vec<f32>, enc_scale: f32, rng: &mut impl Rng) -> Sae {
+        let (d, fsz) = (cfg.d_in, cfg.d_sae);
+        assert_eq!(b_dec.len(), d);
+        let mut w_dec: Vec<f32> = (0..fsz * d).map(|_| StandardNormal.sample(rng)).collect();
+        for row in w_dec.chunks_mut(d) {
+            let n = row
+                .iter()
+                .map(|x| x * x)
+                .sum::<f32>()
+                .sqrt()
+                .max(f32::MIN_POSITIVE);
+            row.iter_mut().for_each(|x| *x /= n);
+        }
+        let mut w_enc = vec![0.0f32; d * fsz];
+        for i in 0..fsz {
+            for j in 0..d {
+                w_enc[j * fsz + i] = enc_scale * w_dec[i * d + j];
+            }
+        }
+        Sae {
+            cfg,
+            w_enc,
+            b_enc: vec![0.0; fsz],
+            w_dec,
+            b_dec,
+        }
+    }
+
+    pub fn shape(&self, batch: usize) -> Shape {
+        Shape::new(batch, self.cfg.d_in, self.cfg.d_sae)
+    }
+
+    /// Codes f [n, d_sae] for scaled inputs x [n, d_in] (fast CPU path).
+    pub fn encode(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let mut f = vec![0.0; n * self.cfg.d_sae];
+        ops::encode::fast(
+            self.shape(n),
+            self.cfg.activation(),
+            x,
+            &self.w_enc,
+            &self.b_enc,
+            &self.b_dec,
+            &mut f,
+        );
+        f
+    }
+
+    /// Reconstructions x̂ [n, d_in] from codes f [n, d_sae] (fast CPU path), in scaled units.
+    pub fn decode(&self, f: &[f32], n: usize) -> Vec<f32> {
+        let mut xh = vec![0.0; n * self.cfg.d_in];
+        ops::decode::fast(self.shape(n), f, &self.w_dec, &self.b_dec, &mut xh);
+        xh
+    }
+
+    /// A dictionary with only the features in `keep` (in that order).
+    pub fn select_features(&self, keep: &[usize]) -> Sae {
+        let (d, fsz) = (self.cfg.d_in, self.cfg.d_sae);
+        let nk = keep.len();
+        let mut w_enc = vec![0.0f32; d * nk];
+        for j in 0..d {
+            for (n, &i) in keep.iter().enumerate() {
+                w_enc[j * nk + n] = self.w_enc[j * fsz + i];
+            }
+        }
+        let w_dec = keep
+            .iter()
+            .flat_map(|&i| self.w_dec[i * d..(i + 1) * d].iter().copied())
+            .collect();
+        let mut cfg = self.cfg.clone();
+        cfg.d_sae = nk;
+        cfg.pruned_features += fsz - nk;
+        if let Some(k) = cfg.k {
+            cfg.k = Some(k.min(nk));
+        }
+        Sae {
+            cfg,
+            w_enc,
+            b_enc: keep.iter().map(|&i| self.b_enc[i]).collect(),
+            w_dec,
+            b_dec: self.b_dec.clone(),
+        }
+    }
+
+    /// Writes cfg.json and sae_weights.safetensors into `dir` (created if missing).
+    pub fn save(&self, dir: &Path) -> Result<(), SaeError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SaeError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (d, fsz) = (self.cfg.d_in, self.cfg.d_sae);
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let data = [
+            ("W_enc", vec![d, fsz], bytes(&self.w_enc)),
+            ("b_enc", vec![fsz], bytes(&self.b_enc)),
+            ("W_dec", vec![fsz, d], bytes(&self.w_dec)),
+            ("b_dec", vec![d], bytes(&self.b_dec)),
+        ];
+        let wpath = dir.join(WEIGHTS_FILE);
+        let werr = |m: String| SaeError::Weights {
+            path: wpath.clone(),
+            message: m,
+        };
+        let mut views = BTreeMap::new();
+        for (name, shape, b) in &data {
+            views.insert(
+                name.to_string(),
+                TensorView::new(Dtype::F32, shape.clone(), b).map_err(|e| werr(e.to_string()))?,
+            );
+        }
+        let blob = safetensors::serialize(&views, None).map_err(|e| werr(e.to_string()))?;
+        write_atomic(&wpath, &blob).map_err(io(&wpath))?;
+        let cpath = dir.join(CFG_FILE);
+        let json = serde_json::to_vec_pretty(&self.cfg).expect("cfg serialises");
+        write_atomic(&cpath, &json).map_err(io(&cpath))?;
+        Ok(())
+    }
+
+    /// Reads a dictionary saved by [`Sae::save`] (or by SAELens with the same tensors), checking every shape.
+    pub fn load(dir: &Path) -> Result<Sae, SaeError> {
+        let cpath = dir.join(CFG_FILE);
+        let text = std::fs::read(&cpath).map_err(|source| SaeError::Io {
+            path: cpath.clone(),
+            source,
+        })?;
+        let cfg: SaeCfg = serde_json::from_slice(&text).map_err(|e| SaeError::Cfg {
+            path: cpath.clone(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(&cpath)?;
+        let wpath = dir.join(WEIGHTS_FILE);
+        let blob = std::fs::read(&wpath).map_err(|source| SaeError::Io {
+            path: wpath.clone(),
+            source,
+        })?;
+        let werr = |m: String| SaeError::Weights {
+            path: wpath.clone(),
+            message: m,
+        };
+        let st = SafeTensors::deserialize(&blob).map_err(|e| werr(e.to_string()))?;
+        let (d, fsz) = (cfg.d_in, cfg.d_sae);
+        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, SaeError> {
+            let t = st
+                .tensor(name)
+                .map_err(|e| werr(format!("tensor {name}: {e}")))?;
+            if t.dtype() != Dtype::F32 {
+                return Err(werr(format!(
+                    "tensor {name} is {:?}, expected F32",
+                    t.dtype()
+                )));
+            }
+            if t.shape() != shape {
+                return Err(werr(format!(
+                    "tensor {name} has shape {:?}, cfg.json implies {:?}",
+                    t.shape(),
+                    shape
+                )));
+            }
+            let v: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if let Some(p) = v.iter().position(|x| !x.is_finite()) {
+                return Err(werr(format!(
+                    "tensor {name} holds a non-finite value at index {p}"
+                )));
+            }
+            Ok(v)
+        };
+        Ok(Sae {
+            w_enc: get("W_enc", &[d, fsz])?,
+            b_enc: get("b_enc", &[fsz])?,
+            w_dec: get("W_dec", &[fsz, d])?,
+            b_dec: get("b_dec", &[d])?,
+            cfg,
+        })
+    }
+}
+
+/// Writes through a temporary file in the same directory, then renames, so a reader never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp{}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testutil::rng;
+
+    fn cfg(d: usize, f: usize) -> SaeCfg {
+        SaeCfg {
+            d_in: d,
+            d_sae: f,
+            architecture: Arch::Relu,
+            k: None,
+            l1_coefficient: 1.0,
+            scaling_factor: 2.0,
+            seed: 1,
+            steps: 10,
+            batch_size: 4,
+            lr: 1e-3,
+            activation_set_sha256: "00".into(),
+            hook_name: None,
+            pruned_features: 0,
+            dtype: "float32".into(),
+            apply_b_dec_to_input: true,
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_and_shape_errors() {
+        let dir = std::env::temp_dir().join(format!("saeperf-sae-test-{}", std::process::id()));
+        let sae = Sae::init(cfg(5, 7), vec![0.5; 5], 1.0, &mut rng(1));
+        sae.save(&dir).unwrap();
+        assert_eq!(Sae::load(&dir).unwrap(), sae);
+        // A cfg that disagrees with the tensors is refused with the file named.
+        let mut c = sae.cfg.clone();
+        c.d_sae = 8;
+        std::fs::write(dir.join(CFG_FILE), serde_json::to_vec(&c).unwrap()).unwrap();
+        let err = Sae::load(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("sae_weights.safetensors") && err.contains("shape"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn select_features_keeps_columns_and_rows() {
+        let sae = Sae::init(cfg(3, 4), vec![0.0; 3], 1.0, &mut rng(2));
+        let p = sae.select_features(&[1, 3]);
+        assert_eq!(p.cfg.d_sae, 2);
+        assert_eq!(p.cfg.pruned_features, 2);
+        assert_eq!(&p.w_dec[3..6], &sae.w_dec[9..12]);
+        assert_eq!(p.w_enc[1], sae.w_enc[3]);
+        assert_eq!(p.w_enc[2], sae.w_enc[4 + 1]);
+    }
+}
