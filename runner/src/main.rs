@@ -3,6 +3,7 @@
 //! Exit codes: 0 success (and, for `bench`/`compare`, no regression); 1 error (bad input, store in use, ...);
 //! 2 a regression was found; 3 a benchmark failed or diverged in the head run.
 
+mod bench;
 mod compare;
 mod fingerprint;
 mod store;
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run the benchmark suite, store the run, compare it with its baseline; exit 2 on a regression, 3 on a failure.
+    Bench(bench::BenchArgs),
     /// The results store: check, list, export.
     #[command(subcommand)]
     Db(store_cli::DbCmd),
@@ -60,6 +63,7 @@ fn main() {
 fn run(cli: Cli) -> Result<i32> {
     let db = cli.db.db.as_deref();
     match cli.cmd {
+        Cmd::Bench(a) => bench::run_bench(db, &a),
         Cmd::Db(c) => store_cli::run_db(db, &c),
         Cmd::Ingest { bundles } => store_cli::run_ingest(db, &bundles),
         Cmd::Compare(a) => store_cli::run_compare(db, &a),
