@@ -36,11 +36,15 @@ impl Fingerprint {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let (cpu_model, cpu_cores) = parse_cpuinfo(&cpuinfo);
         let cpu_cores = if cpu_cores == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             cpu_cores
         };
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|s| s.trim().to_string());
         Fingerprint {
             cpu_model,
             cpu_cores,
@@ -74,7 +78,12 @@ impl Fingerprint {
     pub fn summary(&self) -> String {
         let mut s = format!("{} x{}", self.cpu_model, self.cpu_cores);
         for g in &self.gpus {
-            s.push_str(&format!(", {} (driver {}, CUDA {})", g.name, g.driver, g.cuda.as_deref().unwrap_or("?")));
+            s.push_str(&format!(
+                ", {} (driver {}, CUDA {})",
+                g.name,
+                g.driver,
+                g.cuda.as_deref().unwrap_or("?")
+            ));
         }
         s
     }
@@ -85,10 +94,14 @@ fn parse_cpuinfo(text: &str) -> (String, usize) {
     let mut model = String::new();
     let mut cores = 0;
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         match k.trim() {
             "processor" => cores += 1,
-            "model name" | "Model" | "cpu model" if model.is_empty() => model = v.trim().to_string(),
+            "model name" | "Model" | "cpu model" if model.is_empty() => {
+                model = v.trim().to_string()
+            }
             _ => {}
         }
     }
@@ -100,7 +113,10 @@ fn parse_cpuinfo(text: &str) -> (String, usize) {
 
 fn detect_gpus() -> Vec<Gpu> {
     let Ok(out) = Command::new("nvidia-smi")
-        .args(["--query-gpu=name,driver_version,clocks.sm,clocks.max.sm", "--format=csv,noheader,nounits"])
+        .args([
+            "--query-gpu=name,driver_version,clocks.sm,clocks.max.sm",
+            "--format=csv,noheader,nounits",
+        ])
         .output()
     else {
         return vec![];
@@ -118,7 +134,10 @@ fn detect_gpus() -> Vec<Gpu> {
 
 fn parse_cuda_banner(text: &str) -> Option<String> {
     let i = text.find("CUDA Version:")?;
-    text[i + "CUDA Version:".len()..].split_whitespace().next().map(|s| s.trim_end_matches('|').to_string())
+    text[i + "CUDA Version:".len()..]
+        .split_whitespace()
+        .next()
+        .map(|s| s.trim_end_matches('|').to_string())
 }
 
 fn parse_gpu_csv(text: &str, cuda: Option<String>) -> Vec<Gpu> {
@@ -145,12 +164,20 @@ mod tests {
     fn parses_cpuinfo_and_nvidia_smi() {
         let ci = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n";
         assert_eq!(parse_cpuinfo(ci), ("AMD EPYC 7B13".to_string(), 2));
-        let banner = "| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4     |";
+        let banner =
+            "| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4     |";
         assert_eq!(parse_cuda_banner(banner).as_deref(), Some("12.4"));
-        let g = parse_gpu_csv("NVIDIA H100 80GB HBM3, 550.54.15, 1980, 1980\n", Some("12.4".into()));
+        let g = parse_gpu_csv(
+            "NVIDIA H100 80GB HBM3, 550.54.15, 1980, 1980\n",
+            Some("12.4".into()),
+        );
         assert_eq!(g[0].name, "NVIDIA H100 80GB HBM3");
         assert_eq!(g[0].sm_clock_max_mhz, Some(1980));
-        let mut a = Fingerprint { cpu_model: "x".into(), cpu_cores: 2, ..Default::default() };
+        let mut a = Fingerprint {
+            cpu_model: "x".into(),
+            cpu_cores: 2,
+            ..Default::default()
+        };
         let id = a.id();
         a.kernel = Some("6.1".into());
         assert_eq!(a.id(), id, "kernel is recorded, not hashed");

@@ -16,7 +16,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "runner", version, about = "saeperf: benchmark and regression tracking for SAE training kernels")]
+#[command(
+    name = "runner",
+    version,
+    about = "saeperf: benchmark and regression tracking for SAE training kernels"
+)]
 struct Cli {
     #[command(flatten)]
     db: store_cli::DbArg,

@@ -20,19 +20,23 @@ pub fn saeperf_home() -> PathBuf {
     if let Some(h) = std::env::var_os("SAEPERF_HOME") {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".saeperf")
 }
 
 /// The store path: `--db`, else `$SAEPERF_HOME/store`.
 pub fn store_path(db: Option<&Path>) -> PathBuf {
-    db.map(Path::to_path_buf).unwrap_or_else(|| saeperf_home().join("store"))
+    db.map(Path::to_path_buf)
+        .unwrap_or_else(|| saeperf_home().join("store"))
 }
 
 pub fn open_store(db: Option<&Path>) -> Result<Store> {
     let p = store_path(db);
     if let Some(parent) = p.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     Ok(Store::open(&p)?)
 }
@@ -135,7 +139,14 @@ pub fn run_db(db: Option<&Path>, cmd: &DbCmd) -> Result<i32> {
                 for p in &rep.problems {
                     println!("problem: {p}");
                 }
-                println!("{}", if rep.problems.is_empty() { "ok" } else { "FAILED" });
+                println!(
+                    "{}",
+                    if rep.problems.is_empty() {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    }
+                );
             }
             Ok(if rep.problems.is_empty() { 0 } else { 1 })
         }
@@ -146,12 +157,17 @@ pub fn run_db(db: Option<&Path>, cmd: &DbCmd) -> Result<i32> {
             } else {
                 let mut t = comfy_table::Table::new();
                 t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-                t.set_header(["run", "state", "commit", "branch", "pr", "backend", "profile", "machine"]);
+                t.set_header([
+                    "run", "state", "commit", "branch", "pr", "backend", "profile", "machine",
+                ]);
                 for m in &runs {
                     t.add_row([
                         m.id.clone(),
                         format!("{:?}", m.state).to_lowercase(),
-                        m.commit.as_deref().map(|c| c[..c.len().min(10)].to_string()).unwrap_or_default()
+                        m.commit
+                            .as_deref()
+                            .map(|c| c[..c.len().min(10)].to_string())
+                            .unwrap_or_default()
                             + if m.dirty { "+dirty" } else { "" },
                         m.branch.clone().unwrap_or_default(),
                         m.pr.map(|p| p.to_string()).unwrap_or_default(),
@@ -171,8 +187,10 @@ pub fn run_db(db: Option<&Path>, cmd: &DbCmd) -> Result<i32> {
                 Some(p) => {
                     // Write beside and rename, so a cut-off export never leaves half a bundle under the name.
                     let tmp = p.with_extension("partial");
-                    std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
-                    std::fs::rename(&tmp, p).with_context(|| format!("renaming to {}", p.display()))?;
+                    std::fs::write(&tmp, &text)
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    std::fs::rename(&tmp, p)
+                        .with_context(|| format!("renaming to {}", p.display()))?;
                     eprintln!("exported {} runs to {}", b.runs.len(), p.display());
                 }
                 None => {
@@ -194,8 +212,12 @@ pub fn run_ingest(db: Option<&Path>, bundles: &[PathBuf]) -> Result<i32> {
     let store = open_store(db)?;
     for p in bundles {
         let b = bundle::read(p)?;
-        let (added, skipped) = bundle::ingest(&store, &b).with_context(|| format!("ingesting {}", p.display()))?;
-        println!("{}: {added} runs added, {skipped} already present", p.display());
+        let (added, skipped) =
+            bundle::ingest(&store, &b).with_context(|| format!("ingesting {}", p.display()))?;
+        println!(
+            "{}: {added} runs added, {skipped} already present",
+            p.display()
+        );
     }
     Ok(0)
 }
@@ -206,7 +228,9 @@ pub fn run_compare(db: Option<&Path>, a: &CompareArgs) -> Result<i32> {
     let store = open_store(db)?;
     let head = store.resolve(&a.head, &|_| true)?;
     // A commit or `latest` for the base means: on the head's machine, backend and profile.
-    let base = store.resolve(&a.base, &|m: &RunMeta| same_series(m, &head) && m.id != head.id)?;
+    let base = store.resolve(&a.base, &|m: &RunMeta| {
+        same_series(m, &head) && m.id != head.id
+    })?;
     let c = compare::compare_stored(&store, &base, &head, &rules)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
@@ -232,7 +256,15 @@ struct HistoryPoint {
 
 pub fn run_history(db: Option<&Path>, a: &HistoryArgs) -> Result<i32> {
     let store = open_store(db)?;
-    let fp = if a.any_machine { None } else { Some(a.fingerprint.clone().unwrap_or_else(|| Fingerprint::detect().id())) };
+    let fp = if a.any_machine {
+        None
+    } else {
+        Some(
+            a.fingerprint
+                .clone()
+                .unwrap_or_else(|| Fingerprint::detect().id()),
+        )
+    };
     let metas: Vec<RunMeta> = store
         .list_runs()?
         .into_iter()
@@ -241,7 +273,9 @@ pub fn run_history(db: Option<&Path>, a: &HistoryArgs) -> Result<i32> {
                 && fp.as_ref().is_none_or(|f| &m.fingerprint_id == f)
                 && a.backend.as_ref().is_none_or(|b| &m.backend == b)
                 && a.profile.as_ref().is_none_or(|p| &m.profile == p)
-                && a.branch.as_ref().is_none_or(|b| m.branch.as_ref() == Some(b))
+                && a.branch
+                    .as_ref()
+                    .is_none_or(|b| m.branch.as_ref() == Some(b))
                 && m.benchmarks.iter().any(|b| b == &a.bench)
         })
         .collect();
@@ -277,7 +311,11 @@ pub fn run_history(db: Option<&Path>, a: &HistoryArgs) -> Result<i32> {
         });
     }
     if points.is_empty() {
-        let hint = if fp.is_some() { " on this machine (try --any-machine)" } else { "" };
+        let hint = if fp.is_some() {
+            " on this machine (try --any-machine)"
+        } else {
+            ""
+        };
         anyhow::bail!("no complete run has benchmark {:?}{hint}", a.bench);
     }
     if a.json {
@@ -286,18 +324,25 @@ pub fn run_history(db: Option<&Path>, a: &HistoryArgs) -> Result<i32> {
     }
     let mut t = comfy_table::Table::new();
     t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(["run", "commit", "branch", "machine", "backend", "profile", "status", &a.metric]);
+    t.set_header([
+        "run", "commit", "branch", "machine", "backend", "profile", "status", &a.metric,
+    ]);
     for p in &points {
         t.add_row([
             p.run.clone(),
-            p.commit.as_deref().map(|c| c[..c.len().min(10)].to_string()).unwrap_or_default()
+            p.commit
+                .as_deref()
+                .map(|c| c[..c.len().min(10)].to_string())
+                .unwrap_or_default()
                 + if p.dirty { "+dirty" } else { "" },
             p.branch.clone().unwrap_or_default(),
             p.fingerprint.clone(),
             p.backend.clone(),
             p.profile.clone(),
             p.status.clone(),
-            p.value.map(|v| format!("{v:.6e}")).unwrap_or_else(|| "-".into()),
+            p.value
+                .map(|v| format!("{v:.6e}"))
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
     println!("{t}");
@@ -343,19 +388,40 @@ fn synth_history(store: &Store, n: usize) -> Result<()> {
             .map(|b| {
                 let is_op = matches!(b, crate::suite::BenchSpec::Op { .. });
                 let n_samples = if is_op { 20 } else { 1 };
-                let samples = (0..n_samples).map(|_| 1e-3 * rng.random_range(0.95..1.05)).collect();
-                let metrics = ["mse", "l0", "l1", "fvu", "fve", "dead_fraction", "dense_fraction", "mmcs"]
-                    .iter()
-                    .map(|k| (k.to_string(), rng.random_range(0.0..1.0)))
+                let samples = (0..n_samples)
+                    .map(|_| 1e-3 * rng.random_range(0.95..1.05))
                     .collect();
+                let metrics = [
+                    "mse",
+                    "l0",
+                    "l1",
+                    "fvu",
+                    "fve",
+                    "dead_fraction",
+                    "dense_fraction",
+                    "mmcs",
+                ]
+                .iter()
+                .map(|k| (k.to_string(), rng.random_range(0.0..1.0)))
+                .collect();
                 let curve = (0..40)
-                    .map(|s| crate::store::schema::CurvePoint { step: s * 50, loss: 1.0, mse: 0.5, l0: 10.0 })
+                    .map(|s| crate::store::schema::CurvePoint {
+                        step: s * 50,
+                        loss: 1.0,
+                        mse: 0.5,
+                        l0: 10.0,
+                    })
                     .collect();
                 BenchResult {
                     name: b.name().to_string(),
-                    kind: if is_op { BenchKind::Op } else { BenchKind::Train },
+                    kind: if is_op {
+                        BenchKind::Op
+                    } else {
+                        BenchKind::Train
+                    },
                     status: BenchStatus::Ok,
                     samples,
+                    yardstick: vec![],
                     metrics: if is_op { BTreeMap::new() } else { metrics },
                     metric_seeds: BTreeMap::new(),
                     deterministic: true,

@@ -20,7 +20,10 @@ pub const DEFAULT_SUITE_PATH: &str = "bench/suite.toml";
 #[derive(Debug, Error)]
 pub enum SuiteError {
     #[error("cannot read suite {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("suite {path} is not a valid suite: {msg}")]
     Parse { path: String, msg: String },
     #[error("suite {path}: {msg}")]
@@ -137,18 +140,32 @@ pub struct Rules {
 impl Default for Rules {
     fn default() -> Self {
         use Direction::*;
-        let rule = |direction, rel_tol| MetricRule { direction, rel_tol, abs_tol: 1e-6, seed_sigmas: 3.0 };
+        let rule = |direction, rel_tol| MetricRule {
+            direction,
+            rel_tol,
+            abs_tol: 1e-6,
+            seed_sigmas: 3.0,
+        };
         let mut metrics = BTreeMap::new();
         for m in ["mse", "fvu", "l0", "delta_ce", "kl_div"] {
             metrics.insert(m.to_string(), rule(LowerIsBetter, 1e-3));
         }
         for m in ["dead_fraction", "dense_fraction"] {
-            metrics.insert(m.to_string(), MetricRule { abs_tol: 1e-3, ..rule(LowerIsBetter, 0.0) });
+            metrics.insert(
+                m.to_string(),
+                MetricRule {
+                    abs_tol: 1e-3,
+                    ..rule(LowerIsBetter, 0.0)
+                },
+            );
         }
         for m in ["fve", "loss_recovered", "mmcs", "recovered_fraction"] {
             metrics.insert(m.to_string(), rule(HigherIsBetter, 1e-3));
         }
-        Rules { speed: SpeedRule::default(), metrics }
+        Rules {
+            speed: SpeedRule::default(),
+            metrics,
+        }
     }
 }
 
@@ -196,13 +213,23 @@ pub enum DataSpec {
         seed: u64,
         #[serde(default = "default_eval_fraction")]
         eval_fraction: f64,
+        /// Feature i fires with probability proportional to (i + 1)^-zipf_exponent.
+        #[serde(default = "default_zipf")]
+        zipf_exponent: f64,
+        /// Standard deviation of Gaussian noise added to every coordinate.
+        #[serde(default)]
+        noise: f32,
     },
-    /// A prepared activation set (e.g. from `runner data harvest`); benchmarks on it are skipped when it is absent.
+    /// A prepared activation set (e.g. from `runner data harvest`); a relative path is under $SAEPERF_HOME.
+    /// Benchmarks on it fail with the reason when it is absent.
     Prepared { path: String },
 }
 
 fn default_active() -> f64 {
     8.0
+}
+fn default_zipf() -> f64 {
+    0.5
 }
 fn default_eval_fraction() -> f64 {
     0.1
@@ -307,7 +334,13 @@ fn default_profile() -> String {
 pub enum BenchSpec {
     Train(TrainSpec),
     Prune(TrainSpec),
-    Op { name: String, op: String, shape: ShapeSpec, samples: usize, warmup: usize },
+    Op {
+        name: String,
+        op: String,
+        shape: ShapeSpec,
+        samples: usize,
+        warmup: usize,
+    },
 }
 
 impl BenchSpec {
@@ -353,35 +386,70 @@ impl Suite {
     pub fn load(path: Option<&Path>) -> Result<(Suite, String), SuiteError> {
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| SuiteError::Read { path: p.display().to_string(), source })?;
-                Ok((Suite::parse(&text, &p.display().to_string())?, p.display().to_string()))
+                let text = std::fs::read_to_string(p).map_err(|source| SuiteError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                Ok((
+                    Suite::parse(&text, &p.display().to_string())?,
+                    p.display().to_string(),
+                ))
             }
             None => match std::fs::read_to_string(DEFAULT_SUITE_PATH) {
-                Ok(text) => Ok((Suite::parse(&text, DEFAULT_SUITE_PATH)?, DEFAULT_SUITE_PATH.to_string())),
-                Err(_) => Ok((Suite::parse(DEFAULT_SUITE, "<built-in suite>")?, "<built-in suite>".to_string())),
+                Ok(text) => Ok((
+                    Suite::parse(&text, DEFAULT_SUITE_PATH)?,
+                    DEFAULT_SUITE_PATH.to_string(),
+                )),
+                Err(_) => Ok((
+                    Suite::parse(DEFAULT_SUITE, "<built-in suite>")?,
+                    "<built-in suite>".to_string(),
+                )),
             },
         }
     }
 
     fn validate(&self, path: &str) -> Result<(), SuiteError> {
-        let bad = |msg: String| Err(SuiteError::Invalid { path: path.to_string(), msg });
+        let bad = |msg: String| {
+            Err(SuiteError::Invalid {
+                path: path.to_string(),
+                msg,
+            })
+        };
         let mut names = std::collections::BTreeSet::new();
         for t in self.train.iter().chain(&self.prune) {
             if !self.data.contains_key(&t.data) {
-                return bad(format!("benchmark {} uses data {:?}, which [data] does not define", t.name, t.data));
+                return bad(format!(
+                    "benchmark {} uses data {:?}, which [data] does not define",
+                    t.name, t.data
+                ));
             }
             match t.arch.as_str() {
                 "relu" => {}
                 "topk" if t.k.is_some_and(|k| k > 0 && k <= t.d_sae) => {}
-                "topk" => return bad(format!("benchmark {}: arch topk needs 0 < k <= d_sae", t.name)),
-                other => return bad(format!("benchmark {}: unknown arch {other:?} (relu or topk)", t.name)),
+                "topk" => {
+                    return bad(format!(
+                        "benchmark {}: arch topk needs 0 < k <= d_sae",
+                        t.name
+                    ))
+                }
+                other => {
+                    return bad(format!(
+                        "benchmark {}: unknown arch {other:?} (relu or topk)",
+                        t.name
+                    ))
+                }
             }
             if t.steps == 0 || t.batch == 0 || t.d_sae == 0 {
-                return bad(format!("benchmark {}: steps, batch and d_sae must be positive", t.name));
+                return bad(format!(
+                    "benchmark {}: steps, batch and d_sae must be positive",
+                    t.name
+                ));
             }
             if !(t.l1.is_finite() && t.l1 >= 0.0 && t.lr.is_finite() && t.lr > 0.0) {
-                return bad(format!("benchmark {}: l1 must be finite and >= 0, lr finite and > 0", t.name));
+                return bad(format!(
+                    "benchmark {}: l1 must be finite and >= 0, lr finite and > 0",
+                    t.name
+                ));
             }
             if !names.insert(t.name.clone()) {
                 return bad(format!("benchmark name {} is used twice", t.name));
@@ -389,27 +457,46 @@ impl Suite {
         }
         for t in &self.prune {
             if !t.prune_above.is_some_and(|p| p > 0.0 && p < 1.0) {
-                return bad(format!("pruning benchmark {} needs prune_above in (0, 1)", t.name));
+                return bad(format!(
+                    "pruning benchmark {} needs prune_above in (0, 1)",
+                    t.name
+                ));
             }
         }
         const OPS: [&str; 6] = ["encode", "decode", "backward", "adam", "resample", "reduce"];
         for o in &self.op {
             if !OPS.contains(&o.op.as_str()) {
-                return bad(format!("op benchmark {}: unknown op {:?} (one of {})", o.name, o.op, OPS.join(", ")));
+                return bad(format!(
+                    "op benchmark {}: unknown op {:?} (one of {})",
+                    o.name,
+                    o.op,
+                    OPS.join(", ")
+                ));
             }
             if !self.shapes.contains_key(&o.shape) {
-                return bad(format!("op benchmark {}: shape {:?} is not defined in [shapes]", o.name, o.shape));
+                return bad(format!(
+                    "op benchmark {}: shape {:?} is not defined in [shapes]",
+                    o.name, o.shape
+                ));
             }
             if !names.insert(o.name.clone()) {
                 return bad(format!("benchmark name {} is used twice", o.name));
             }
         }
         if !self.profiles.contains_key(&self.default_profile) {
-            return bad(format!("default_profile {:?} is not defined in [profiles]", self.default_profile));
+            return bad(format!(
+                "default_profile {:?} is not defined in [profiles]",
+                self.default_profile
+            ));
         }
         for (name, p) in &self.profiles {
-            if !(p.steps_scale.is_finite() && p.steps_scale > 0.0) || p.op_samples == 0 || p.seeds == 0 {
-                return bad(format!("profile {name}: steps_scale, op_samples and seeds must be positive"));
+            if !(p.steps_scale.is_finite() && p.steps_scale > 0.0)
+                || p.op_samples == 0
+                || p.seeds == 0
+            {
+                return bad(format!(
+                    "profile {name}: steps_scale, op_samples and seeds must be positive"
+                ));
             }
         }
         for (name, r) in &self.metrics {
@@ -438,17 +525,25 @@ impl Suite {
     }
 
     /// Apply a profile (None: the suite's default) and an optional name filter (substring match).
-    pub fn resolve(&self, profile: Option<&str>, filter: Option<&str>) -> Result<ResolvedSuite, SuiteError> {
+    pub fn resolve(
+        &self,
+        profile: Option<&str>,
+        filter: Option<&str>,
+    ) -> Result<ResolvedSuite, SuiteError> {
         let pname = profile.unwrap_or(&self.default_profile);
-        let p = self.profiles.get(pname).ok_or_else(|| SuiteError::Invalid {
-            path: self.name.clone(),
-            msg: format!(
-                "no profile {pname:?} (have: {})",
-                self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        })?;
+        let p = self
+            .profiles
+            .get(pname)
+            .ok_or_else(|| SuiteError::Invalid {
+                path: self.name.clone(),
+                msg: format!(
+                    "no profile {pname:?} (have: {})",
+                    self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            })?;
         let keep = |name: &str| {
-            p.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name)) && filter.is_none_or(|f| name.contains(f))
+            p.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name))
+                && filter.is_none_or(|f| name.contains(f))
         };
         let scale = |s: usize| ((s as f64 * p.steps_scale).round() as usize).max(1);
         let scale_train = |t: &TrainSpec| {
@@ -458,21 +553,41 @@ impl Suite {
             t.l1_warmup = (t.l1_warmup as f64 * p.steps_scale).round() as usize;
             t.log_every = t.log_every.min(t.steps).max(1);
             if let Some(r) = &mut t.resample {
-                r.at_steps = r.at_steps.iter().map(|&s| scale(s)).filter(|&s| s < t.steps).collect();
+                r.at_steps = r
+                    .at_steps
+                    .iter()
+                    .map(|&s| scale(s))
+                    .filter(|&s| s < t.steps)
+                    .collect();
                 r.window = scale(r.window);
             }
             t
         };
         let mut benches = Vec::new();
-        benches.extend(self.train.iter().filter(|t| keep(&t.name)).map(|t| BenchSpec::Train(scale_train(t))));
-        benches.extend(self.prune.iter().filter(|t| keep(&t.name)).map(|t| BenchSpec::Prune(scale_train(t))));
-        benches.extend(self.op.iter().filter(|o| keep(&o.name)).map(|o| BenchSpec::Op {
-            name: o.name.clone(),
-            op: o.op.clone(),
-            shape: self.shapes[&o.shape],
-            samples: p.op_samples,
-            warmup: p.op_warmup,
-        }));
+        benches.extend(
+            self.train
+                .iter()
+                .filter(|t| keep(&t.name))
+                .map(|t| BenchSpec::Train(scale_train(t))),
+        );
+        benches.extend(
+            self.prune
+                .iter()
+                .filter(|t| keep(&t.name))
+                .map(|t| BenchSpec::Prune(scale_train(t))),
+        );
+        benches.extend(
+            self.op
+                .iter()
+                .filter(|o| keep(&o.name))
+                .map(|o| BenchSpec::Op {
+                    name: o.name.clone(),
+                    op: o.op.clone(),
+                    shape: self.shapes[&o.shape],
+                    samples: p.op_samples,
+                    warmup: p.op_warmup,
+                }),
+        );
         if benches.is_empty() {
             return Err(SuiteError::Invalid {
                 path: self.name.clone(),
@@ -486,7 +601,11 @@ impl Suite {
                 _ => None,
             })
             .collect();
-        let data = self.data.iter().filter(|(k, _)| used.contains(k.as_str())).map(|(k, v)| (k.clone(), v.clone()));
+        let data = self
+            .data
+            .iter()
+            .filter(|(k, _)| used.contains(k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()));
         Ok(ResolvedSuite {
             suite: self.name.clone(),
             profile: pname.to_string(),
@@ -514,7 +633,10 @@ mod tests {
         assert_ne!(q.hash(), st.hash());
         assert_eq!(st.hash(), s.resolve(None, None).unwrap().hash());
         let only_ops = s.resolve(None, Some("op/")).unwrap();
-        assert!(only_ops.benches.iter().all(|b| matches!(b, BenchSpec::Op { .. })));
+        assert!(only_ops
+            .benches
+            .iter()
+            .all(|b| matches!(b, BenchSpec::Op { .. })));
         assert!(only_ops.data.is_empty());
     }
 
@@ -528,6 +650,10 @@ mod tests {
         text = format!("{DEFAULT_SUITE}\n[metrics.mse]\ndirection = \"sideways\"\n");
         assert!(Suite::parse(&text, "x.toml").is_err());
         let s = Suite::parse(DEFAULT_SUITE, "d").unwrap();
-        assert!(s.resolve(Some("nope"), None).unwrap_err().to_string().contains("no profile"));
+        assert!(s
+            .resolve(Some("nope"), None)
+            .unwrap_err()
+            .to_string()
+            .contains("no profile"));
     }
 }

@@ -16,14 +16,22 @@ pub fn runner(db: &Path, args: &[&str]) -> Output {
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn run_ids(db: &Path) -> Vec<String> {
     let o = runner(db, &["db", "list", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v.as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -33,7 +41,11 @@ fn second_process_gets_a_clear_error_not_a_hang() {
     let held = sled::open(&db).unwrap(); // this process holds sled's file lock
     let t = Instant::now();
     let o = runner(&db, &["db", "check"]);
-    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let msg = text(&o);
     assert!(msg.contains("in use by another process"), "{msg}");
@@ -60,7 +72,11 @@ fn export_ingest_reproduces_comparisons_and_history() {
     assert!(text(&o).contains("12 runs added"), "{}", text(&o));
     // Ingesting again is a no-op.
     let o = runner(&b, &["ingest", bundle.to_str().unwrap()]);
-    assert!(text(&o).contains("0 runs added, 12 already present"), "{}", text(&o));
+    assert!(
+        text(&o).contains("0 runs added, 12 already present"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(run_ids(&b), ids);
     for (base, head) in [(&ids[3], &ids[11]), (&ids[0], &ids[1])] {
         let ca = runner(&a, &["compare", base, head, "--json"]);
@@ -82,7 +98,11 @@ fn bad_bundles_and_unknown_runs_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s");
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, b"{\"format\": \"saeperf-bundle\", \"schema_version\": 99, \"runs\": []}").unwrap();
+    std::fs::write(
+        &bad,
+        b"{\"format\": \"saeperf-bundle\", \"schema_version\": 99, \"runs\": []}",
+    )
+    .unwrap();
     let o = runner(&db, &["ingest", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("schema version 99"), "{}", text(&o));

@@ -71,8 +71,14 @@ pub struct GitState {
 }
 
 fn git(args: &[&str]) -> Option<String> {
-    let o = Command::new("git").args(args).stderr(std::process::Stdio::null()).output().ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    let o = Command::new("git")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 pub fn git_state() -> GitState {
@@ -80,12 +86,17 @@ pub fn git_state() -> GitState {
     let branch = git(&["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD");
     let dirty = commit.is_some()
         && git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    GitState { commit, branch, dirty }
+    GitState {
+        commit,
+        branch,
+        dirty,
+    }
 }
 
 /// The merge base of `rev` with the base branch (tries `branch`, then `origin/branch`).
 fn merge_base(rev: &str, branch: &str) -> Option<String> {
-    git(&["merge-base", rev, branch]).or_else(|| git(&["merge-base", rev, &format!("origin/{branch}")]))
+    git(&["merge-base", rev, branch])
+        .or_else(|| git(&["merge-base", rev, &format!("origin/{branch}")]))
 }
 
 /// How the baseline was chosen, for the table and the JSON.
@@ -108,17 +119,32 @@ pub fn find_baseline(store: &Store, head: &RunMeta, base_branch: &str) -> Result
         .iter()
         .filter(|m| m.state == RunState::Complete && m.id != head.id && same_series(m, head))
         .collect();
-    let newest_of = |c: &str| cands.iter().rev().find(|m| m.commit.as_deref() == Some(c)).map(|m| m.id.clone());
+    let newest_of = |c: &str| {
+        cands
+            .iter()
+            .rev()
+            .find(|m| m.commit.as_deref() == Some(c))
+            .map(|m| m.id.clone())
+    };
     let Some(commit) = head.commit.as_deref() else {
         return Ok(match cands.last() {
-            Some(m) => BaselineChoice { run: Some(m.id.clone()), why: "no git commit: newest run of this series".into() },
-            None => BaselineChoice { run: None, why: "no earlier run on this machine, backend and profile".into() },
+            Some(m) => BaselineChoice {
+                run: Some(m.id.clone()),
+                why: "no git commit: newest run of this series".into(),
+            },
+            None => BaselineChoice {
+                run: None,
+                why: "no earlier run on this machine, backend and profile".into(),
+            },
         });
     };
     let Some(mb) = merge_base(commit, base_branch) else {
         return Ok(BaselineChoice {
             run: None,
-            why: format!("no merge base of {} with {base_branch} (is the branch fetched?)", short(commit)),
+            why: format!(
+                "no merge base of {} with {base_branch} (is the branch fetched?)",
+                short(commit)
+            ),
         });
     };
     if mb != commit {
@@ -134,7 +160,8 @@ pub fn find_baseline(store: &Store, head: &RunMeta, base_branch: &str) -> Result
             },
         });
     }
-    let ancestors = git(&["rev-list", "--first-parent", "--max-count=200", commit]).unwrap_or_default();
+    let ancestors =
+        git(&["rev-list", "--first-parent", "--max-count=200", commit]).unwrap_or_default();
     for c in ancestors.lines() {
         if let Some(id) = newest_of(c) {
             let why = if c == commit {
@@ -145,7 +172,13 @@ pub fn find_baseline(store: &Store, head: &RunMeta, base_branch: &str) -> Result
             return Ok(BaselineChoice { run: Some(id), why });
         }
     }
-    Ok(BaselineChoice { run: None, why: format!("no stored run of {} or its ancestors on this series", short(commit)) })
+    Ok(BaselineChoice {
+        run: None,
+        why: format!(
+            "no stored run of {} or its ancestors on this series",
+            short(commit)
+        ),
+    })
 }
 
 fn short(c: &str) -> &str {
@@ -166,24 +199,51 @@ fn run_ops(specs: &[&BenchSpec], backend: &str) -> Vec<BenchResult> {
     let mut list = Vec::new();
     let (mut samples, mut warmup) = (0, 0);
     for spec in specs {
-        if let BenchSpec::Op { op, shape, samples: n, warmup: w, .. } = spec {
-            list.push((op.clone(), saeperf_kernels::Shape::new(shape.batch, shape.d_in, shape.d_sae)));
+        if let BenchSpec::Op {
+            op,
+            shape,
+            samples: n,
+            warmup: w,
+            ..
+        } = spec
+        {
+            list.push((
+                op.clone(),
+                saeperf_kernels::Shape::new(shape.batch, shape.d_in, shape.d_sae),
+            ));
             (samples, warmup) = (*n, *w);
         }
     }
-    let timed: Vec<Result<Vec<f64>>> = match backend {
+    let timed: Vec<Result<ops::OpTiming>> = match backend {
         "cpu" => ops::time_ops(&saeperf_kernels::CpuBackend::fast(), &list, samples, warmup),
-        "reference" => ops::time_ops(&saeperf_kernels::CpuBackend::reference(), &list, samples, warmup),
-        other => list.iter().map(|_| Err(anyhow::anyhow!("backend {other} is not available in this build"))).collect(),
+        "reference" => ops::time_ops(
+            &saeperf_kernels::CpuBackend::reference(),
+            &list,
+            samples,
+            warmup,
+        ),
+        other => list
+            .iter()
+            .map(|_| {
+                Err(anyhow::anyhow!(
+                    "backend {other} is not available in this build"
+                ))
+            })
+            .collect(),
     };
     specs
         .iter()
         .zip(timed)
         .map(|(spec, res)| {
-            let BenchSpec::Op { name, op, shape, .. } = spec else { unreachable!("only ops are passed") };
-            let (status, samples) = match res {
-                Ok(t) => (BenchStatus::Ok, t),
-                Err(e) => (BenchStatus::Failed(format!("{e:#}")), vec![]),
+            let BenchSpec::Op {
+                name, op, shape, ..
+            } = spec
+            else {
+                unreachable!("only ops are passed")
+            };
+            let (status, samples, yardstick) = match res {
+                Ok(t) => (BenchStatus::Ok, t.samples, t.yardstick),
+                Err(e) => (BenchStatus::Failed(format!("{e:#}")), vec![], vec![]),
             };
             let flops = match op.as_str() {
                 "encode" | "decode" => Some(2.0 * (shape.batch * shape.d_in * shape.d_sae) as f64),
@@ -194,6 +254,7 @@ fn run_ops(specs: &[&BenchSpec], backend: &str) -> Vec<BenchResult> {
                 kind: BenchKind::Op,
                 status,
                 samples,
+                yardstick,
                 metrics: BTreeMap::new(),
                 metric_seeds: BTreeMap::new(),
                 deterministic: true,
@@ -242,7 +303,11 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
         profile: resolved.profile.clone(),
         suite_hash: resolved.hash(),
         activation_sets: ctx.digests(),
-        benchmarks: resolved.benches.iter().map(|b| b.name().to_string()).collect(),
+        benchmarks: resolved
+            .benches
+            .iter()
+            .map(|b| b.name().to_string())
+            .collect(),
         runner_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     store.begin_run(&meta)?;
@@ -255,8 +320,10 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
         backend,
         resolved.benches.len()
     );
-    let (op_specs, train_specs): (Vec<&BenchSpec>, Vec<&BenchSpec>) =
-        resolved.benches.iter().partition(|b| matches!(b, BenchSpec::Op { .. }));
+    let (op_specs, train_specs): (Vec<&BenchSpec>, Vec<&BenchSpec>) = resolved
+        .benches
+        .iter()
+        .partition(|b| matches!(b, BenchSpec::Op { .. }));
     let steps = train_specs.len() + usize::from(!op_specs.is_empty());
     let pb = indicatif::ProgressBar::new(steps as u64);
     pb.set_style(
@@ -287,12 +354,20 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
     }
     pb.finish_and_clear();
     meta.finished_at = Some(chrono::Utc::now());
-    let run = Run { meta: meta.clone(), results };
+    let run = Run {
+        meta: meta.clone(),
+        results,
+    };
     store.commit_run(&run)?;
-    let meta = store.run_meta(&meta.id)?.context("the run just committed is not in the store")?;
+    let meta = store
+        .run_meta(&meta.id)?
+        .context("the run just committed is not in the store")?;
 
     let choice = match a.baseline.as_str() {
-        "none" => BaselineChoice { run: None, why: "--baseline none".into() },
+        "none" => BaselineChoice {
+            run: None,
+            why: "--baseline none".into(),
+        },
         "merge-base" => find_baseline(&store, &meta, &a.base_branch)?,
         "auto" => {
             let c = find_baseline(&store, &meta, &a.base_branch)?;
@@ -306,8 +381,13 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
             c
         }
         spec => {
-            let m = store.resolve(spec, &|m: &RunMeta| same_series(m, &meta) && m.id != meta.id)?;
-            BaselineChoice { run: Some(m.id), why: format!("--baseline {spec}") }
+            let m = store.resolve(spec, &|m: &RunMeta| {
+                same_series(m, &meta) && m.id != meta.id
+            })?;
+            BaselineChoice {
+                run: Some(m.id),
+                why: format!("--baseline {spec}"),
+            }
         }
     };
     let comparison: Option<Comparison> = match &choice.run {
@@ -343,8 +423,24 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
 pub fn render_run(run: &Run) -> String {
     let mut t = comfy_table::Table::new();
     t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(["benchmark", "status", "median time", "n", "mse", "l0", "fve", "mmcs", "dead", "dense"]);
-    let m = |r: &BenchResult, k: &str| r.metrics.get(k).map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    t.set_header([
+        "benchmark",
+        "status",
+        "median time",
+        "n",
+        "mse",
+        "l0",
+        "fve",
+        "mmcs",
+        "dead",
+        "dense",
+    ]);
+    let m = |r: &BenchResult, k: &str| {
+        r.metrics
+            .get(k)
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into())
+    };
     for r in &run.results {
         let status = match &r.status {
             BenchStatus::Ok => "ok".to_string(),
@@ -354,7 +450,9 @@ pub fn render_run(run: &Run) -> String {
         t.add_row([
             r.name.clone(),
             status,
-            r.median_time().map(|s| format!("{:.3} ms", s * 1e3)).unwrap_or_else(|| "-".into()),
+            r.median_time()
+                .map(|s| format!("{:.3} ms", s * 1e3))
+                .unwrap_or_else(|| "-".into()),
             r.samples.len().to_string(),
             m(r, "mse"),
             m(r, "l0"),

@@ -4,6 +4,10 @@
 //! Inputs are deterministic (seeded) and realistic: codes for decode/backward/reduce have 32 firing features per
 //! token (the sparse path a trained dictionary takes), resample replaces 1/8 of the features.
 //!
+//! Every op sample is paired with a yardstick sample taken just before it: a fixed multi-threaded workload that does
+//! not depend on saeperf's code ([`yardstick`]). The comparison divides one by the other, so load from other processes
+//! (the main noise on shared machines) cancels out, as design/regression.md recommends.
+//!
 //! `SAEPERF_INJECT_SLOWDOWN=<fraction>` (e.g. 0.1) makes every timed iteration busy-wait for that fraction of its own
 //! duration inside the timed region. It exists only to measure the detector (tests and the false-alarm / power
 //! numbers); it is read here and nowhere else, and never affects training or metrics.
@@ -28,7 +32,9 @@ fn injected_slowdown() -> Result<f64> {
 }
 
 fn randn(rng: &mut rand_chacha::ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+    (0..n)
+        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
 }
 
 /// Codes with `per_row` firing features per token.
@@ -71,7 +77,10 @@ impl<'a, B: Backend> OpBench<'a, B> {
             bail!("unknown op {op:?} (one of {})", OPS.join(", "));
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5ae);
-        let up = |v: &[f32]| be.upload(v).with_context(|| format!("uploading inputs of {op}"));
+        let up = |v: &[f32]| {
+            be.upload(v)
+                .with_context(|| format!("uploading inputs of {op}"))
+        };
         let host = Params {
             w_enc: randn(&mut rng, s.d_in * s.d_sae, 0.05),
             b_enc: randn(&mut rng, s.d_sae, 0.01),
@@ -118,12 +127,28 @@ impl<'a, B: Backend> OpBench<'a, B> {
         match self.op.as_str() {
             "encode" => be.encode(s, Activation::Relu, &self.x, &self.p, &mut self.out_f)?,
             "decode" => be.decode(s, &self.f, &self.p, &mut self.out_x)?,
-            "backward" => be.backward(s, 1e-3, &self.x, &self.f, &self.xhat, &self.p, &mut self.g)?,
+            "backward" => {
+                be.backward(s, 1e-3, &self.x, &self.f, &self.xhat, &self.p, &mut self.g)?
+            }
             "adam" => {
                 self.step += 1;
-                be.adam(s, AdamHyper::new(1e-4, self.step), &mut self.p, &mut self.g, &mut self.m, &mut self.v)?
+                be.adam(
+                    s,
+                    AdamHyper::new(1e-4, self.step),
+                    &mut self.p,
+                    &mut self.g,
+                    &mut self.m,
+                    &mut self.v,
+                )?
             }
-            "resample" => be.resample(s, &self.dead, &self.dirs, &mut self.p, &mut self.m, &mut self.v)?,
+            "resample" => be.resample(
+                s,
+                &self.dead,
+                &self.dirs,
+                &mut self.p,
+                &mut self.m,
+                &mut self.v,
+            )?,
             "reduce" => {
                 be.batch_stats(s, &self.x, &self.xhat, &self.f, &mut self.counts)?;
             }
@@ -135,7 +160,8 @@ impl<'a, B: Backend> OpBench<'a, B> {
     /// One timed iteration, in seconds.
     pub fn sample(&mut self) -> Result<f64> {
         let t = Instant::now();
-        self.call().with_context(|| format!("op {} at {:?}", self.op, self.s))?;
+        self.call()
+            .with_context(|| format!("op {} at {:?}", self.op, self.s))?;
         if self.slow > 0.0 {
             let target = t.elapsed().mul_f64(1.0 + self.slow);
             while t.elapsed() < target {
@@ -146,28 +172,90 @@ impl<'a, B: Backend> OpBench<'a, B> {
     }
 }
 
+/// The yardstick: one pass of a fixed FMA workload over 4 MiB per thread, on every core, timed (seconds).
+pub fn yardstick(buf: &mut [Vec<f32>]) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|sc| {
+        for chunk in buf.iter_mut() {
+            sc.spawn(move || {
+                for pass in 0..4 {
+                    let a = 1.0 + pass as f32 * 1e-7;
+                    for v in chunk.iter_mut() {
+                        *v = v.mul_add(a, 1e-7);
+                    }
+                }
+                std::hint::black_box(&chunk);
+            });
+        }
+    });
+    t.elapsed().as_secs_f64()
+}
+
+/// Timing of one op: its samples and the paired yardstick samples.
+pub struct OpTiming {
+    pub samples: Vec<f64>,
+    pub yardstick: Vec<f64>,
+}
+
 /// Time several ops in rounds (op 1, op 2, ..., op 1, op 2, ...) so that a burst of load from other processes spreads
-/// over every op's samples instead of landing on all samples of one op. Returns, per op, its samples or its error.
-pub fn time_ops<B: Backend>(be: &B, ops: &[(String, Shape)], samples: usize, warmup: usize) -> Vec<Result<Vec<f64>>> {
-    let mut benches: Vec<Result<OpBench<B>>> = ops.iter().map(|(op, s)| OpBench::new(be, op, *s)).collect();
-    let mut out: Vec<Result<Vec<f64>>> = (0..ops.len()).map(|_| Ok(Vec::with_capacity(samples))).collect();
+/// over every op's samples instead of landing on all samples of one op; each sample is preceded by a yardstick
+/// sample. Returns, per op, its timing or its error.
+pub fn time_ops<B: Backend>(
+    be: &B,
+    ops: &[(String, Shape)],
+    samples: usize,
+    warmup: usize,
+) -> Vec<Result<OpTiming>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut yard_buf: Vec<Vec<f32>> = (0..threads).map(|_| vec![1.0f32; 1 << 20]).collect();
+    let mut benches: Vec<Result<OpBench<B>>> =
+        ops.iter().map(|(op, s)| OpBench::new(be, op, *s)).collect();
+    let mut out: Vec<Result<OpTiming>> = (0..ops.len())
+        .map(|_| {
+            Ok(OpTiming {
+                samples: Vec::with_capacity(samples),
+                yardstick: Vec::with_capacity(samples),
+            })
+        })
+        .collect();
     for round in 0..warmup + samples {
         for (b, o) in benches.iter_mut().zip(out.iter_mut()) {
-            let (Ok(b), Ok(v)) = (b, o.as_mut()) else { continue };
+            let (Ok(b), Ok(v)) = (b, o.as_mut()) else {
+                continue;
+            };
+            let y = yardstick(&mut yard_buf);
             match b.sample() {
-                Ok(t) if round >= warmup => v.push(t),
+                Ok(t) if round >= warmup => {
+                    v.samples.push(t);
+                    v.yardstick.push(y);
+                }
                 Ok(_) => {}
                 Err(e) => *o = Err(e),
             }
         }
     }
-    benches.into_iter().zip(out).map(|(b, o)| b.and(o)).collect()
+    benches
+        .into_iter()
+        .zip(out)
+        .map(|(b, o)| b.and(o))
+        .collect()
 }
 
 #[cfg(test)]
 /// Time one op: `warmup` untimed iterations, then `samples` timed ones.
-pub fn time_op<B: Backend>(be: &B, op: &str, s: Shape, samples: usize, warmup: usize) -> Result<Vec<f64>> {
-    time_ops(be, &[(op.to_string(), s)], samples, warmup).pop().expect("one result")
+pub fn time_op<B: Backend>(
+    be: &B,
+    op: &str,
+    s: Shape,
+    samples: usize,
+    warmup: usize,
+) -> Result<Vec<f64>> {
+    time_ops(be, &[(op.to_string(), s)], samples, warmup)
+        .pop()
+        .expect("one result")
+        .map(|t| t.samples)
 }
 
 #[cfg(test)]

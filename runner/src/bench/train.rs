@@ -21,9 +21,14 @@ impl DataCtx {
 pub fn run(t: &TrainSpec, prune: bool, _ctx: &DataCtx, _backend: &str) -> BenchResult {
     BenchResult {
         name: t.name.clone(),
-        kind: if prune { BenchKind::Prune } else { BenchKind::Train },
+        kind: if prune {
+            BenchKind::Prune
+        } else {
+            BenchKind::Train
+        },
         status: BenchStatus::Failed("the training engine is not in this build yet".into()),
         samples: vec![],
+        yardstick: vec![],
         metrics: BTreeMap::new(),
         metric_seeds: BTreeMap::new(),
         deterministic: true,

@@ -50,7 +50,10 @@ impl Verdict {
 
     /// Whether a person should look at this row.
     pub fn needs_attention(self) -> bool {
-        matches!(self, Verdict::Improvement | Verdict::Regression | Verdict::Failed)
+        matches!(
+            self,
+            Verdict::Improvement | Verdict::Regression | Verdict::Failed
+        )
     }
 }
 
@@ -128,7 +131,11 @@ pub fn judge_speed(bench: &str, base: &[f64], head: &[f64], history: &[f64], rul
         detail: String::new(),
     };
     let (Some(mb), Some(mh)) = (mb, mh) else {
-        row.verdict = if mb.is_none() { Verdict::New } else { Verdict::Missing };
+        row.verdict = if mb.is_none() {
+            Verdict::New
+        } else {
+            Verdict::Missing
+        };
         row.detail = "no timing samples on one side".into();
         return row;
     };
@@ -144,7 +151,11 @@ pub fn judge_speed(bench: &str, base: &[f64], head: &[f64], history: &[f64], rul
         t = t.max(s.single_sample_threshold);
     }
     row.threshold = Some(t);
-    let source = if fence.is_some() { "history fence" } else { "minimum (short history)" };
+    let source = if fence.is_some() {
+        "history fence"
+    } else {
+        "minimum (short history)"
+    };
     let significant = if rank_test {
         let mw = stats::mann_whitney(base, head).expect("both sides non-empty");
         row.p = Some(mw.p);
@@ -168,7 +179,11 @@ pub fn judge_speed(bench: &str, base: &[f64], head: &[f64], history: &[f64], rul
         r.abs() >= t
     };
     if significant {
-        row.verdict = if r > 0.0 { Verdict::Regression } else { Verdict::Improvement };
+        row.verdict = if r > 0.0 {
+            Verdict::Regression
+        } else {
+            Verdict::Improvement
+        };
         row.detail = format!("{:.1}x the threshold; {}", r.abs() / t, row.detail);
     }
     row
@@ -177,12 +192,22 @@ pub fn judge_speed(bench: &str, base: &[f64], head: &[f64], history: &[f64], rul
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let m = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (m, var.sqrt())
 }
 
 /// Judge one quality metric.
-pub fn judge_metric(bench: &str, metric: &str, base: &BenchResult, head: &BenchResult, rule: &MetricRule) -> Row {
+pub fn judge_metric(
+    bench: &str,
+    metric: &str,
+    base: &BenchResult,
+    head: &BenchResult,
+    rule: &MetricRule,
+) -> Row {
     let b = base.metrics.get(metric).copied();
     let h = head.metrics.get(metric).copied();
     let mut row = Row {
@@ -209,7 +234,11 @@ pub fn judge_metric(bench: &str, metric: &str, base: &BenchResult, head: &BenchR
     };
     row.change = rel_change(b, h);
     if !h.is_finite() {
-        row.verdict = if b.is_finite() { Verdict::Regression } else { Verdict::Noise };
+        row.verdict = if b.is_finite() {
+            Verdict::Regression
+        } else {
+            Verdict::Noise
+        };
         row.detail = "head value is not finite".into();
         return row;
     }
@@ -218,9 +247,21 @@ pub fn judge_metric(bench: &str, metric: &str, base: &BenchResult, head: &BenchR
         Some(v) if !(base.deterministic && head.deterministic) => {
             let (m, sd) = mean_sd(v);
             let tol = rule.abs_tol + rule.rel_tol * m.abs();
-            (m, rule.seed_sigmas * sd + tol, format!("band over {} seeds: mean ± ({}·sd + tol)", v.len(), rule.seed_sigmas))
+            (
+                m,
+                rule.seed_sigmas * sd + tol,
+                format!(
+                    "band over {} seeds: mean ± ({}·sd + tol)",
+                    v.len(),
+                    rule.seed_sigmas
+                ),
+            )
         }
-        _ => (b, rule.abs_tol + rule.rel_tol * b.abs(), "tolerance abs + rel·|base|".to_string()),
+        _ => (
+            b,
+            rule.abs_tol + rule.rel_tol * b.abs(),
+            "tolerance abs + rel·|base|".to_string(),
+        ),
     };
     let h_val = match head.metric_seeds.get(metric).filter(|v| v.len() >= 2) {
         Some(v) if !(base.deterministic && head.deterministic) => mean_sd(v).0,
@@ -237,12 +278,24 @@ pub fn judge_metric(bench: &str, metric: &str, base: &BenchResult, head: &BenchR
         Direction::HigherIsBetter => diff < 0.0,
         Direction::None => unreachable!(),
     };
-    row.verdict = if worse { Verdict::Regression } else { Verdict::Improvement };
+    row.verdict = if worse {
+        Verdict::Regression
+    } else {
+        Verdict::Improvement
+    };
     row
 }
 
-/// Compare two runs. `history` maps a benchmark name to its median-time series ending at the base.
-pub fn compare(base: &Run, head: &Run, history: &BTreeMap<String, Vec<f64>>, rules: &Rules) -> Comparison {
+/// Per benchmark, the series of median times (`raw`) and of median yardstick-normalized times (`normalized`, only
+/// runs that have a yardstick), oldest first, ending at the base.
+#[derive(Debug, Default, Clone)]
+pub struct SpeedHistory {
+    pub raw: BTreeMap<String, Vec<f64>>,
+    pub normalized: BTreeMap<String, Vec<f64>>,
+}
+
+/// Compare two runs, with the speed history of the base's series.
+pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) -> Comparison {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     if base.meta.fingerprint_id != head.meta.fingerprint_id {
@@ -255,7 +308,10 @@ pub fn compare(base: &Run, head: &Run, history: &BTreeMap<String, Vec<f64>>, rul
         notes.push("the suite differs between base and head (suite hash changed)".into());
     }
     if base.meta.profile != head.meta.profile {
-        notes.push(format!("profiles differ: {} vs {}", base.meta.profile, head.meta.profile));
+        notes.push(format!(
+            "profiles differ: {} vs {}",
+            base.meta.profile, head.meta.profile
+        ));
     }
     if base.meta.activation_sets != head.meta.activation_sets {
         notes.push("activation sets differ between base and head".into());
@@ -271,7 +327,11 @@ pub fn compare(base: &Run, head: &Run, history: &BTreeMap<String, Vec<f64>>, rul
                 change: None,
                 threshold: None,
                 p: None,
-                verdict: if h.status.is_ok() { Verdict::New } else { Verdict::Failed },
+                verdict: if h.status.is_ok() {
+                    Verdict::New
+                } else {
+                    Verdict::Failed
+                },
                 detail: status_text(h),
             });
             continue;
@@ -291,13 +351,44 @@ pub fn compare(base: &Run, head: &Run, history: &BTreeMap<String, Vec<f64>>, rul
             continue;
         }
         if !b.status.is_ok() {
-            notes.push(format!("{}: failed in the base ({}), compared as new", b.name, status_text(b)));
+            notes.push(format!(
+                "{}: failed in the base ({}), compared as new",
+                b.name,
+                status_text(b)
+            ));
         }
         let same_fp = base.meta.fingerprint_id == head.meta.fingerprint_id;
         if same_fp && !h.samples.is_empty() {
-            rows.push(judge_speed(&h.name, &b.samples, &h.samples, history.get(&h.name).unwrap_or(&empty), rules));
+            let row = match (b.normalized(), h.normalized()) {
+                (Some(nb), Some(nh)) => {
+                    let hist = history.normalized.get(&h.name).unwrap_or(&empty);
+                    let mut row = judge_speed(&h.name, &nb, &nh, hist, rules);
+                    let raw = rel_change(
+                        b.median_time().unwrap_or(0.0),
+                        h.median_time().unwrap_or(0.0),
+                    );
+                    row.base = b.median_time();
+                    row.head = h.median_time();
+                    row.detail = format!(
+                        "{}; normalized by the yardstick (raw change {})",
+                        row.detail,
+                        raw.map(|r| format!("{:+.1}%", r * 100.0))
+                            .unwrap_or_else(|| "-".into())
+                    );
+                    row
+                }
+                _ => judge_speed(
+                    &h.name,
+                    &b.samples,
+                    &h.samples,
+                    history.raw.get(&h.name).unwrap_or(&empty),
+                    rules,
+                ),
+            };
+            rows.push(row);
         }
-        let names: std::collections::BTreeSet<&String> = b.metrics.keys().chain(h.metrics.keys()).collect();
+        let names: std::collections::BTreeSet<&String> =
+            b.metrics.keys().chain(h.metrics.keys()).collect();
         for m in names {
             if let Some(rule) = rules.metrics.get(m.as_str()) {
                 if rule.direction != Direction::None {
@@ -322,7 +413,13 @@ pub fn compare(base: &Run, head: &Run, history: &BTreeMap<String, Vec<f64>>, rul
         }
     }
     let overall = overall(&rows);
-    Comparison { base: base.meta.clone(), head: head.meta.clone(), rows, overall, notes }
+    Comparison {
+        base: base.meta.clone(),
+        head: head.meta.clone(),
+        rows,
+        overall,
+        notes,
+    }
 }
 
 fn status_text(r: &BenchResult) -> String {
@@ -340,7 +437,11 @@ pub fn same_series(a: &RunMeta, b: &RunMeta) -> bool {
 
 /// Median-time series per benchmark for the base's series: complete runs on the same machine, backend and profile
 /// (and branch, when the base has one), oldest first, up to and including the base, the last `window + 1` of them.
-pub fn speed_history(store: &Store, base: &RunMeta, window: usize) -> Result<BTreeMap<String, Vec<f64>>, StoreError> {
+pub fn speed_history(
+    store: &Store,
+    base: &RunMeta,
+    window: usize,
+) -> Result<SpeedHistory, StoreError> {
     let runs: Vec<RunMeta> = store
         .list_runs()?
         .into_iter()
@@ -352,13 +453,20 @@ pub fn speed_history(store: &Store, base: &RunMeta, window: usize) -> Result<BTr
         })
         .collect();
     let tail = &runs[runs.len().saturating_sub(window + 1)..];
-    let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut out = SpeedHistory::default();
     for m in tail {
         for name in &m.benchmarks {
-            if let Some(r) = store.result(&m.id, name)? {
-                if let (true, Some(t)) = (r.status.is_ok(), r.median_time()) {
-                    out.entry(name.clone()).or_default().push(t);
-                }
+            let Some(r) = store.result(&m.id, name)? else {
+                continue;
+            };
+            if !r.status.is_ok() {
+                continue;
+            }
+            if let Some(t) = r.median_time() {
+                out.raw.entry(name.clone()).or_default().push(t);
+            }
+            if let Some(t) = r.normalized().and_then(|n| stats::median(&n)) {
+                out.normalized.entry(name.clone()).or_default().push(t);
             }
         }
     }
@@ -366,7 +474,12 @@ pub fn speed_history(store: &Store, base: &RunMeta, window: usize) -> Result<BTr
 }
 
 /// Compare two stored runs (refusing different machines), with history from the store.
-pub fn compare_stored(store: &Store, base: &RunMeta, head: &RunMeta, rules: &Rules) -> anyhow::Result<Comparison> {
+pub fn compare_stored(
+    store: &Store,
+    base: &RunMeta,
+    head: &RunMeta,
+    rules: &Rules,
+) -> anyhow::Result<Comparison> {
     if base.fingerprint_id != head.fingerprint_id {
         anyhow::bail!(
             "runs {} and {} were made on different machines (fingerprints {} and {}): they are never compared",
@@ -377,13 +490,22 @@ pub fn compare_stored(store: &Store, base: &RunMeta, head: &RunMeta, rules: &Rul
         );
     }
     if base.backend != head.backend {
-        anyhow::bail!("runs {} and {} used different backends ({} vs {})", base.id, head.id, base.backend, head.backend);
+        anyhow::bail!(
+            "runs {} and {} used different backends ({} vs {})",
+            base.id,
+            head.id,
+            base.backend,
+            head.backend
+        );
     }
     let b = store.load_run(&base.id)?;
     let h = store.load_run(&head.id)?;
     for r in [&b, &h] {
         if r.meta.state != RunState::Complete {
-            anyhow::bail!("run {} is incomplete (cut off before it finished); it cannot be compared", r.meta.id);
+            anyhow::bail!(
+                "run {} is incomplete (cut off before it finished); it cannot be compared",
+                r.meta.id
+            );
         }
     }
     let hist = speed_history(store, base, rules.speed.history)?;
@@ -410,7 +532,15 @@ fn fmt_val(metric: &str, v: Option<f64>) -> String {
 pub fn render(c: &Comparison, all: bool) -> String {
     let mut t = comfy_table::Table::new();
     t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(["benchmark", "metric", "base", "head", "change", "verdict", "detail"]);
+    t.set_header([
+        "benchmark",
+        "metric",
+        "base",
+        "head",
+        "change",
+        "verdict",
+        "detail",
+    ]);
     let mut hidden = BTreeMap::<&str, usize>::new();
     for r in &c.rows {
         if !all && !r.verdict.needs_attention() {
@@ -422,7 +552,9 @@ pub fn render(c: &Comparison, all: bool) -> String {
             r.metric.clone(),
             fmt_val(&r.metric, r.base),
             fmt_val(&r.metric, r.head),
-            r.change.map(|c| format!("{:+.2}%", c * 100.0)).unwrap_or_else(|| "-".into()),
+            r.change
+                .map(|c| format!("{:+.2}%", c * 100.0))
+                .unwrap_or_else(|| "-".into()),
             r.verdict.as_str().to_string(),
             r.detail.clone(),
         ]);
@@ -430,10 +562,18 @@ pub fn render(c: &Comparison, all: bool) -> String {
     let mut s = format!(
         "base {} ({}{}) vs head {} ({}{})\n",
         c.base.id,
-        c.base.commit.as_deref().map(|x| &x[..x.len().min(10)]).unwrap_or("no commit"),
+        c.base
+            .commit
+            .as_deref()
+            .map(|x| &x[..x.len().min(10)])
+            .unwrap_or("no commit"),
         if c.base.dirty { ", dirty" } else { "" },
         c.head.id,
-        c.head.commit.as_deref().map(|x| &x[..x.len().min(10)]).unwrap_or("no commit"),
+        c.head
+            .commit
+            .as_deref()
+            .map(|x| &x[..x.len().min(10)])
+            .unwrap_or("no commit"),
         if c.head.dirty { ", dirty" } else { "" },
     );
     if t.row_count() > 0 {
@@ -447,7 +587,11 @@ pub fn render(c: &Comparison, all: bool) -> String {
     for n in &c.notes {
         s.push_str(&format!("note: {n}\n"));
     }
-    s.push_str(&format!("overall: {} (exit code {})\n", c.overall.as_str(), c.exit_code()));
+    s.push_str(&format!(
+        "overall: {} (exit code {})\n",
+        c.overall.as_str(),
+        c.exit_code()
+    ));
     s
 }
 
@@ -470,31 +614,71 @@ mod tests {
         // A/A: the same distribution on both sides, 200 trials: at alpha 0.002 and a 5% minimum, no false alarm.
         let mut alarms = 0;
         for i in 0..200 {
-            let row = judge_speed("op", &samples(i, 20, 1e-3, 0.03), &samples(1000 + i, 20, 1e-3, 0.03), &[], &rules);
+            let row = judge_speed(
+                "op",
+                &samples(i, 20, 1e-3, 0.03),
+                &samples(1000 + i, 20, 1e-3, 0.03),
+                &[],
+                &rules,
+            );
             alarms += row.verdict.needs_attention() as usize;
         }
         assert_eq!(alarms, 0);
         // A 20% slowdown with 3% noise: always caught.
         for i in 0..50 {
-            let row = judge_speed("op", &samples(i, 20, 1e-3, 0.03), &samples(500 + i, 20, 1.2e-3, 0.03), &[], &rules);
+            let row = judge_speed(
+                "op",
+                &samples(i, 20, 1e-3, 0.03),
+                &samples(500 + i, 20, 1.2e-3, 0.03),
+                &[],
+                &rules,
+            );
             assert_eq!(row.verdict, Verdict::Regression, "{row:?}");
         }
         // A 2% consistent shift is below the 5% minimum: noise, although the rank test rejects.
-        let row = judge_speed("op", &samples(1, 40, 1e-3, 0.002), &samples(2, 40, 1.02e-3, 0.002), &[], &rules);
+        let row = judge_speed(
+            "op",
+            &samples(1, 40, 1e-3, 0.002),
+            &samples(2, 40, 1.02e-3, 0.002),
+            &[],
+            &rules,
+        );
         assert!(row.p.unwrap() < 0.002);
         assert_eq!(row.verdict, Verdict::Noise);
         // With a quiet history (fence < 2%) the same 2% shift is flagged... but never below the 1% floor.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let hist: Vec<f64> = (0..31).map(|_| 1e-3 * (1.0 + rng.random_range(-0.001..0.001))).collect();
-        let row = judge_speed("op", &samples(1, 40, 1e-3, 0.002), &samples(2, 40, 1.02e-3, 0.002), &hist, &rules);
+        let hist: Vec<f64> = (0..31)
+            .map(|_| 1e-3 * (1.0 + rng.random_range(-0.001..0.001)))
+            .collect();
+        let row = judge_speed(
+            "op",
+            &samples(1, 40, 1e-3, 0.002),
+            &samples(2, 40, 1.02e-3, 0.002),
+            &hist,
+            &rules,
+        );
         assert_eq!(row.verdict, Verdict::Regression, "{row:?}");
         assert_eq!(row.threshold, Some(0.01));
         // A noisy history raises the threshold above a 20% change.
-        let hist: Vec<f64> = (0..31).map(|i| if i % 2 == 0 { 1e-3 } else { 1.3e-3 }).collect();
-        let row = judge_speed("op", &samples(1, 20, 1e-3, 0.01), &samples(2, 20, 1.2e-3, 0.01), &hist, &rules);
+        let hist: Vec<f64> = (0..31)
+            .map(|i| if i % 2 == 0 { 1e-3 } else { 1.3e-3 })
+            .collect();
+        let row = judge_speed(
+            "op",
+            &samples(1, 20, 1e-3, 0.01),
+            &samples(2, 20, 1.2e-3, 0.01),
+            &hist,
+            &rules,
+        );
         assert_eq!(row.verdict, Verdict::Noise, "{row:?}");
         // Faster is an improvement.
-        let row = judge_speed("op", &samples(1, 20, 1e-3, 0.01), &samples(2, 20, 0.7e-3, 0.01), &[], &rules);
+        let row = judge_speed(
+            "op",
+            &samples(1, 20, 1e-3, 0.01),
+            &samples(2, 20, 0.7e-3, 0.01),
+            &[],
+            &rules,
+        );
         assert_eq!(row.verdict, Verdict::Improvement);
         // Single samples: the threshold alone, at least 25%.
         let row = judge_speed("train", &[10.0], &[11.0], &[], &rules);
@@ -509,6 +693,7 @@ mod tests {
             kind: BenchKind::Train,
             status: BenchStatus::Ok,
             samples: vec![],
+            yardstick: vec![],
             metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             metric_seeds: BTreeMap::new(),
             deterministic: true,
@@ -523,23 +708,45 @@ mod tests {
         let b = result(&[("mse", 0.1), ("fve", 0.9), ("l0", 10.0)]);
         let same = result(&[("mse", 0.10000001), ("fve", 0.9), ("l0", 10.0)]);
         for m in ["mse", "fve", "l0"] {
-            assert_eq!(judge_metric("relu", m, &b, &same, &rules.metrics[m]).verdict, Verdict::Noise);
+            assert_eq!(
+                judge_metric("relu", m, &b, &same, &rules.metrics[m]).verdict,
+                Verdict::Noise
+            );
         }
         let worse = result(&[("mse", 0.12), ("fve", 0.85), ("l0", 9.0)]);
-        assert_eq!(judge_metric("relu", "mse", &b, &worse, &rules.metrics["mse"]).verdict, Verdict::Regression);
-        assert_eq!(judge_metric("relu", "fve", &b, &worse, &rules.metrics["fve"]).verdict, Verdict::Regression);
-        assert_eq!(judge_metric("relu", "l0", &b, &worse, &rules.metrics["l0"]).verdict, Verdict::Improvement);
+        assert_eq!(
+            judge_metric("relu", "mse", &b, &worse, &rules.metrics["mse"]).verdict,
+            Verdict::Regression
+        );
+        assert_eq!(
+            judge_metric("relu", "fve", &b, &worse, &rules.metrics["fve"]).verdict,
+            Verdict::Regression
+        );
+        assert_eq!(
+            judge_metric("relu", "l0", &b, &worse, &rules.metrics["l0"]).verdict,
+            Verdict::Improvement
+        );
         let nan = result(&[("mse", f64::NAN)]);
-        assert_eq!(judge_metric("relu", "mse", &b, &nan, &rules.metrics["mse"]).verdict, Verdict::Regression);
+        assert_eq!(
+            judge_metric("relu", "mse", &b, &nan, &rules.metrics["mse"]).verdict,
+            Verdict::Regression
+        );
         // Non-deterministic: a band over seeds absorbs seed noise.
         let mut bs = result(&[("mse", 0.1)]);
         bs.deterministic = false;
-        bs.metric_seeds.insert("mse".into(), vec![0.095, 0.1, 0.105]);
+        bs.metric_seeds
+            .insert("mse".into(), vec![0.095, 0.1, 0.105]);
         let mut hs = result(&[("mse", 0.108)]);
         hs.deterministic = false;
-        assert_eq!(judge_metric("relu", "mse", &bs, &hs, &rules.metrics["mse"]).verdict, Verdict::Noise);
+        assert_eq!(
+            judge_metric("relu", "mse", &bs, &hs, &rules.metrics["mse"]).verdict,
+            Verdict::Noise
+        );
         hs.metrics.insert("mse".into(), 0.2);
-        assert_eq!(judge_metric("relu", "mse", &bs, &hs, &rules.metrics["mse"]).verdict, Verdict::Regression);
+        assert_eq!(
+            judge_metric("relu", "mse", &bs, &hs, &rules.metrics["mse"]).verdict,
+            Verdict::Regression
+        );
     }
 
     #[test]
@@ -556,11 +763,30 @@ mod tests {
             detail: String::new(),
         };
         assert_eq!(overall(&[]), Verdict::New);
-        assert_eq!(overall(&[row(Verdict::New), row(Verdict::New)]), Verdict::New);
-        assert_eq!(overall(&[row(Verdict::New), row(Verdict::Noise), row(Verdict::Missing)]), Verdict::Noise);
-        assert_eq!(overall(&[row(Verdict::Improvement), row(Verdict::Noise)]), Verdict::Improvement);
-        assert_eq!(overall(&[row(Verdict::Improvement), row(Verdict::Regression)]), Verdict::Regression);
-        assert_eq!(overall(&[row(Verdict::Failed), row(Verdict::Regression)]), Verdict::Failed);
+        assert_eq!(
+            overall(&[row(Verdict::New), row(Verdict::New)]),
+            Verdict::New
+        );
+        assert_eq!(
+            overall(&[
+                row(Verdict::New),
+                row(Verdict::Noise),
+                row(Verdict::Missing)
+            ]),
+            Verdict::Noise
+        );
+        assert_eq!(
+            overall(&[row(Verdict::Improvement), row(Verdict::Noise)]),
+            Verdict::Improvement
+        );
+        assert_eq!(
+            overall(&[row(Verdict::Improvement), row(Verdict::Regression)]),
+            Verdict::Regression
+        );
+        assert_eq!(
+            overall(&[row(Verdict::Failed), row(Verdict::Regression)]),
+            Verdict::Failed
+        );
         assert_eq!(exit_code(Verdict::Noise), EXIT_OK);
         assert_eq!(exit_code(Verdict::Regression), EXIT_REGRESSION);
         assert_eq!(exit_code(Verdict::Failed), EXIT_FAILED);

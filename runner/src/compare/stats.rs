@@ -43,7 +43,11 @@ pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<MannWhitney> {
         return None;
     }
     let n = n1 + n2;
-    let mut all: Vec<(f64, usize)> = a.iter().map(|&x| (x, 0)).chain(b.iter().map(|&x| (x, 1))).collect();
+    let mut all: Vec<(f64, usize)> = a
+        .iter()
+        .map(|&x| (x, 0))
+        .chain(b.iter().map(|&x| (x, 1)))
+        .collect();
     all.sort_by(|x, y| x.0.total_cmp(&y.0));
     // Average ranks over ties; collect tie-group sizes for the variance correction.
     let mut ranks = vec![0.0; n];
@@ -64,7 +68,12 @@ pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<MannWhitney> {
         ranks[i..=j].iter_mut().for_each(|x| *x = r);
         i = j + 1;
     }
-    let r1: f64 = all.iter().zip(&ranks).filter(|(x, _)| x.1 == 0).map(|(_, r)| r).sum();
+    let r1: f64 = all
+        .iter()
+        .zip(&ranks)
+        .filter(|(x, _)| x.1 == 0)
+        .map(|(_, r)| r)
+        .sum();
     let u = r1 - (n1 * (n1 + 1)) as f64 / 2.0;
     let (n1f, n2f) = (n1 as f64, n2 as f64);
     if !has_ties && n <= EXACT_MAX_TOTAL {
@@ -80,7 +89,11 @@ pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<MannWhitney> {
     let nf = n as f64;
     let var = n1f * n2f / 12.0 * ((nf + 1.0) - tie_term / (nf * (nf - 1.0)));
     if var <= 0.0 {
-        return Some(MannWhitney { u, p: 1.0, exact: false });
+        return Some(MannWhitney {
+            u,
+            p: 1.0,
+            exact: false,
+        });
     }
     let z = ((u - mean).abs() - 0.5).max(0.0) / var.sqrt();
     let normal = Normal::new(0.0, 1.0).expect("standard normal");
@@ -174,7 +187,10 @@ mod tests {
         // Relative changes 0.01, 0.02, ... : the fence is Q3 + 3 IQR of them.
         let series = [1.0, 1.01, 1.0, 1.02, 1.0, 1.01, 1.0];
         let t = fence(&series, 30, 3).unwrap();
-        let d: Vec<f64> = series.windows(2).map(|w| ((w[0] - w[1]) / w[0]).abs()).collect();
+        let d: Vec<f64> = series
+            .windows(2)
+            .map(|w| ((w[0] - w[1]) / w[0]).abs())
+            .collect();
         let q1 = quantile(&d, 0.25).unwrap();
         let q3 = quantile(&d, 0.75).unwrap();
         assert!((t - (q3 + 3.0 * (q3 - q1))).abs() < 1e-15);

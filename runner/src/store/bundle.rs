@@ -25,9 +25,15 @@ pub struct Bundle {
 #[derive(Debug, Error)]
 pub enum BundleError {
     #[error("cannot read bundle {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("bundle {path} is not valid JSON of a saeperf bundle: {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("bundle {path}: format is {found:?}, expected {BUNDLE_FORMAT:?}")]
     Format { path: String, found: String },
     #[error("bundle {path} has schema version {found}, this runner understands version {SCHEMA_VERSION}")]
@@ -47,27 +53,57 @@ pub fn export(store: &Store, ids: &[String]) -> Result<Bundle, StoreError> {
         }
         runs.push(store.load_run(&m.id)?);
     }
-    Ok(Bundle { format: BUNDLE_FORMAT.into(), schema_version: SCHEMA_VERSION, exported_at: chrono::Utc::now(), runs })
+    Ok(Bundle {
+        format: BUNDLE_FORMAT.into(),
+        schema_version: SCHEMA_VERSION,
+        exported_at: chrono::Utc::now(),
+        runs,
+    })
 }
 
 /// Read and validate a bundle file.
 pub fn read(path: &Path) -> Result<Bundle, BundleError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| BundleError::Read { path: p.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| BundleError::Read {
+        path: p.clone(),
+        source,
+    })?;
     // Check the envelope first so that a bundle of another version gets the version error, not a field error.
     let env: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|source| BundleError::Parse { path: p.clone(), source })?;
-    let format = env.get("format").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        serde_json::from_slice(&bytes).map_err(|source| BundleError::Parse {
+            path: p.clone(),
+            source,
+        })?;
+    let format = env
+        .get("format")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
     if format != BUNDLE_FORMAT {
-        return Err(BundleError::Format { path: p, found: format });
+        return Err(BundleError::Format {
+            path: p,
+            found: format,
+        });
     }
-    let version = env.get("schema_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    let version = env
+        .get("schema_version")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as u32;
     if version != SCHEMA_VERSION {
-        return Err(BundleError::Schema { path: p, found: version });
+        return Err(BundleError::Schema {
+            path: p,
+            found: version,
+        });
     }
-    let b: Bundle = serde_json::from_value(env).map_err(|source| BundleError::Parse { path: p.clone(), source })?;
+    let b: Bundle = serde_json::from_value(env).map_err(|source| BundleError::Parse {
+        path: p.clone(),
+        source,
+    })?;
     if let Some(r) = b.runs.iter().find(|r| r.meta.state != RunState::Complete) {
-        return Err(BundleError::Incomplete { path: p, id: r.meta.id.clone() });
+        return Err(BundleError::Incomplete {
+            path: p,
+            id: r.meta.id.clone(),
+        });
     }
     Ok(b)
 }

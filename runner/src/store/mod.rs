@@ -29,9 +29,17 @@ pub enum StoreError {
     #[error("store {path}: {source}")]
     Sled { path: PathBuf, source: sled::Error },
     #[error("store {path} has schema version {found}, this runner understands version {expected}")]
-    Schema { path: PathBuf, found: String, expected: u32 },
+    Schema {
+        path: PathBuf,
+        found: String,
+        expected: u32,
+    },
     #[error("store {path}: corrupt record {key}: {reason}")]
-    Corrupt { path: PathBuf, key: String, reason: String },
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     #[error("no run matches {0:?} (give a run id or its prefix, a commit SHA or its prefix, or `latest`)")]
     NotFound(String),
     #[error("{spec:?} matches several runs ({candidates}); give more characters")]
@@ -68,27 +76,48 @@ fn result_key(run_id: &str, bench: &str) -> Vec<u8> {
 impl Store {
     /// Open (creating if needed) the store at `path`. Fails at once with [`StoreError::InUse`] when another process has it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|e| match &e {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::InUse { path: path.to_path_buf() }
-            }
-            _ => StoreError::Open { path: path.to_path_buf(), source: e },
-        })?;
-        let sled_err = |source| StoreError::Sled { path: path.to_path_buf(), source };
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| match &e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::InUse {
+                        path: path.to_path_buf(),
+                    }
+                }
+                _ => StoreError::Open {
+                    path: path.to_path_buf(),
+                    source: e,
+                },
+            })?;
+        let sled_err = |source| StoreError::Sled {
+            path: path.to_path_buf(),
+            source,
+        };
         match db.get("schema_version").map_err(sled_err)? {
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).to_string();
                 if found != SCHEMA_VERSION.to_string() {
-                    return Err(StoreError::Schema { path: path.to_path_buf(), found, expected: SCHEMA_VERSION });
+                    return Err(StoreError::Schema {
+                        path: path.to_path_buf(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
                 }
             }
             None => {
-                db.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes()).map_err(sled_err)?;
+                db.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())
+                    .map_err(sled_err)?;
             }
         }
         let runs = db.open_tree("runs").map_err(sled_err)?;
         let results = db.open_tree("results").map_err(sled_err)?;
-        Ok(Store { path: path.to_path_buf(), db, runs, results })
+        Ok(Store {
+            path: path.to_path_buf(),
+            db,
+            runs,
+            results,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -96,7 +125,10 @@ impl Store {
     }
 
     fn sled_err(&self, source: sled::Error) -> StoreError {
-        StoreError::Sled { path: self.path.clone(), source }
+        StoreError::Sled {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -109,14 +141,18 @@ impl Store {
         let mut meta = meta.clone();
         meta.state = RunState::Incomplete;
         let v = serde_json::to_vec(&meta).expect("RunMeta serializes");
-        self.runs.insert(meta.id.as_bytes(), v).map_err(|e| self.sled_err(e))?;
+        self.runs
+            .insert(meta.id.as_bytes(), v)
+            .map_err(|e| self.sled_err(e))?;
         self.flush()
     }
 
     /// Save one finished benchmark of a run in progress (kept for diagnosis if the run never completes).
     pub fn add_partial_result(&self, run_id: &str, r: &BenchResult) -> Result<(), StoreError> {
         let v = serde_json::to_vec(r).expect("BenchResult serializes");
-        self.results.insert(result_key(run_id, &r.name), v).map_err(|e| self.sled_err(e))?;
+        self.results
+            .insert(result_key(run_id, &r.name), v)
+            .map_err(|e| self.sled_err(e))?;
         self.flush()
     }
 
@@ -129,7 +165,12 @@ impl Store {
         let results: Vec<(Vec<u8>, Vec<u8>)> = run
             .results
             .iter()
-            .map(|r| (result_key(&meta.id, &r.name), serde_json::to_vec(r).expect("BenchResult serializes")))
+            .map(|r| {
+                (
+                    result_key(&meta.id, &r.name),
+                    serde_json::to_vec(r).expect("BenchResult serializes"),
+                )
+            })
             .collect();
         (&self.runs, &self.results)
             .transaction(|(runs, res)| {
@@ -154,7 +195,11 @@ impl Store {
                 let mut want = run.clone();
                 want.meta.state = RunState::Complete;
                 want.meta.benchmarks = run.results.iter().map(|r| r.name.clone()).collect();
-                return if have == want { Ok(false) } else { Err(StoreError::Conflict(run.meta.id.clone())) };
+                return if have == want {
+                    Ok(false)
+                } else {
+                    Err(StoreError::Conflict(run.meta.id.clone()))
+                };
             }
         }
         self.commit_run(run)?;
@@ -183,7 +228,11 @@ impl Store {
             let (k, v) = kv.map_err(|e| self.sled_err(e))?;
             out.push(self.parse_meta(&k, &v)?);
         }
-        out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.id.cmp(&b.id)));
+        out.sort_by(|a, b| {
+            a.started_at
+                .cmp(&b.started_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         Ok(out)
     }
 
@@ -191,18 +240,22 @@ impl Store {
     pub fn result(&self, run_id: &str, bench: &str) -> Result<Option<BenchResult>, StoreError> {
         let key = result_key(run_id, bench);
         match self.results.get(&key).map_err(|e| self.sled_err(e))? {
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                key: format!("results/{run_id}/{bench}"),
-                reason: e.to_string(),
-            }),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    key: format!("results/{run_id}/{bench}"),
+                    reason: e.to_string(),
+                }),
             None => Ok(None),
         }
     }
 
     /// A run with all its results (for an incomplete run: whatever results were saved).
     pub fn load_run(&self, id: &str) -> Result<Run, StoreError> {
-        let meta = self.run_meta(id)?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let meta = self
+            .run_meta(id)?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         let mut prefix = id.as_bytes().to_vec();
         prefix.push(0);
         let mut results = Vec::new();
@@ -217,8 +270,12 @@ impl Store {
         }
         // Keep the suite's order for complete runs.
         if meta.state == RunState::Complete {
-            let order: BTreeMap<&str, usize> =
-                meta.benchmarks.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+            let order: BTreeMap<&str, usize> = meta
+                .benchmarks
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), i))
+                .collect();
             results.sort_by_key(|r| order.get(r.name.as_str()).copied().unwrap_or(usize::MAX));
         }
         Ok(Run { meta, results })
@@ -226,7 +283,11 @@ impl Store {
 
     /// Resolve a user's run reference: a run id or unique prefix, `latest` (newest complete run), or a commit SHA
     /// prefix (newest complete run of that commit). `filter` narrows commit and `latest` lookups (same machine...).
-    pub fn resolve(&self, spec: &str, filter: &dyn Fn(&RunMeta) -> bool) -> Result<RunMeta, StoreError> {
+    pub fn resolve(
+        &self,
+        spec: &str,
+        filter: &dyn Fn(&RunMeta) -> bool,
+    ) -> Result<RunMeta, StoreError> {
         if let Some(m) = self.run_meta(spec)? {
             return Ok(m);
         }
@@ -244,7 +305,12 @@ impl Store {
             n if n > 1 => {
                 return Err(StoreError::Ambiguous {
                     spec: spec.to_string(),
-                    candidates: by_id.iter().take(5).map(|m| m.id.as_str()).collect::<Vec<_>>().join(", "),
+                    candidates: by_id
+                        .iter()
+                        .take(5)
+                        .map(|m| m.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 })
             }
             _ => {}
@@ -252,7 +318,9 @@ impl Store {
         if spec.len() >= 4 && spec.chars().all(|c| c.is_ascii_hexdigit()) {
             if let Some(m) = runs.iter().rev().find(|m| {
                 m.state == RunState::Complete
-                    && m.commit.as_deref().is_some_and(|c| c.starts_with(&spec.to_ascii_lowercase()))
+                    && m.commit
+                        .as_deref()
+                        .is_some_and(|c| c.starts_with(&spec.to_ascii_lowercase()))
                     && filter(m)
             }) {
                 return Ok(m.clone());
@@ -265,9 +333,15 @@ impl Store {
     /// the results they list.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
         let mut rep = CheckReport::default();
-        match self.db.get("schema_version").map_err(|e| self.sled_err(e))? {
+        match self
+            .db
+            .get("schema_version")
+            .map_err(|e| self.sled_err(e))?
+        {
             Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
-            other => rep.problems.push(format!("schema_version is {other:?}, expected {SCHEMA_VERSION}")),
+            other => rep.problems.push(format!(
+                "schema_version is {other:?}, expected {SCHEMA_VERSION}"
+            )),
         }
         let mut metas: BTreeMap<String, RunMeta> = BTreeMap::new();
         for kv in self.runs.iter() {
@@ -281,7 +355,9 @@ impl Store {
                     }
                     metas.insert(key, m);
                 }
-                Ok(m) => rep.problems.push(format!("runs/{key}: record says id {}", m.id)),
+                Ok(m) => rep
+                    .problems
+                    .push(format!("runs/{key}: record says id {}", m.id)),
                 Err(e) => rep.problems.push(format!("runs/{key}: unreadable: {e}")),
             }
         }
@@ -295,19 +371,28 @@ impl Store {
                 continue;
             };
             if !metas.contains_key(run) {
-                rep.problems.push(format!("results/{run}/{bench}: belongs to no run"));
+                rep.problems
+                    .push(format!("results/{run}/{bench}: belongs to no run"));
             }
             match serde_json::from_slice::<BenchResult>(&v) {
-                Ok(r) if r.name == bench => seen.entry(run.to_string()).or_default().push(bench.to_string()),
-                Ok(r) => rep.problems.push(format!("results/{run}/{bench}: record names {}", r.name)),
-                Err(e) => rep.problems.push(format!("results/{run}/{bench}: unreadable: {e}")),
+                Ok(r) if r.name == bench => seen
+                    .entry(run.to_string())
+                    .or_default()
+                    .push(bench.to_string()),
+                Ok(r) => rep
+                    .problems
+                    .push(format!("results/{run}/{bench}: record names {}", r.name)),
+                Err(e) => rep
+                    .problems
+                    .push(format!("results/{run}/{bench}: unreadable: {e}")),
             }
         }
         for m in metas.values().filter(|m| m.state == RunState::Complete) {
             let have = seen.get(&m.id).cloned().unwrap_or_default();
             for b in &m.benchmarks {
                 if !have.contains(b) {
-                    rep.problems.push(format!("run {}: result {b} is missing", m.id));
+                    rep.problems
+                        .push(format!("run {}: result {b} is missing", m.id));
                 }
             }
         }
@@ -348,6 +433,7 @@ mod tests {
             kind: BenchKind::Op,
             status: BenchStatus::Ok,
             samples: vec![1.0, 2.0],
+            yardstick: vec![],
             metrics: BTreeMap::new(),
             metric_seeds: BTreeMap::new(),
             deterministic: true,
@@ -365,7 +451,11 @@ mod tests {
         s.add_partial_result(&m.id, &result("a")).unwrap();
         let m2 = meta("20250101T000001-000002");
         s.begin_run(&m2).unwrap();
-        s.commit_run(&Run { meta: m2.clone(), results: vec![result("a"), result("b")] }).unwrap();
+        s.commit_run(&Run {
+            meta: m2.clone(),
+            results: vec![result("a"), result("b")],
+        })
+        .unwrap();
         let rep = s.check().unwrap();
         assert_eq!(rep.complete, 1);
         assert_eq!(rep.incomplete, vec![m.id.clone()]);
@@ -375,13 +465,19 @@ mod tests {
         assert_eq!(s2.id, m2.id);
         assert_eq!(s.load_run(&m2.id).unwrap().results.len(), 2);
         assert_eq!(s.resolve("abcdef", &|_| true).unwrap().id, m2.id);
-        assert!(matches!(s.resolve("2025", &|_| true), Err(StoreError::Ambiguous { .. })));
+        assert!(matches!(
+            s.resolve("2025", &|_| true),
+            Err(StoreError::Ambiguous { .. })
+        ));
         // The lock is per process (flock): a second open in the same process is not a good test; the child-process
         // test in tests/it/store.rs covers it. Re-ingesting the same run is a no-op.
         let r = s.load_run(&m2.id).unwrap();
         assert!(!s.ingest_run(&r).unwrap());
         let mut changed = r.clone();
         changed.results[0].samples.push(3.0);
-        assert!(matches!(s.ingest_run(&changed), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.ingest_run(&changed),
+            Err(StoreError::Conflict(_))
+        ));
     }
 }

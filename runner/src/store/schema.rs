@@ -100,6 +100,10 @@ pub struct BenchResult {
     pub status: BenchStatus,
     /// Raw timing samples in seconds (one per timed iteration for ops, one per training run otherwise).
     pub samples: Vec<f64>,
+    /// Yardstick times (seconds) measured in the same rounds as `samples`, paired index by index: a fixed workload
+    /// independent of saeperf's code, so `samples[i] / yardstick[i]` cancels load from other processes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub yardstick: Vec<f64>,
     /// Scalar metric values (metrics.json keys; nulls omitted).
     pub metrics: BTreeMap<String, f64>,
     /// Per-seed values when the benchmark ran several seeds (non-deterministic backends); empty otherwise.
@@ -118,6 +122,20 @@ impl BenchResult {
     /// Median of the timing samples, if any.
     pub fn median_time(&self) -> Option<f64> {
         crate::compare::stats::median(&self.samples)
+    }
+
+    /// Samples divided by their paired yardstick times, when every sample has one.
+    pub fn normalized(&self) -> Option<Vec<f64>> {
+        (!self.samples.is_empty()
+            && self.yardstick.len() == self.samples.len()
+            && self.yardstick.iter().all(|y| *y > 0.0))
+        .then(|| {
+            self.samples
+                .iter()
+                .zip(&self.yardstick)
+                .map(|(s, y)| s / y)
+                .collect()
+        })
     }
 
     /// The value of a series for `runner history`: "time" is the sample median, anything else a metric.
