@@ -32,6 +32,9 @@ struct Cli {
 enum Cmd {
     /// Run the benchmark suite, store the run, compare it with its baseline; exit 2 on a regression, 3 on a failure.
     Bench(bench::BenchArgs),
+    /// Time the suite's op micro-benchmarks once and print them as JSON (the A/B worker of --baseline auto).
+    #[command(hide = true)]
+    BenchOps(bench::auto::BenchOpsArgs),
     /// The results store: check, list, export.
     #[command(subcommand)]
     Db(store_cli::DbCmd),
@@ -68,6 +71,7 @@ fn run(cli: Cli) -> Result<i32> {
     let db = cli.db.db.as_deref();
     match cli.cmd {
         Cmd::Bench(a) => bench::run_bench(db, &a),
+        Cmd::BenchOps(a) => bench::auto::run_bench_ops(&a),
         Cmd::Db(c) => store_cli::run_db(db, &c),
         Cmd::Ingest { bundles } => store_cli::run_ingest(db, &bundles),
         Cmd::Compare(a) => store_cli::run_compare(db, &a),

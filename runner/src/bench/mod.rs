@@ -7,6 +7,7 @@
 //! ([`find_baseline`]) → compare → table (or `--json`) → exit code ([`crate::compare::exit_code`]).
 //! A run that is killed stays `Incomplete` in the store and is never a baseline.
 
+pub mod auto;
 pub mod ops;
 pub mod train;
 
@@ -181,6 +182,20 @@ pub fn find_baseline(store: &Store, head: &RunMeta, base_branch: &str) -> Result
     })
 }
 
+/// Rounds of A/B chunks for `--baseline auto`.
+const AUTO_ROUNDS: usize = 4;
+
+/// The commit `--baseline auto` builds: the merge base, or the first parent when head is on the base branch.
+fn auto_base_commit(commit: Option<&str>, base_branch: &str) -> Option<String> {
+    let commit = commit?;
+    let mb = merge_base(commit, base_branch)?;
+    if mb != commit {
+        Some(mb)
+    } else {
+        git(&["rev-parse", &format!("{commit}^")])
+    }
+}
+
 fn short(c: &str) -> &str {
     &c[..c.len().min(10)]
 }
@@ -195,7 +210,7 @@ fn run_train(spec: &BenchSpec, ctx: &train::DataCtx, backend: &str) -> BenchResu
 }
 
 /// Run every op micro-benchmark together, in rounds (see [`ops::time_ops`]).
-fn run_ops(specs: &[&BenchSpec], backend: &str) -> Vec<BenchResult> {
+pub(crate) fn run_ops(specs: &[&BenchSpec], backend: &str) -> Vec<BenchResult> {
     let mut list = Vec::new();
     let (mut samples, mut warmup) = (0, 0);
     for spec in specs {
@@ -265,7 +280,7 @@ fn run_ops(specs: &[&BenchSpec], backend: &str) -> Vec<BenchResult> {
         .collect()
 }
 
-fn pick_backend(requested: &str) -> Result<String> {
+pub(crate) fn pick_backend(requested: &str) -> Result<String> {
     match requested {
         "auto" | "cpu" => Ok("cpu".into()),
         "reference" => Ok("reference".into()),
@@ -320,6 +335,19 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
         backend,
         resolved.benches.len()
     );
+    // --baseline auto: with no stored merge-base run, prepare the merge base's runner now (before the long work).
+    let auto_base = match a.baseline.as_str() {
+        "auto" if find_baseline(&store, &meta, &a.base_branch)?.run.is_none() => {
+            match auto_base_commit(meta.commit.as_deref(), &a.base_branch) {
+                Some(c) => Some(auto::prepare(&c, &crate::store_cli::saeperf_home())?),
+                None => {
+                    eprintln!("--baseline auto: no merge base to build (not in git, or no {} branch)", a.base_branch);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let (op_specs, train_specs): (Vec<&BenchSpec>, Vec<&BenchSpec>) = resolved
         .benches
         .iter()
@@ -345,7 +373,26 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
         save(run_train(spec, &ctx, &backend), &pb)?;
         pb.inc(1);
     }
-    if !op_specs.is_empty() {
+    let mut auto_base_run = None;
+    if let Some(base) = &auto_base {
+        pb.set_message(format!("merge base {}: its suite, once", short(&base.commit)));
+        let mut brun = pb.suspend(|| auto::base_run(base, a, &resolved.profile))?;
+        if !op_specs.is_empty() {
+            pb.set_message("op micro-benchmarks, base and head interleaved".to_string());
+            let (samples, warmup) = match op_specs[0] {
+                BenchSpec::Op { samples, warmup, .. } => (*samples, *warmup),
+                _ => unreachable!(),
+            };
+            let (b_ops, h_ops) = auto::interleaved_ops(base, a, &resolved.profile, samples, warmup, AUTO_ROUNDS)?;
+            for r in h_ops {
+                save(r, &pb)?;
+            }
+            brun.results.retain(|r| r.kind != BenchKind::Op);
+            brun.results.extend(b_ops);
+        }
+        auto_base_run = Some(brun);
+        pb.inc(1);
+    } else if !op_specs.is_empty() {
         pb.set_message(format!("{} op micro-benchmarks, in rounds", op_specs.len()));
         for r in run_ops(&op_specs, &backend) {
             save(r, &pb)?;
@@ -369,17 +416,25 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
             why: "--baseline none".into(),
         },
         "merge-base" => find_baseline(&store, &meta, &a.base_branch)?,
-        "auto" => {
-            let c = find_baseline(&store, &meta, &a.base_branch)?;
-            if c.run.is_none() {
-                eprintln!(
-                    "--baseline auto: no stored merge-base run, and building the merge base in a worktree is not \
-                     implemented yet; {}",
-                    c.why
-                );
+        "auto" => match auto_base_run {
+            Some(mut brun) => {
+                // Store the merge base's run as a real run of that commit on this machine: it is a baseline next time.
+                let started = brun.meta.started_at;
+                brun.meta.id = new_run_id(started);
+                brun.meta.fingerprint = meta.fingerprint.clone();
+                brun.meta.fingerprint_id = meta.fingerprint_id.clone();
+                brun.meta.pr = None;
+                store.commit_run(&brun)?;
+                BaselineChoice {
+                    run: Some(brun.meta.id.clone()),
+                    why: format!(
+                        "--baseline auto: merge base {} built and run here, op timings interleaved with the head",
+                        short(brun.meta.commit.as_deref().unwrap_or(""))
+                    ),
+                }
             }
-            c
-        }
+            None => find_baseline(&store, &meta, &a.base_branch)?,
+        },
         spec => {
             let m = store.resolve(spec, &|m: &RunMeta| {
                 same_series(m, &meta) && m.id != meta.id
