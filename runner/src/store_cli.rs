@@ -44,7 +44,7 @@ pub fn open_store(db: Option<&Path>) -> Result<Store> {
 /// Store location shared by the store commands.
 #[derive(Args, Debug, Clone)]
 pub struct DbArg {
-    /// The results store (a sled directory); default $SAEPERF_HOME/store (~/.saeperf/store).
+    /// The results store (a sled directory); default $SAEPERF_HOME/store (SAEPERF_HOME defaults to the user cache dir + saeperf).
     #[arg(long, env = "SAEPERF_DB", global = true)]
     pub db: Option<PathBuf>,
 }

@@ -1,4 +1,7 @@
-//! The one integration-test binary: a module per area.
+//! The one integration-test binary of saeperf: a module per area, each driving the real `runner` binary or the
+//! library on real files.
 
 mod bench;
+mod common;
+mod engine;
 mod store;

@@ -201,10 +201,10 @@ fn short(c: &str) -> &str {
 }
 
 /// Run one training benchmark, never failing: errors become a `failed` / `diverged` status with the reason.
-fn run_train(spec: &BenchSpec, ctx: &train::DataCtx, backend: &str) -> BenchResult {
+fn run_train(spec: &BenchSpec, ctx: &train::DataCtx, backend: &str, seeds: usize) -> BenchResult {
     match spec {
-        BenchSpec::Train(t) => train::run(t, false, ctx, backend),
-        BenchSpec::Prune(t) => train::run(t, true, ctx, backend),
+        BenchSpec::Train(t) => train::run(t, false, ctx, backend, seeds),
+        BenchSpec::Prune(t) => train::run(t, true, ctx, backend, seeds),
         BenchSpec::Op { .. } => unreachable!("ops run in rounds, see run_ops"),
     }
 }
@@ -370,7 +370,7 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
     };
     for spec in &train_specs {
         pb.set_message(spec.name().to_string());
-        save(run_train(spec, &ctx, &backend), &pb)?;
+        save(run_train(spec, &ctx, &backend, resolved.seeds), &pb)?;
         pb.inc(1);
     }
     let mut auto_base_run = None;
