@@ -86,8 +86,8 @@ pub struct SpeedRule {
     /// The threshold never goes below this, even when history is very quiet.
     #[serde(default = "default_floor")]
     pub floor: f64,
-    /// Benchmarks with fewer samples than this a side (training wall time) cannot use the rank test: they are judged
-    /// on the threshold alone, which is then at least `single_sample_threshold`.
+    /// Benchmarks with fewer samples than this a side (training wall time) cannot use the rank test: they are not
+    /// judged until history gives a fence, then judged on the fence alone, at least `single_sample_threshold`.
     #[serde(default = "default_min_samples")]
     pub min_samples: usize,
     #[serde(default = "default_single")]

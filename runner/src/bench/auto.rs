@@ -47,7 +47,13 @@ pub fn run_bench_ops(a: &BenchOpsArgs) -> Result<i32> {
         .benches
         .into_iter()
         .filter_map(|b| match b {
-            BenchSpec::Op { name, op, shape, samples, warmup } => Some(BenchSpec::Op {
+            BenchSpec::Op {
+                name,
+                op,
+                shape,
+                samples,
+                warmup,
+            } => Some(BenchSpec::Op {
                 name,
                 op,
                 shape,
@@ -58,7 +64,11 @@ pub fn run_bench_ops(a: &BenchOpsArgs) -> Result<i32> {
         })
         .collect();
     let refs: Vec<&BenchSpec> = specs.iter().collect();
-    let results = if refs.is_empty() { vec![] } else { super::run_ops(&refs, &backend) };
+    let results = if refs.is_empty() {
+        vec![]
+    } else {
+        super::run_ops(&refs, &backend)
+    };
     println!("{}", serde_json::to_string(&results)?);
     Ok(0)
 }
@@ -76,7 +86,11 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
     if !o.status.success() {
         let err = String::from_utf8_lossy(&o.stderr);
         let tail: Vec<&str> = err.lines().rev().take(5).collect();
-        bail!("{what} failed ({}): {}", o.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+        bail!(
+            "{what} failed ({}): {}",
+            o.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
     }
     Ok(o)
 }
@@ -88,15 +102,26 @@ pub fn prepare(commit: &str, home: &Path) -> Result<AutoBase> {
         if !runner.is_file() {
             bail!("{BASE_RUNNER_ENV}={} is not a file", runner.display());
         }
-        return Ok(AutoBase { commit: commit.to_string(), runner, workdir: None });
+        return Ok(AutoBase {
+            commit: commit.to_string(),
+            runner,
+            workdir: None,
+        });
     }
     let root = home.join("auto");
     let wt = root.join(&commit[..commit.len().min(12)]);
     if !wt.join("Cargo.toml").exists() {
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-        eprintln!("--baseline auto: checking out merge base {} in {}", &commit[..commit.len().min(10)], wt.display());
+        eprintln!(
+            "--baseline auto: checking out merge base {} in {}",
+            &commit[..commit.len().min(10)],
+            wt.display()
+        );
         run_checked(
-            Command::new("git").args(["worktree", "add", "--detach", "--force"]).arg(&wt).arg(commit),
+            Command::new("git")
+                .args(["worktree", "add", "--detach", "--force"])
+                .arg(&wt)
+                .arg(commit),
             "git worktree add",
         )?;
     }
@@ -106,16 +131,33 @@ pub fn prepare(commit: &str, home: &Path) -> Result<AutoBase> {
         Command::new("cargo")
             .current_dir(&wt)
             .env("CARGO_TARGET_DIR", &target)
-            .args(["build", "--release", "-p", "saeperf-runner", "--bin", "runner"]),
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "saeperf-runner",
+                "--bin",
+                "runner",
+            ]),
         "cargo build of the merge base",
     )?;
-    Ok(AutoBase { commit: commit.to_string(), runner: target.join("release").join("runner"), workdir: Some(wt) })
+    Ok(AutoBase {
+        commit: commit.to_string(),
+        runner: target.join("release").join("runner"),
+        workdir: Some(wt),
+    })
 }
 
 fn suite_arg(a: &BenchArgs, base: &AutoBase) -> Vec<String> {
     // With an explicit --suite both sides run it; otherwise each side runs its own commit's bench/suite.toml.
     match (&a.suite, &base.workdir) {
-        (Some(s), _) => vec!["--suite".into(), std::path::absolute(s).unwrap_or(s.clone()).display().to_string()],
+        (Some(s), _) => vec![
+            "--suite".into(),
+            std::path::absolute(s)
+                .unwrap_or(s.clone())
+                .display()
+                .to_string(),
+        ],
         (None, _) => vec![],
     }
 }
@@ -126,7 +168,9 @@ fn base_cmd(base: &AutoBase) -> Command {
         c.current_dir(w);
     }
     // The slowdown injection stands for a regression in the head's code: the base never sees it.
-    c.env_remove("SAEPERF_DB").env_remove(BASE_RUNNER_ENV).env_remove(super::ops::INJECT_ENV);
+    c.env_remove("SAEPERF_DB")
+        .env_remove(BASE_RUNNER_ENV)
+        .env_remove(super::ops::INJECT_ENV);
     c
 }
 
@@ -134,8 +178,22 @@ fn base_cmd(base: &AutoBase) -> Command {
 pub fn base_run(base: &AutoBase, a: &BenchArgs, profile: &str) -> Result<Run> {
     let tmp = tempfile::tempdir().context("creating a temp store for the base run")?;
     let mut c = base_cmd(base);
-    c.arg("--db").arg(tmp.path().join("store")).args(["bench", "--baseline", "none", "--json", "--profile", profile]);
-    c.args(["--backend", &a.backend, "--commit", &base.commit, "--branch", &a.base_branch]);
+    c.arg("--db").arg(tmp.path().join("store")).args([
+        "bench",
+        "--baseline",
+        "none",
+        "--json",
+        "--profile",
+        profile,
+    ]);
+    c.args([
+        "--backend",
+        &a.backend,
+        "--commit",
+        &base.commit,
+        "--branch",
+        &a.base_branch,
+    ]);
     c.args(suite_arg(a, base));
     if let Some(f) = &a.filter {
         c.args(["--filter", f]);
@@ -146,10 +204,14 @@ pub fn base_run(base: &AutoBase, a: &BenchArgs, profile: &str) -> Result<Run> {
         anyhow::anyhow!(
             "the merge base's runner did not produce a run ({}): {}",
             o.status,
-            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         )
     })?;
-    serde_json::from_value(v["run"].clone()).context("the merge base's run does not match this runner's schema")
+    serde_json::from_value(v["run"].clone())
+        .context("the merge base's run does not match this runner's schema")
 }
 
 /// Op timings of base and head, interleaved: `rounds` chunks each side, alternating, each chunk `per_chunk` samples.
@@ -165,7 +227,12 @@ pub fn interleaved_ops(
     let head_exe = std::env::current_exe().context("locating this runner")?;
     let common = |c: &mut Command| {
         c.args(["bench-ops", "--profile", profile, "--backend", &a.backend]);
-        c.args(["--samples", &per_chunk.to_string(), "--warmup", &warmup.to_string()]);
+        c.args([
+            "--samples",
+            &per_chunk.to_string(),
+            "--warmup",
+            &warmup.to_string(),
+        ]);
         if let Some(f) = &a.filter {
             c.args(["--filter", f]);
         }
@@ -184,7 +251,11 @@ pub fn interleaved_ops(
     let mut acc: [Vec<BenchResult>; 2] = [vec![], vec![]];
     for _ in 0..rounds.max(1) {
         for side in 0..2 {
-            let mut c = if side == 0 { base_cmd(base) } else { Command::new(&head_exe) };
+            let mut c = if side == 0 {
+                base_cmd(base)
+            } else {
+                Command::new(&head_exe)
+            };
             common(&mut c);
             if side == 0 {
                 c.args(suite_arg(a, base));
@@ -192,7 +263,14 @@ pub fn interleaved_ops(
                 c.arg("--suite").arg(s);
             }
             c.env_remove(BASE_RUNNER_ENV);
-            let out = parse(c.output().context("starting bench-ops")?, if side == 0 { "the merge base's" } else { "this" })?;
+            let out = parse(
+                c.output().context("starting bench-ops")?,
+                if side == 0 {
+                    "the merge base's"
+                } else {
+                    "this"
+                },
+            )?;
             if acc[side].is_empty() {
                 acc[side] = out;
             } else {

@@ -341,7 +341,10 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
             match auto_base_commit(meta.commit.as_deref(), &a.base_branch) {
                 Some(c) => Some(auto::prepare(&c, &crate::store_cli::saeperf_home())?),
                 None => {
-                    eprintln!("--baseline auto: no merge base to build (not in git, or no {} branch)", a.base_branch);
+                    eprintln!(
+                        "--baseline auto: no merge base to build (not in git, or no {} branch)",
+                        a.base_branch
+                    );
                     None
                 }
             }
@@ -375,15 +378,21 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
     }
     let mut auto_base_run = None;
     if let Some(base) = &auto_base {
-        pb.set_message(format!("merge base {}: its suite, once", short(&base.commit)));
+        pb.set_message(format!(
+            "merge base {}: its suite, once",
+            short(&base.commit)
+        ));
         let mut brun = pb.suspend(|| auto::base_run(base, a, &resolved.profile))?;
         if !op_specs.is_empty() {
             pb.set_message("op micro-benchmarks, base and head interleaved".to_string());
             let (samples, warmup) = match op_specs[0] {
-                BenchSpec::Op { samples, warmup, .. } => (*samples, *warmup),
+                BenchSpec::Op {
+                    samples, warmup, ..
+                } => (*samples, *warmup),
                 _ => unreachable!(),
             };
-            let (b_ops, h_ops) = auto::interleaved_ops(base, a, &resolved.profile, samples, warmup, AUTO_ROUNDS)?;
+            let (b_ops, h_ops) =
+                auto::interleaved_ops(base, a, &resolved.profile, samples, warmup, AUTO_ROUNDS)?;
             for r in h_ops {
                 save(r, &pb)?;
             }

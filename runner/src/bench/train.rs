@@ -31,8 +31,17 @@ impl DataCtx {
         let mut sets = BTreeMap::new();
         for (name, spec) in &suite.data {
             let opened = match spec {
-                DataSpec::Synthetic { d_in, n_features, active, seed, eval_fraction, zipf_exponent, noise } => {
-                    let n_eval = ((suite.synthetic_tokens as f64 * eval_fraction).round() as usize).max(1);
+                DataSpec::Synthetic {
+                    d_in,
+                    n_features,
+                    active,
+                    seed,
+                    eval_fraction,
+                    zipf_exponent,
+                    noise,
+                } => {
+                    let n_eval =
+                        ((suite.synthetic_tokens as f64 * eval_fraction).round() as usize).max(1);
                     let cfg = SynthConfig {
                         d_in: *d_in,
                         n_features: *n_features,
@@ -48,7 +57,11 @@ impl DataCtx {
                         .with_context(|| format!("synthetic activation set {name:?}"))
                 }
                 DataSpec::Prepared { path } => {
-                    let p = if Path::new(path).is_absolute() { Path::new(path).to_path_buf() } else { home.join(path) };
+                    let p = if Path::new(path).is_absolute() {
+                        Path::new(path).to_path_buf()
+                    } else {
+                        home.join(path)
+                    };
                     ActivationSet::open(&p).with_context(|| {
                         format!("activation set {name:?} at {} (prepare it first, e.g. `runner data harvest`)", p.display())
                     })
@@ -66,14 +79,22 @@ impl DataCtx {
     pub fn digests(&self) -> BTreeMap<String, String> {
         self.sets
             .iter()
-            .filter_map(|(k, v)| v.as_ref().ok().map(|s| (k.clone(), s.manifest().sha256.clone())))
+            .filter_map(|(k, v)| {
+                v.as_ref()
+                    .ok()
+                    .map(|s| (k.clone(), s.manifest().sha256.clone()))
+            })
             .collect()
     }
 }
 
 fn train_config(t: &TrainSpec, backend: &str, seed: u64) -> TrainConfig {
     TrainConfig {
-        arch: if t.arch == "topk" { Arch::TopK } else { Arch::Relu },
+        arch: if t.arch == "topk" {
+            Arch::TopK
+        } else {
+            Arch::Relu
+        },
         d_sae: Some(t.d_sae),
         l1_coeff: t.l1,
         k: t.k.unwrap_or(0),
@@ -83,13 +104,21 @@ fn train_config(t: &TrainSpec, backend: &str, seed: u64) -> TrainConfig {
         lr_warmup: t.lr_warmup,
         l1_warmup: t.l1_warmup,
         seed,
-        resample: t.resample.as_ref().filter(|r| !r.at_steps.is_empty()).map(|r| ResampleConfig {
-            at_steps: r.at_steps.clone(),
-            window: r.window,
-            sample: r.sample,
-        }),
+        resample: t
+            .resample
+            .as_ref()
+            .filter(|r| !r.at_steps.is_empty())
+            .map(|r| ResampleConfig {
+                at_steps: r.at_steps.clone(),
+                window: r.window,
+                sample: r.sample,
+            }),
         log_every: t.log_every,
-        backend: if backend == "reference" { BackendChoice::Reference } else { BackendChoice::Cpu },
+        backend: if backend == "reference" {
+            BackendChoice::Reference
+        } else {
+            BackendChoice::Cpu
+        },
         ..TrainConfig::default()
     }
 }
@@ -112,18 +141,36 @@ struct SeedOutcome {
     extra: serde_json::Value,
 }
 
-fn one_seed(t: &TrainSpec, prune: bool, set: &ActivationSet, backend: &str, seed: u64) -> Result<SeedOutcome> {
+fn one_seed(
+    t: &TrainSpec,
+    prune: bool,
+    set: &ActivationSet,
+    backend: &str,
+    seed: u64,
+) -> Result<SeedOutcome> {
     let cfg = train_config(t, backend, seed);
     let out = crate::train::train(&cfg, set, false)?;
-    let curve = out.curve.iter().map(|c| CurvePoint { step: c.step, loss: c.loss, mse: c.mse, l0: c.l0 }).collect();
+    let curve = out
+        .curve
+        .iter()
+        .map(|c| CurvePoint {
+            step: c.step,
+            loss: c.loss,
+            mse: c.mse,
+            l0: c.l0,
+        })
+        .collect();
     let mut extra = serde_json::json!({
         "tokens_per_sec": out.tokens_per_sec,
         "resamples": out.resamples,
         "train_backend": out.backend,
     });
     let metrics = if prune {
-        let above = t.prune_above.expect("validated: pruning benchmarks have prune_above");
-        let before = crate::metrics::evaluate(&out.sae, set).context("evaluating before pruning")?;
+        let above = t
+            .prune_above
+            .expect("validated: pruning benchmarks have prune_above");
+        let before =
+            crate::metrics::evaluate(&out.sae, set).context("evaluating before pruning")?;
         let (pruned, removed) = crate::train::prune_dense(&out.sae, set, above)?;
         let after = crate::metrics::evaluate(&pruned, set).context("evaluating after pruning")?;
         extra["pruned_features"] = removed.len().into();
@@ -132,14 +179,23 @@ fn one_seed(t: &TrainSpec, prune: bool, set: &ActivationSet, backend: &str, seed
     } else {
         scalar_metrics(&crate::metrics::evaluate(&out.sae, set)?)
     };
-    Ok(SeedOutcome { metrics, curve, wall: out.wall_secs, extra })
+    Ok(SeedOutcome {
+        metrics,
+        curve,
+        wall: out.wall_secs,
+        extra,
+    })
 }
 
 /// Run one training benchmark for every seed of the profile; never fails (errors become the status).
 pub fn run(t: &TrainSpec, prune: bool, ctx: &DataCtx, backend: &str, seeds: usize) -> BenchResult {
     let mut r = BenchResult {
         name: t.name.clone(),
-        kind: if prune { BenchKind::Prune } else { BenchKind::Train },
+        kind: if prune {
+            BenchKind::Prune
+        } else {
+            BenchKind::Train
+        },
         status: BenchStatus::Ok,
         samples: vec![],
         yardstick: vec![],
@@ -167,8 +223,11 @@ pub fn run(t: &TrainSpec, prune: bool, ctx: &DataCtx, backend: &str, seeds: usiz
             Ok(o) => per_seed.push(o),
             Err(e) => {
                 let msg = format!("{e:#}");
-                r.status =
-                    if msg.contains("diverged") { BenchStatus::Diverged(msg) } else { BenchStatus::Failed(msg) };
+                r.status = if msg.contains("diverged") {
+                    BenchStatus::Diverged(msg)
+                } else {
+                    BenchStatus::Failed(msg)
+                };
                 return r;
             }
         }
@@ -180,8 +239,12 @@ pub fn run(t: &TrainSpec, prune: bool, ctx: &DataCtx, backend: &str, seeds: usiz
     r.extra = first.extra.clone();
     if per_seed.len() > 1 {
         for k in first.metrics.keys() {
-            let vals: Vec<f64> = per_seed.iter().filter_map(|o| o.metrics.get(k).copied()).collect();
-            r.metrics.insert(k.clone(), vals.iter().sum::<f64>() / vals.len() as f64);
+            let vals: Vec<f64> = per_seed
+                .iter()
+                .filter_map(|o| o.metrics.get(k).copied())
+                .collect();
+            r.metrics
+                .insert(k.clone(), vals.iter().sum::<f64>() / vals.len() as f64);
             r.metric_seeds.insert(k.clone(), vals);
         }
     }

@@ -4,8 +4,10 @@
 //! Speed ("time", the per-iteration samples): significant only when the Mann–Whitney test on the raw samples rejects
 //! at `alpha` AND the relative change of the medians reaches the noise threshold — rustc-perf's fence learned from the
 //! series' history on the same machine, backend and profile, or `min_threshold` when history is short, never below
-//! `floor`. Benchmarks with too few samples for a rank test (training wall time) use the threshold alone, at least
-//! `single_sample_threshold`. Quality metrics: deterministic runs compare values with per-metric tolerances;
+//! `floor`. Benchmarks with too few samples for a rank test (training wall time) are shown but not judged until the
+//! history gives a fence; then the fence alone decides, at least `single_sample_threshold`. Op samples are divided by
+//! their paired yardstick samples when both runs have them and the ratios are less dispersed than the raw times
+//! (robust CV, IQR / median), i.e. when the yardstick actually explains the noise. Quality metrics: deterministic runs compare values with per-metric tolerances;
 //! runs with several seeds compare the head against a band over the base's seeds. Runs on different machine
 //! fingerprints are never compared (the caller refuses them).
 
@@ -169,9 +171,17 @@ pub fn judge_speed(bench: &str, base: &[f64], head: &[f64], history: &[f64], rul
             head.len()
         );
         mw.p < s.alpha && r.abs() >= t
+    } else if fence.is_none() {
+        // One timing a side on a shared machine is mostly noise: without a learned fence it is shown, not judged.
+        row.detail = format!(
+            "too few samples for a rank test (n={}/{}) and too little history for a fence: not judged",
+            base.len(),
+            head.len()
+        );
+        false
     } else {
         row.detail = format!(
-            "too few samples for a rank test (n={}/{}): threshold alone, {:.1}% ({source})",
+            "too few samples for a rank test (n={}/{}): history fence alone, threshold {:.1}%",
             base.len(),
             head.len(),
             t * 100.0
@@ -187,6 +197,18 @@ pub fn judge_speed(bench: &str, base: &[f64], head: &[f64], history: &[f64], rul
         row.detail = format!("{:.1}x the threshold; {}", r.abs() / t, row.detail);
     }
     row
+}
+
+/// Robust coefficient of variation: IQR / median (infinite when undefined).
+fn rcv(xs: &[f64]) -> f64 {
+    match (
+        stats::quantile(xs, 0.25),
+        stats::quantile(xs, 0.75),
+        stats::median(xs),
+    ) {
+        (Some(q1), Some(q3), Some(m)) if m > 0.0 => (q3 - q1) / m,
+        _ => f64::INFINITY,
+    }
 }
 
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
@@ -359,8 +381,15 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
         }
         let same_fp = base.meta.fingerprint_id == head.meta.fingerprint_id;
         if same_fp && !h.samples.is_empty() {
-            let row = match (b.normalized(), h.normalized()) {
-                (Some(nb), Some(nh)) => {
+            let norm = match (b.normalized(), h.normalized()) {
+                // Use the yardstick only where it explains noise: the normalized samples must be less dispersed.
+                (Some(nb), Some(nh)) if rcv(&nb) + rcv(&nh) < rcv(&b.samples) + rcv(&h.samples) => {
+                    Some((nb, nh))
+                }
+                _ => None,
+            };
+            let row = match norm {
+                Some((nb, nh)) => {
                     let hist = history.normalized.get(&h.name).unwrap_or(&empty);
                     let mut row = judge_speed(&h.name, &nb, &nh, hist, rules);
                     let raw = rel_change(
@@ -377,7 +406,7 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
                     );
                     row
                 }
-                _ => judge_speed(
+                None => judge_speed(
                     &h.name,
                     &b.samples,
                     &h.samples,
@@ -680,10 +709,13 @@ mod tests {
             &rules,
         );
         assert_eq!(row.verdict, Verdict::Improvement);
-        // Single samples: the threshold alone, at least 25%.
-        let row = judge_speed("train", &[10.0], &[11.0], &[], &rules);
+        // Single samples: not judged without history; with a fence, the fence alone, at least 25%.
+        let row = judge_speed("train", &[10.0], &[30.0], &[], &rules);
         assert_eq!(row.verdict, Verdict::Noise);
-        let row = judge_speed("train", &[10.0], &[14.0], &[], &rules);
+        let quiet: Vec<f64> = (0..31).map(|i| 10.0 + (i % 2) as f64 * 0.1).collect();
+        let row = judge_speed("train", &[10.0], &[11.0], &quiet, &rules);
+        assert_eq!(row.verdict, Verdict::Noise);
+        let row = judge_speed("train", &[10.0], &[14.0], &quiet, &rules);
         assert_eq!(row.verdict, Verdict::Regression);
     }
 
