@@ -346,3 +346,70 @@ fn sigkill_mid_run_leaves_an_incomplete_run_that_is_never_a_baseline() {
         text(&o)
     );
 }
+
+#[test]
+fn baseline_auto_times_the_merge_base_interleaved() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let e = setup(&tiny_suite(20, 12));
+    git(&e.repo, &["checkout", "-qb", "pr"]);
+    std::fs::write(e.repo.join("notes.txt"), "a change").unwrap();
+    git(&e.repo, &["add", "."]);
+    git(&e.repo, &["commit", "-qm", "change"]);
+    // No stored run of the merge base: auto measures it here. The "merge base's runner" is this same binary (the
+    // env override stands in for the worktree build), and the injected slowdown reaches only the head.
+    let exe = env!("CARGO_BIN_EXE_runner");
+    let mut c = cmd(
+        &e,
+        &[
+            "bench",
+            "--suite",
+            "suite.toml",
+            "--json",
+            "--baseline",
+            "auto",
+        ],
+    );
+    c.env("SAEPERF_AUTO_BASE_RUNNER", exe)
+        .env("SAEPERF_INJECT_SLOWDOWN", "9.0");
+    let o = c.output().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        v["baseline"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("--baseline auto"),
+        "{}",
+        v["baseline"]
+    );
+    let base = &v["comparison"]["base"];
+    assert_eq!(base["branch"], "main");
+    let main_head = Command::new("git")
+        .current_dir(&e.repo)
+        .args(["rev-parse", "main"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        base["commit"].as_str().unwrap(),
+        String::from_utf8_lossy(&main_head.stdout).trim()
+    );
+    // Op samples: 4 rounds of A/B chunks of 3 => 12 a side; quality identical (same code, same seeds).
+    let op = v["run"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "op/encode")
+        .unwrap();
+    assert_eq!(op["samples"].as_array().unwrap().len(), 12);
+    assert!(verdicts(&v, "mse").iter().all(|x| x == "noise"));
+    assert!(verdicts(&v, "time").iter().any(|x| x == "regression"));
+    // The merge base's run is stored: the next plain bench on the PR uses it.
+    let (o, next) = bench(&e, &[]);
+    assert!(
+        o.status.code() == Some(0) || o.status.code() == Some(2),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(next["comparison"]["base"]["id"], base["id"]);
+}
