@@ -457,7 +457,7 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
     let comparison: Option<Comparison> = match &choice.run {
         Some(id) => {
             let base = store.run_meta(id)?.context("baseline vanished")?;
-            Some(compare::compare_stored(&store, &base, &meta, &rules)?)
+            Some(compare::compare_stored(&store, &base, &meta, &rules, true)?)
         }
         None => None,
     };
