@@ -34,6 +34,21 @@ n_features = 64
 active = 3.0
 seed = 0
 
+# Optional and never prepared here: its benchmark is skipped, not failed.
+[data.lm]
+kind = "prepared"
+path = "sets/not-prepared"
+optional = true
+
+[[train]]
+name = "lm-relu"
+data = "lm"
+arch = "relu"
+d_sae = 64
+l1 = 3e-3
+steps = 5
+batch = 8
+
 [[train]]
 name = "tiny-relu"
 data = "synthetic"
@@ -157,7 +172,16 @@ fn aa_is_quiet_slowdown_and_quality_drop_are_regressions() {
         first["comparison"].is_null(),
         "no baseline for the first run"
     );
-    assert_eq!(first["run"]["results"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        first["run"]["results"].as_array().unwrap().len(),
+        5,
+        "lm-relu is skipped"
+    );
+    assert!(
+        text(&o).contains("skipping benchmarks on activation set \"lm\""),
+        "{}",
+        text(&o)
+    );
     let r0 = &first["run"]["results"][0];
     assert_eq!(r0["status"], "ok", "{r0}");
     assert!(r0["metrics"]["mse"].as_f64().unwrap().is_finite());

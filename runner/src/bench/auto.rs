@@ -174,7 +174,7 @@ fn base_cmd(base: &AutoBase) -> Command {
     c
 }
 
-/// The base's whole suite, once, into a throw-away store; returns its run.
+/// The base's suite without its ops (they are timed interleaved), once, into a throw-away store; returns its run.
 pub fn base_run(base: &AutoBase, a: &BenchArgs, profile: &str) -> Result<Run> {
     let tmp = tempfile::tempdir().context("creating a temp store for the base run")?;
     let mut c = base_cmd(base);

@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Show every comparison row, not only those that need attention.
     #[arg(long)]
     pub all: bool,
+    /// Run no op micro-benchmarks (used by --baseline auto for the merge base's once-through run, whose op
+    /// timings come from the interleaved A/B phase instead).
+    #[arg(long, hide = true)]
+    pub skip_ops: bool,
 }
 
 /// What git says about the working tree (all None outside a repository).
@@ -301,6 +305,14 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
     tracing::info!(suite = %suite_path, profile = %resolved.profile, backend, "starting bench");
 
     let ctx = train::DataCtx::prepare(&resolved, &crate::store_cli::saeperf_home())?;
+    let mut resolved = resolved;
+    resolved.benches.retain(|b| match b {
+        BenchSpec::Train(t) | BenchSpec::Prune(t) => !ctx.skipped.contains(&t.data),
+        BenchSpec::Op { .. } => !a.skip_ops,
+    });
+    if resolved.benches.is_empty() && !a.skip_ops {
+        bail!("every selected benchmark uses an activation set that is not prepared");
+    }
     let started = chrono::Utc::now();
     let mut meta = RunMeta {
         id: new_run_id(started),

@@ -532,7 +532,10 @@ pub fn compare_stored(
     let mut b = store.load_run(&base.id)?;
     let mut h = store.load_run(&head.id)?;
     if !use_yardstick {
-        b.results.iter_mut().chain(h.results.iter_mut()).for_each(|r| r.yardstick.clear());
+        b.results
+            .iter_mut()
+            .chain(h.results.iter_mut())
+            .for_each(|r| r.yardstick.clear());
     }
     for r in [&b, &h] {
         if r.meta.state != RunState::Complete {
