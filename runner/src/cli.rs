@@ -57,6 +57,9 @@ pub enum Command {
     Compare(crate::store_cli::CompareArgs),
     /// Print a benchmark metric's series over stored runs.
     History(crate::store_cli::HistoryArgs),
+    /// The CUDA kernels: NVRTC compile + ptxas resource check (no GPU needed), GPU correctness check, GPU timings.
+    #[command(subcommand)]
+    Kernels(crate::kernels_cmd::KernelsCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,18 +117,12 @@ pub struct TrainArgs {
     /// After training, remove features whose training-split frequency exceeds this (e.g. 0.038).
     #[arg(long)]
     pub prune_above: Option<f64>,
-    /// cpu (fast ops) or reference (plain loops, slow).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub backend: BackendArg,
+    /// cpu (fast ops), reference (plain loops, slow), cuda, or auto (CUDA when a driver and a device are present).
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum BackendArg {
-    Cpu,
-    Reference,
 }
 
 #[derive(Args, Debug)]
@@ -215,6 +212,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Ingest { bundles } => crate::store_cli::run_ingest(cli.db.db.as_deref(), &bundles),
         Command::Compare(a) => crate::store_cli::run_compare(cli.db.db.as_deref(), &a),
         Command::History(a) => crate::store_cli::run_history(cli.db.db.as_deref(), &a),
+        Command::Kernels(k) => crate::kernels_cmd::run(k, cli.quiet),
     }
 }
 
@@ -265,10 +263,7 @@ pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
             sample: a.resample_sample,
         });
     }
-    c.backend = match a.backend {
-        BackendArg::Cpu => BackendChoice::Cpu,
-        BackendArg::Reference => BackendChoice::Reference,
-    };
+    c.backend = a.backend;
     if let Some(p) = a.prune_above {
         if !(0.0..=1.0).contains(&p) {
             bail!("--prune-above must lie in [0, 1], got {p}");

@@ -9,6 +9,7 @@ pub mod compare;
 pub mod data;
 pub mod fingerprint;
 pub mod home;
+pub mod kernels_cmd;
 pub mod metrics;
 pub mod store;
 pub mod store_cli;

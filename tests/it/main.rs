@@ -3,5 +3,6 @@
 
 mod bench;
 mod common;
+mod cuda;
 mod engine;
 mod store;
