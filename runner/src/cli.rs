@@ -25,6 +25,8 @@ pub struct Cli {
     /// No progress bars.
     #[arg(long, global = true)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub db: crate::store_cli::DbArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,6 +42,23 @@ pub enum Command {
     Data(DataCommand),
     /// Feature contexts of a dictionary on a model activation set (JSON report + table).
     Features(crate::lm::cli::FeaturesArgs),
+    /// Run the benchmark suite, store the run, compare it with its baseline; exit 2 on a regression, 3 on a failure.
+    Bench(crate::bench::BenchArgs),
+    /// Time the suite's op micro-benchmarks once and print them as JSON (the A/B worker of --baseline auto).
+    #[command(hide = true)]
+    BenchOps(crate::bench::auto::BenchOpsArgs),
+    /// The results store: check, list, export.
+    #[command(subcommand)]
+    Db(crate::store_cli::DbCmd),
+    /// Add the runs of JSON bundles (from `runner db export`) to the store.
+    Ingest {
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
+    },
+    /// Compare two stored runs; exit 2 on a regression, 3 on a failed benchmark.
+    Compare(crate::store_cli::CompareArgs),
+    /// Print a benchmark metric's series over stored runs.
+    History(crate::store_cli::HistoryArgs),
     /// The CUDA kernels: NVRTC compile + ptxas resource check (no GPU needed), GPU correctness check, GPU timings.
     #[command(subcommand)]
     Kernels(crate::kernels_cmd::KernelsCmd),
@@ -196,6 +215,12 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Data(DataCommand::Fetch(a)) => crate::lm::cli::cmd_fetch(a),
         Command::Data(DataCommand::Prepare(a)) => crate::lm::cli::cmd_prepare(a, cli.quiet),
         Command::Features(a) => crate::lm::cli::cmd_features(a),
+        Command::Bench(a) => crate::bench::run_bench(cli.db.db.as_deref(), &a, cli.quiet),
+        Command::BenchOps(a) => crate::bench::auto::run_bench_ops(&a),
+        Command::Db(c) => crate::store_cli::run_db(cli.db.db.as_deref(), &c),
+        Command::Ingest { bundles } => crate::store_cli::run_ingest(cli.db.db.as_deref(), &bundles),
+        Command::Compare(a) => crate::store_cli::run_compare(cli.db.db.as_deref(), &a),
+        Command::History(a) => crate::store_cli::run_history(cli.db.db.as_deref(), &a),
         Command::Kernels(k) => crate::kernels_cmd::run(k, cli.quiet),
     }
 }

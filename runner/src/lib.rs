@@ -3,10 +3,16 @@
 //!
 //! Data flows one way: activation set → training (ops on a backend) → metrics → run → store → compare → report.
 
+pub mod bench;
 pub mod cli;
+pub mod compare;
 pub mod data;
+pub mod fingerprint;
 pub mod home;
 pub mod kernels_cmd;
 pub mod lm;
 pub mod metrics;
+pub mod store;
+pub mod store_cli;
+pub mod suite;
 pub mod train;

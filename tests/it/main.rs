@@ -1,7 +1,9 @@
 //! The one integration-test binary of saeperf: a module per area, each driving the real `runner` binary or the
 //! library on real files.
 
+mod bench;
 mod common;
 mod cuda;
 mod engine;
 mod lm;
+mod store;

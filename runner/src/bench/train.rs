@@ -1,0 +1,274 @@
+//! Training benchmarks: train a suite's reference dictionary (or the pruning variant: a low penalty, then every
+//! feature firing above `prune_above` removed) on its activation set, evaluate it, and record the metrics, the
+//! training curve and the wall time.
+//!
+//! Activation sets are prepared once per run ([`DataCtx::prepare`]): synthetic sets are generated (cached under
+//! $SAEPERF_HOME/sets, keyed by their configuration) so `runner bench` needs no download; prepared sets (e.g. the
+//! language-model set) are opened from their path, and benchmarks on a missing one fail with the reason.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use saeperf_kernels::Arch;
+
+use crate::data::actset::ActivationSet;
+use crate::data::synth::{self, SynthConfig};
+use crate::store::schema::{BenchKind, BenchStatus, CurvePoint};
+use crate::store::BenchResult;
+use crate::suite::{DataSpec, ResolvedSuite, TrainSpec};
+use crate::train::{BackendChoice, ResampleConfig, TrainConfig};
+
+/// The activation sets of a run, opened once.
+pub struct DataCtx {
+    sets: BTreeMap<String, Result<ActivationSet, String>>,
+    /// Optional prepared sets that are not there: their benchmarks are skipped.
+    pub skipped: std::collections::BTreeSet<String>,
+}
+
+impl DataCtx {
+    /// Generate or open every set the resolved suite uses. A set that cannot be opened is remembered as an error so
+    /// that only the benchmarks using it fail.
+    pub fn prepare(suite: &ResolvedSuite, home: &Path) -> Result<DataCtx> {
+        let mut sets = BTreeMap::new();
+        let mut skipped = std::collections::BTreeSet::new();
+        for (name, spec) in &suite.data {
+            if let DataSpec::Prepared {
+                path,
+                optional: true,
+            } = spec
+            {
+                let p = if Path::new(path).is_absolute() {
+                    Path::new(path).to_path_buf()
+                } else {
+                    home.join(path)
+                };
+                if !p.exists() {
+                    eprintln!(
+                        "skipping benchmarks on activation set {name:?}: {} is not prepared",
+                        p.display()
+                    );
+                    skipped.insert(name.clone());
+                    continue;
+                }
+            }
+            let opened = match spec {
+                DataSpec::Synthetic {
+                    d_in,
+                    n_features,
+                    active,
+                    seed,
+                    eval_fraction,
+                    zipf_exponent,
+                    noise,
+                } => {
+                    let n_eval =
+                        ((suite.synthetic_tokens as f64 * eval_fraction).round() as usize).max(1);
+                    let cfg = SynthConfig {
+                        d_in: *d_in,
+                        n_features: *n_features,
+                        n_train: suite.synthetic_tokens.saturating_sub(n_eval).max(1),
+                        n_eval,
+                        seed: *seed,
+                        mean_active: *active,
+                        zipf_exponent: *zipf_exponent,
+                        noise: *noise,
+                    };
+                    synth::ensure_synth(home, &cfg)
+                        .and_then(|dir| ActivationSet::open(&dir))
+                        .with_context(|| format!("synthetic activation set {name:?}"))
+                }
+                DataSpec::Prepared { path, .. } => {
+                    let p = if Path::new(path).is_absolute() {
+                        Path::new(path).to_path_buf()
+                    } else {
+                        home.join(path)
+                    };
+                    ActivationSet::open(&p).with_context(|| {
+                        format!("activation set {name:?} at {} (prepare it first, e.g. `runner data harvest`)", p.display())
+                    })
+                }
+            };
+            if let Err(e) = &opened {
+                tracing::warn!("{e:#}");
+            }
+            sets.insert(name.clone(), opened.map_err(|e| format!("{e:#}")));
+        }
+        Ok(DataCtx { sets, skipped })
+    }
+
+    /// Set name -> SHA-256, for the run's metadata.
+    pub fn digests(&self) -> BTreeMap<String, String> {
+        self.sets
+            .iter()
+            .filter_map(|(k, v)| {
+                v.as_ref()
+                    .ok()
+                    .map(|s| (k.clone(), s.manifest().sha256.clone()))
+            })
+            .collect()
+    }
+}
+
+fn train_config(t: &TrainSpec, backend: &str, seed: u64) -> TrainConfig {
+    TrainConfig {
+        arch: if t.arch == "topk" {
+            Arch::TopK
+        } else {
+            Arch::Relu
+        },
+        d_sae: Some(t.d_sae),
+        l1_coeff: t.l1,
+        k: t.k.unwrap_or(0),
+        steps: t.steps,
+        batch: t.batch,
+        lr: t.lr,
+        lr_warmup: t.lr_warmup,
+        l1_warmup: t.l1_warmup,
+        seed,
+        resample: t
+            .resample
+            .as_ref()
+            .filter(|r| !r.at_steps.is_empty())
+            .map(|r| ResampleConfig {
+                at_steps: r.at_steps.clone(),
+                window: r.window,
+                sample: r.sample,
+            }),
+        log_every: t.log_every,
+        backend: if backend == "reference" {
+            BackendChoice::Reference
+        } else {
+            BackendChoice::Cpu
+        },
+        ..TrainConfig::default()
+    }
+}
+
+/// Scalar metrics of metrics.json (nulls and the histogram left out).
+fn scalar_metrics(m: &crate::metrics::Metrics) -> BTreeMap<String, f64> {
+    let v = serde_json::to_value(m).expect("metrics serialize");
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+        .filter(|(k, _)| k != "wall_secs")
+        .collect()
+}
+
+struct SeedOutcome {
+    metrics: BTreeMap<String, f64>,
+    curve: Vec<CurvePoint>,
+    wall: f64,
+    extra: serde_json::Value,
+}
+
+fn one_seed(
+    t: &TrainSpec,
+    prune: bool,
+    set: &ActivationSet,
+    backend: &str,
+    seed: u64,
+) -> Result<SeedOutcome> {
+    let cfg = train_config(t, backend, seed);
+    let out = crate::train::train(&cfg, set, false)?;
+    let curve = out
+        .curve
+        .iter()
+        .map(|c| CurvePoint {
+            step: c.step,
+            loss: c.loss,
+            mse: c.mse,
+            l0: c.l0,
+        })
+        .collect();
+    let mut extra = serde_json::json!({
+        "tokens_per_sec": out.tokens_per_sec,
+        "resamples": out.resamples,
+        "train_backend": out.backend,
+    });
+    let metrics = if prune {
+        let above = t
+            .prune_above
+            .expect("validated: pruning benchmarks have prune_above");
+        let before =
+            crate::metrics::evaluate(&out.sae, set).context("evaluating before pruning")?;
+        let (pruned, removed) = crate::train::prune_dense(&out.sae, set, above)?;
+        let after = crate::metrics::evaluate(&pruned, set).context("evaluating after pruning")?;
+        extra["pruned_features"] = removed.len().into();
+        extra["before_pruning"] = serde_json::to_value(scalar_metrics(&before))?;
+        scalar_metrics(&after)
+    } else {
+        scalar_metrics(&crate::metrics::evaluate(&out.sae, set)?)
+    };
+    Ok(SeedOutcome {
+        metrics,
+        curve,
+        wall: out.wall_secs,
+        extra,
+    })
+}
+
+/// Run one training benchmark for every seed of the profile; never fails (errors become the status).
+pub fn run(t: &TrainSpec, prune: bool, ctx: &DataCtx, backend: &str, seeds: usize) -> BenchResult {
+    let mut r = BenchResult {
+        name: t.name.clone(),
+        kind: if prune {
+            BenchKind::Prune
+        } else {
+            BenchKind::Train
+        },
+        status: BenchStatus::Ok,
+        samples: vec![],
+        yardstick: vec![],
+        metrics: BTreeMap::new(),
+        metric_seeds: BTreeMap::new(),
+        // Fixed seeds on the CPU give bit-identical results; GPU atomics do not.
+        deterministic: matches!(backend, "cpu" | "reference"),
+        curve: vec![],
+        extra: serde_json::Value::Null,
+    };
+    let set = match ctx.sets.get(&t.data) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            r.status = BenchStatus::Failed(e.clone());
+            return r;
+        }
+        None => {
+            r.status = BenchStatus::Failed(format!("activation set {:?} was not prepared", t.data));
+            return r;
+        }
+    };
+    let mut per_seed: Vec<SeedOutcome> = Vec::new();
+    for i in 0..seeds.max(1) {
+        match one_seed(t, prune, set, backend, t.seed + i as u64) {
+            Ok(o) => per_seed.push(o),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                r.status = if msg.contains("diverged") {
+                    BenchStatus::Diverged(msg)
+                } else {
+                    BenchStatus::Failed(msg)
+                };
+                return r;
+            }
+        }
+    }
+    r.samples = per_seed.iter().map(|o| o.wall).collect();
+    let first = &per_seed[0];
+    r.metrics = first.metrics.clone();
+    r.curve = first.curve.clone();
+    r.extra = first.extra.clone();
+    if per_seed.len() > 1 {
+        for k in first.metrics.keys() {
+            let vals: Vec<f64> = per_seed
+                .iter()
+                .filter_map(|o| o.metrics.get(k).copied())
+                .collect();
+            r.metrics
+                .insert(k.clone(), vals.iter().sum::<f64>() / vals.len() as f64);
+            r.metric_seeds.insert(k.clone(), vals);
+        }
+    }
+    r
+}
