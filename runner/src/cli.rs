@@ -290,6 +290,7 @@ fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
     let out = train::train(&cfg, &set, !quiet && !a.json)?;
     out.sae.save(&a.out)?;
     let mut m = metrics::evaluate(&out.sae, &set)?;
+    crate::lm::loss::fill_metrics(&mut m, &set, &out.sae, !quiet && !a.json)?;
     m.tokens_per_sec = Some(out.tokens_per_sec);
     m.wall_secs = Some(out.wall_secs);
     m.write(&a.out.join("metrics.json"))?;
@@ -306,7 +307,8 @@ fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
         let (pruned, removed) = train::prune_dense(&out.sae, &set, thr)?;
         let dir = a.out.join("pruned");
         pruned.save(&dir)?;
-        let pm = metrics::evaluate(&pruned, &set)?;
+        let mut pm = metrics::evaluate(&pruned, &set)?;
+        crate::lm::loss::fill_metrics(&mut pm, &set, &pruned, !quiet && !a.json)?;
         pm.write(&dir.join("metrics.json"))?;
         report["pruning"] = serde_json::json!({
             "threshold": thr, "removed": removed.len(), "removed_features": removed,

@@ -146,6 +146,13 @@ fn train_config(t: &TrainSpec, backend: &str, seed: u64) -> TrainConfig {
 }
 
 /// Scalar metrics of metrics.json (nulls and the histogram left out).
+/// The metrics of design/sae.md, plus loss recovered when the set was harvested from a model.
+fn evaluate(sae: &saeperf_kernels::Sae, set: &ActivationSet) -> Result<crate::metrics::Metrics> {
+    let mut m = crate::metrics::evaluate(sae, set)?;
+    crate::lm::loss::fill_metrics(&mut m, set, sae, false)?;
+    Ok(m)
+}
+
 fn scalar_metrics(m: &crate::metrics::Metrics) -> BTreeMap<String, f64> {
     let v = serde_json::to_value(m).expect("metrics serialize");
     v.as_object()
@@ -191,15 +198,14 @@ fn one_seed(
         let above = t
             .prune_above
             .expect("validated: pruning benchmarks have prune_above");
-        let before =
-            crate::metrics::evaluate(&out.sae, set).context("evaluating before pruning")?;
+        let before = evaluate(&out.sae, set).context("evaluating before pruning")?;
         let (pruned, removed) = crate::train::prune_dense(&out.sae, set, above)?;
-        let after = crate::metrics::evaluate(&pruned, set).context("evaluating after pruning")?;
+        let after = evaluate(&pruned, set).context("evaluating after pruning")?;
         extra["pruned_features"] = removed.len().into();
         extra["before_pruning"] = serde_json::to_value(scalar_metrics(&before))?;
         scalar_metrics(&after)
     } else {
-        scalar_metrics(&crate::metrics::evaluate(&out.sae, set)?)
+        scalar_metrics(&evaluate(&out.sae, set)?)
     };
     Ok(SeedOutcome {
         metrics,
