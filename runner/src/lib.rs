@@ -10,6 +10,8 @@ pub mod data;
 pub mod fingerprint;
 pub mod home;
 pub mod metrics;
+pub mod notify;
+pub mod schedule;
 pub mod store;
 pub mod store_cli;
 pub mod suite;

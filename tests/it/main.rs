@@ -4,4 +4,5 @@
 mod bench;
 mod common;
 mod engine;
+mod schedule;
 mod store;
