@@ -213,7 +213,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Train(a) => cmd_train(a, cli.quiet),
         Command::Eval(a) => cmd_eval(a),
         Command::Data(DataCommand::Synth(a)) => cmd_synth(a),
-        Command::Bench(a) => crate::bench::run_bench(cli.db.db.as_deref(), &a),
+        Command::Bench(a) => crate::bench::run_bench(cli.db.db.as_deref(), &a, cli.quiet),
         Command::BenchOps(a) => crate::bench::auto::run_bench_ops(&a),
         Command::Db(c) => crate::store_cli::run_db(cli.db.db.as_deref(), &c),
         Command::Ingest { bundles } => crate::store_cli::run_ingest(cli.db.db.as_deref(), &bundles),

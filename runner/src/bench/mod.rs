@@ -294,7 +294,7 @@ pub(crate) fn pick_backend(requested: &str) -> Result<String> {
 }
 
 /// `runner bench`. Returns the exit code.
-pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
+pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
     let (suite, suite_path) = Suite::load(a.suite.as_deref())?;
     let resolved = suite.resolve(a.profile.as_deref(), a.filter.as_deref())?;
     let rules = suite.rules();
@@ -368,7 +368,11 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
         .iter()
         .partition(|b| matches!(b, BenchSpec::Op { .. }));
     let steps = train_specs.len() + usize::from(!op_specs.is_empty());
-    let pb = indicatif::ProgressBar::new(steps as u64);
+    let pb = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(steps as u64)
+    };
     pb.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .expect("valid template")
