@@ -3,5 +3,7 @@
 
 mod bench;
 mod common;
+mod dashboard;
 mod engine;
+mod report;
 mod store;
