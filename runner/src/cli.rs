@@ -57,6 +57,11 @@ pub enum Command {
     Compare(crate::store_cli::CompareArgs),
     /// Print a benchmark metric's series over stored runs.
     History(crate::store_cli::HistoryArgs),
+    /// Pull-request reports: render the comment, or post it with a commit status.
+    #[command(subcommand)]
+    Report(crate::report::cli::ReportCmd),
+    /// Build the static dashboard (works from file:// and GitHub Pages).
+    Dashboard(crate::report::cli::DashboardArgs),
     /// The scheduled runner service: rebuild and bench tracked commits on cron schedules (see saeperf.toml).
     Schedule(crate::schedule::ScheduleArgs),
     /// The scheduler's next fires, running attempt and recent outcomes.
@@ -219,6 +224,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Ingest { bundles } => crate::store_cli::run_ingest(cli.db.db.as_deref(), &bundles),
         Command::Compare(a) => crate::store_cli::run_compare(cli.db.db.as_deref(), &a),
         Command::History(a) => crate::store_cli::run_history(cli.db.db.as_deref(), &a),
+        Command::Report(c) => crate::report::cli::run_report(cli.db.db.as_deref(), &c),
+        Command::Dashboard(a) => crate::report::cli::run_dashboard(cli.db.db.as_deref(), &a),
         Command::Schedule(a) => crate::schedule::run_schedule(&a),
         Command::Status(a) => crate::schedule::run_status(&a),
     }

@@ -3,6 +3,8 @@
 
 mod bench;
 mod common;
+mod dashboard;
 mod engine;
+mod report;
 mod schedule;
 mod store;

@@ -287,6 +287,13 @@ fn schedule_benchmarks_each_commit_once_notifies_and_stops_cleanly() {
     let all = attempts(&st);
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(received.lock().unwrap().len(), 1);
+    // The dashboard was re-rendered (by `runner dashboard`) and the status file sits beside it.
+    assert!(e.root.join("site/index.html").is_file(), "{}", sched_log());
+    let page = std::fs::read_to_string(e.root.join("site/index.html")).unwrap();
+    assert!(
+        page.contains("tiny-relu"),
+        "the dashboard shows the benchmarks"
+    );
     assert!(e.root.join("site/status.json").is_file());
     assert_eq!(st["jobs"][0]["name"], "main");
     assert!(st["jobs"][0]["next_fire"].is_string());

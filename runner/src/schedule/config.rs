@@ -25,7 +25,7 @@ pub const DEFAULT_BENCH: &str =
      --commit {commit} --branch {branch} --base-branch {base_branch} {suite_args}";
 /// Default dashboard command (only run when `dashboard_dir` is configured): the scheduler's own runner renders.
 pub const DEFAULT_DASHBOARD: &str =
-    "{runner} --db {db} dashboard --out {dashboard_dir} --main-branch {base_branch} {suite_args}";
+    "{runner} --db {db} dashboard --out {dashboard_dir} --main-branch {main_branch} {suite_args}";
 
 /// A parsed cron schedule that remembers how it was written.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ pub struct RepositoryRaw {
 
 /// The commands a job runs. Placeholders, replaced by shell-quoted values: `{runner}` (this scheduler's own binary),
 /// `{target_dir}`, `{worktree}`, `{db}`, `{commit}`, `{branch}`, `{base_branch}`, `{profile}`, `{job}`,
-/// `{dashboard_dir}`, and `{suite_args}` (`--suite PATH` when the job names a suite, else nothing).
+/// `{dashboard_dir}`, `{main_branch}` (the base branch without the remote's prefix), and `{suite_args}` (`--suite PATH` when the job names a suite, else nothing).
 /// Commands run through `sh -c` in the commit's worktree, in their own process group.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

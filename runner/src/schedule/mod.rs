@@ -453,6 +453,7 @@ impl Scheduler {
             ("commit", commit.to_string()),
             ("branch", branch.to_string()),
             ("base_branch", base_branch.to_string()),
+            ("main_branch", j.base_branch.clone()),
             ("profile", j.profile.clone()),
             ("job", j.name.clone()),
             (
