@@ -455,10 +455,8 @@ fn browse(chrome: &Path, site: &Path) {
     open("runs/20260101T083000-prhost.html");
     let v = eval_json(
         &tab,
-        &format!(
-            "return {{ branch: document.querySelector('td.branch').textContent, scripts: document.scripts.length,
-                       verdict: document.querySelector('.lede .verdict').textContent }};"
-        ),
+        "return { branch: document.querySelector('td.branch').textContent, scripts: document.scripts.length,
+                  verdict: document.querySelector('.lede .verdict').textContent };",
     );
     assert_eq!(v["branch"], HOSTILE_BRANCH);
     assert_eq!(v["scripts"], 0);

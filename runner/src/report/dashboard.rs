@@ -239,7 +239,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
     pb.finish_and_clear();
     // Series per group (indices into infos, oldest first) and comparisons.
     let mut series: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (g, _) in &by_group {
+    for g in by_group.keys() {
         let members: Vec<usize> = (0..infos.len()).filter(|&i| &infos[i].group == g).collect();
         let main: Vec<usize> = members
             .iter()
@@ -881,7 +881,7 @@ fn run_page(
                         serde_json::Value::String(s) => s.clone(),
                         serde_json::Value::Number(n) => n
                             .as_f64()
-                            .map(|x| svg::short_num(x))
+                            .map(svg::short_num)
                             .unwrap_or_else(|| n.to_string()),
                         other => other.to_string(),
                     };
