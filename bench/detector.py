@@ -35,37 +35,40 @@ def bench(branch, slowdown=None):
     return json.loads(o.stdout)["run"]["meta"]["id"]
 
 
-def compare(base, head):
-    o = subprocess.run([a.runner, "--db", db, "compare", base, head, "--suite", a.suite, "--json"],
-                       capture_output=True, text=True)
+def compare(base, head, raw=False):
+    o = subprocess.run([a.runner, "--db", db, "compare", base, head, "--suite", a.suite, "--json"]
+                       + (["--no-yardstick"] if raw else []), capture_output=True, text=True)
     if o.returncode not in (0, 2, 3):
         sys.exit(f"compare failed: {o.stderr}")
     return [r for r in json.loads(o.stdout)["rows"] if r["metric"] == "time"]
 
 
 clean = [bench("main")]
-alarms_short, alarms_fence, rows_short, rows_fence = 0, 0, 0, 0
 for i in range(a.aa):
     clean.append(bench("main"))
-    rows = compare(clean[-2], clean[-1])
-    bad = [r for r in rows if r["verdict"] != "noise"]
-    fenced = any("history fence" in r["detail"] for r in rows)
-    if fenced:
-        alarms_fence += len(bad); rows_fence += len(rows)
-    else:
-        alarms_short += len(bad); rows_short += len(rows)
-    for r in bad:
-        print(f"A/A #{i+1}: false alarm {r['bench']} {r['verdict']} {r['change']*100:+.1f}% ({r['detail']})")
-print(f"A/A comparisons: {a.aa}; speed rows: {rows_short} with the minimum threshold, {rows_fence} with the fence")
-print(f"false alarms: {alarms_short}/{rows_short} (minimum threshold), {alarms_fence}/{rows_fence} (history fence)")
-comparisons_with_alarm = 0
-print("slowdown  detected(op rows)  per op")
+for raw in (False, True):
+    mode = "raw times" if raw else "yardstick where it helps"
+    alarms_short, alarms_fence, rows_short, rows_fence, cmp_alarm = 0, 0, 0, 0, 0
+    for i in range(a.aa):
+        rows = compare(clean[i], clean[i + 1], raw)
+        bad = [r for r in rows if r["verdict"] != "noise"]
+        cmp_alarm += bool(bad)
+        if any("history fence" in r["detail"] for r in rows):
+            alarms_fence += len(bad); rows_fence += len(rows)
+        else:
+            alarms_short += len(bad); rows_short += len(rows)
+        for r in bad:
+            print(f"[{mode}] A/A #{i+1}: false alarm {r['bench']} {r['verdict']} {r['change']*100:+.1f}% ({r['detail']})")
+    print(f"[{mode}] {a.aa} A/A comparisons, {cmp_alarm} with any alarm; false-alarm rows: "
+          f"{alarms_short}/{rows_short} (minimum threshold), {alarms_fence}/{rows_fence} (history fence)")
+print("slowdown  mode  detected(op rows)  per op")
 for s in [float(x) for x in a.slowdowns.split(",")]:
-    per_op = {}
-    for t in range(a.trials):
-        rows = compare(clean[-1], bench("inject", s))
-        for r in rows:
-            per_op.setdefault(r["bench"], []).append(r["verdict"] == "regression")
-    hits = sum(sum(v) for v in per_op.values()); total = sum(len(v) for v in per_op.values())
-    detail = ", ".join(f"{k.split('/')[-1]} {sum(v)}/{len(v)}" for k, v in sorted(per_op.items()))
-    print(f"{s*100:5.0f}%    {hits}/{total}    {detail}")
+    heads = [bench("inject", s) for _ in range(a.trials)]
+    for raw in (False, True):
+        per_op = {}
+        for h in heads:
+            for r in compare(clean[-1], h, raw):
+                per_op.setdefault(r["bench"], []).append(r["verdict"] == "regression")
+        hits = sum(sum(v) for v in per_op.values()); total = sum(len(v) for v in per_op.values())
+        detail = ", ".join(f"{k.split('/')[-1]} {sum(v)}/{len(v)}" for k, v in sorted(per_op.items()))
+        print(f"{s*100:5.0f}%  {'raw ' if raw else 'yard'}  {hits}/{total}    {detail}")

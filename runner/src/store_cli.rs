@@ -91,6 +91,9 @@ pub struct CompareArgs {
     /// Show every row, not only those that need attention.
     #[arg(long)]
     pub all: bool,
+    /// Compare op timings raw, ignoring the paired yardstick samples.
+    #[arg(long)]
+    pub no_yardstick: bool,
 }
 
 #[derive(Args, Debug)]
@@ -231,7 +234,7 @@ pub fn run_compare(db: Option<&Path>, a: &CompareArgs) -> Result<i32> {
     let base = store.resolve(&a.base, &|m: &RunMeta| {
         same_series(m, &head) && m.id != head.id
     })?;
-    let c = compare::compare_stored(&store, &base, &head, &rules)?;
+    let c = compare::compare_stored(&store, &base, &head, &rules, !a.no_yardstick)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {

@@ -222,7 +222,12 @@ pub enum DataSpec {
     },
     /// A prepared activation set (e.g. from `runner data harvest`); a relative path is under $SAEPERF_HOME.
     /// Benchmarks on it fail with the reason when it is absent.
-    Prepared { path: String },
+    Prepared {
+        path: String,
+        /// When the set is not there, its benchmarks are skipped (not failed): for sets that need a download.
+        #[serde(default)]
+        optional: bool,
+    },
 }
 
 fn default_active() -> f64 {

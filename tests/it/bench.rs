@@ -34,6 +34,21 @@ n_features = 64
 active = 3.0
 seed = 0
 
+# Optional and never prepared here: its benchmark is skipped, not failed.
+[data.lm]
+kind = "prepared"
+path = "sets/not-prepared"
+optional = true
+
+[[train]]
+name = "lm-relu"
+data = "lm"
+arch = "relu"
+d_sae = 64
+l1 = 3e-3
+steps = 5
+batch = 8
+
 [[train]]
 name = "tiny-relu"
 data = "synthetic"
@@ -157,7 +172,16 @@ fn aa_is_quiet_slowdown_and_quality_drop_are_regressions() {
         first["comparison"].is_null(),
         "no baseline for the first run"
     );
-    assert_eq!(first["run"]["results"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        first["run"]["results"].as_array().unwrap().len(),
+        5,
+        "lm-relu is skipped"
+    );
+    assert!(
+        text(&o).contains("skipping benchmarks on activation set \"lm\""),
+        "{}",
+        text(&o)
+    );
     let r0 = &first["run"]["results"][0];
     assert_eq!(r0["status"], "ok", "{r0}");
     assert!(r0["metrics"]["mse"].as_f64().unwrap().is_finite());
@@ -345,4 +369,71 @@ fn sigkill_mid_run_leaves_an_incomplete_run_that_is_never_a_baseline() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn baseline_auto_times_the_merge_base_interleaved() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let e = setup(&tiny_suite(20, 12));
+    git(&e.repo, &["checkout", "-qb", "pr"]);
+    std::fs::write(e.repo.join("notes.txt"), "a change").unwrap();
+    git(&e.repo, &["add", "."]);
+    git(&e.repo, &["commit", "-qm", "change"]);
+    // No stored run of the merge base: auto measures it here. The "merge base's runner" is this same binary (the
+    // env override stands in for the worktree build), and the injected slowdown reaches only the head.
+    let exe = env!("CARGO_BIN_EXE_runner");
+    let mut c = cmd(
+        &e,
+        &[
+            "bench",
+            "--suite",
+            "suite.toml",
+            "--json",
+            "--baseline",
+            "auto",
+        ],
+    );
+    c.env("SAEPERF_AUTO_BASE_RUNNER", exe)
+        .env("SAEPERF_INJECT_SLOWDOWN", "9.0");
+    let o = c.output().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        v["baseline"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("--baseline auto"),
+        "{}",
+        v["baseline"]
+    );
+    let base = &v["comparison"]["base"];
+    assert_eq!(base["branch"], "main");
+    let main_head = Command::new("git")
+        .current_dir(&e.repo)
+        .args(["rev-parse", "main"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        base["commit"].as_str().unwrap(),
+        String::from_utf8_lossy(&main_head.stdout).trim()
+    );
+    // Op samples: 4 rounds of A/B chunks of 3 => 12 a side; quality identical (same code, same seeds).
+    let op = v["run"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "op/encode")
+        .unwrap();
+    assert_eq!(op["samples"].as_array().unwrap().len(), 12);
+    assert!(verdicts(&v, "mse").iter().all(|x| x == "noise"));
+    assert!(verdicts(&v, "time").iter().any(|x| x == "regression"));
+    // The merge base's run is stored: the next plain bench on the PR uses it.
+    let (o, next) = bench(&e, &[]);
+    assert!(
+        o.status.code() == Some(0) || o.status.code() == Some(2),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(next["comparison"]["base"]["id"], base["id"]);
 }

@@ -174,7 +174,7 @@ fn base_cmd(base: &AutoBase) -> Command {
     c
 }
 
-/// The base's whole suite, once, into a throw-away store; returns its run.
+/// The base's suite without its ops (they are timed interleaved), once, into a throw-away store; returns its run.
 pub fn base_run(base: &AutoBase, a: &BenchArgs, profile: &str) -> Result<Run> {
     let tmp = tempfile::tempdir().context("creating a temp store for the base run")?;
     let mut c = base_cmd(base);
@@ -250,7 +250,7 @@ pub fn interleaved_ops(
     };
     let mut acc: [Vec<BenchResult>; 2] = [vec![], vec![]];
     for _ in 0..rounds.max(1) {
-        for side in 0..2 {
+        for (side, acc_side) in acc.iter_mut().enumerate() {
             let mut c = if side == 0 {
                 base_cmd(base)
             } else {
@@ -271,10 +271,10 @@ pub fn interleaved_ops(
                     "this"
                 },
             )?;
-            if acc[side].is_empty() {
-                acc[side] = out;
+            if acc_side.is_empty() {
+                *acc_side = out;
             } else {
-                for (dst, src) in acc[side].iter_mut().zip(out) {
+                for (dst, src) in acc_side.iter_mut().zip(out) {
                     dst.samples.extend(src.samples);
                     dst.yardstick.extend(src.yardstick);
                     if !src.status.is_ok() {

@@ -23,6 +23,7 @@ use crate::fingerprint::Fingerprint;
 use crate::store::schema::{new_run_id, BenchKind, BenchStatus};
 use crate::store::{BenchResult, Run, RunMeta, RunState, Store};
 use crate::suite::{BenchSpec, Suite};
+use saeperf_kernels::select::{select_backend, BackendChoice, Selected};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -32,7 +33,7 @@ pub struct BenchArgs {
     /// quick (CI, ≤ 3 min on 2 cores), standard (default), full (GPU machines).
     #[arg(long)]
     pub profile: Option<String>,
-    /// auto (the best available: cuda when present, else cpu), cpu, reference (plain loops; slow).
+    /// auto (the best available: cuda when a device is usable, else cpu), cpu, reference (plain loops; slow), cuda.
     #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Only benchmarks whose name contains this.
@@ -61,6 +62,10 @@ pub struct BenchArgs {
     /// Show every comparison row, not only those that need attention.
     #[arg(long)]
     pub all: bool,
+    /// Run no op micro-benchmarks (used by --baseline auto for the merge base's once-through run, whose op
+    /// timings come from the interleaved A/B phase instead).
+    #[arg(long, hide = true)]
+    pub skip_ops: bool,
 }
 
 /// What git says about the working tree (all None outside a repository).
@@ -280,17 +285,20 @@ pub(crate) fn run_ops(specs: &[&BenchSpec], backend: &str) -> Vec<BenchResult> {
         .collect()
 }
 
+/// Resolve `--backend` to what the run records: "cpu", "reference" or "cuda" (auto: CUDA when a device is usable).
 pub(crate) fn pick_backend(requested: &str) -> Result<String> {
-    match requested {
-        "auto" | "cpu" => Ok("cpu".into()),
-        "reference" => Ok("reference".into()),
-        "cuda" => bail!("backend cuda is not available in this build (no CUDA backend is compiled in); use --backend cpu"),
-        other => bail!("unknown backend {other:?} (auto, cpu, reference, cuda)"),
-    }
+    let choice: BackendChoice = requested.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let sel = select_backend(choice)?;
+    tracing::info!("{}", sel.line);
+    Ok(match sel.backend {
+        Selected::Cpu(c) if c.mode == saeperf_kernels::CpuMode::Reference => "reference".into(),
+        Selected::Cpu(_) => "cpu".into(),
+        Selected::Cuda(_) => "cuda".into(),
+    })
 }
 
 /// `runner bench`. Returns the exit code.
-pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
+pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
     let (suite, suite_path) = Suite::load(a.suite.as_deref())?;
     let resolved = suite.resolve(a.profile.as_deref(), a.filter.as_deref())?;
     let rules = suite.rules();
@@ -301,6 +309,14 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
     tracing::info!(suite = %suite_path, profile = %resolved.profile, backend, "starting bench");
 
     let ctx = train::DataCtx::prepare(&resolved, &crate::store_cli::saeperf_home())?;
+    let mut resolved = resolved;
+    resolved.benches.retain(|b| match b {
+        BenchSpec::Train(t) | BenchSpec::Prune(t) => !ctx.skipped.contains(&t.data),
+        BenchSpec::Op { .. } => !a.skip_ops,
+    });
+    if resolved.benches.is_empty() && !a.skip_ops {
+        bail!("every selected benchmark uses an activation set that is not prepared");
+    }
     let started = chrono::Utc::now();
     let mut meta = RunMeta {
         id: new_run_id(started),
@@ -356,7 +372,11 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
         .iter()
         .partition(|b| matches!(b, BenchSpec::Op { .. }));
     let steps = train_specs.len() + usize::from(!op_specs.is_empty());
-    let pb = indicatif::ProgressBar::new(steps as u64);
+    let pb = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(steps as u64)
+    };
     pb.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .expect("valid template")
@@ -457,7 +477,7 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs) -> Result<i32> {
     let comparison: Option<Comparison> = match &choice.run {
         Some(id) => {
             let base = store.run_meta(id)?.context("baseline vanished")?;
-            Some(compare::compare_stored(&store, &base, &meta, &rules)?)
+            Some(compare::compare_stored(&store, &base, &meta, &rules, true)?)
         }
         None => None,
     };

@@ -22,6 +22,8 @@ use crate::train::{BackendChoice, ResampleConfig, TrainConfig};
 /// The activation sets of a run, opened once.
 pub struct DataCtx {
     sets: BTreeMap<String, Result<ActivationSet, String>>,
+    /// Optional prepared sets that are not there: their benchmarks are skipped.
+    pub skipped: std::collections::BTreeSet<String>,
 }
 
 impl DataCtx {
@@ -29,7 +31,27 @@ impl DataCtx {
     /// that only the benchmarks using it fail.
     pub fn prepare(suite: &ResolvedSuite, home: &Path) -> Result<DataCtx> {
         let mut sets = BTreeMap::new();
+        let mut skipped = std::collections::BTreeSet::new();
         for (name, spec) in &suite.data {
+            if let DataSpec::Prepared {
+                path,
+                optional: true,
+            } = spec
+            {
+                let p = if Path::new(path).is_absolute() {
+                    Path::new(path).to_path_buf()
+                } else {
+                    home.join(path)
+                };
+                if !p.exists() {
+                    eprintln!(
+                        "skipping benchmarks on activation set {name:?}: {} is not prepared",
+                        p.display()
+                    );
+                    skipped.insert(name.clone());
+                    continue;
+                }
+            }
             let opened = match spec {
                 DataSpec::Synthetic {
                     d_in,
@@ -56,7 +78,7 @@ impl DataCtx {
                         .and_then(|dir| ActivationSet::open(&dir))
                         .with_context(|| format!("synthetic activation set {name:?}"))
                 }
-                DataSpec::Prepared { path } => {
+                DataSpec::Prepared { path, .. } => {
                     let p = if Path::new(path).is_absolute() {
                         Path::new(path).to_path_buf()
                     } else {
@@ -72,7 +94,7 @@ impl DataCtx {
             }
             sets.insert(name.clone(), opened.map_err(|e| format!("{e:#}")));
         }
-        Ok(DataCtx { sets })
+        Ok(DataCtx { sets, skipped })
     }
 
     /// Set name -> SHA-256, for the run's metadata.
@@ -205,7 +227,7 @@ pub fn run(t: &TrainSpec, prune: bool, ctx: &DataCtx, backend: &str, seeds: usiz
         yardstick: vec![],
         metrics: BTreeMap::new(),
         metric_seeds: BTreeMap::new(),
-        // Fixed seeds on the CPU give bit-identical results.
+        // Fixed seeds on the CPU give bit-identical results; GPU atomics do not.
         deterministic: matches!(backend, "cpu" | "reference"),
         curve: vec![],
         extra: serde_json::Value::Null,

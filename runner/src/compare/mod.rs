@@ -503,11 +503,13 @@ pub fn speed_history(
 }
 
 /// Compare two stored runs (refusing different machines), with history from the store.
+/// With `use_yardstick` false, op samples are compared raw (for measuring the detector both ways).
 pub fn compare_stored(
     store: &Store,
     base: &RunMeta,
     head: &RunMeta,
     rules: &Rules,
+    use_yardstick: bool,
 ) -> anyhow::Result<Comparison> {
     if base.fingerprint_id != head.fingerprint_id {
         anyhow::bail!(
@@ -527,8 +529,14 @@ pub fn compare_stored(
             head.backend
         );
     }
-    let b = store.load_run(&base.id)?;
-    let h = store.load_run(&head.id)?;
+    let mut b = store.load_run(&base.id)?;
+    let mut h = store.load_run(&head.id)?;
+    if !use_yardstick {
+        b.results
+            .iter_mut()
+            .chain(h.results.iter_mut())
+            .for_each(|r| r.yardstick.clear());
+    }
     for r in [&b, &h] {
         if r.meta.state != RunState::Complete {
             anyhow::bail!(

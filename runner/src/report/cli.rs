@@ -172,7 +172,7 @@ fn render_comment(store: &Store, a: &CommentArgs) -> Result<Rendered> {
     let (base, cmp) = match &base_meta {
         Some(b) => (
             Some(store.load_run(&b.id)?),
-            Some(compare::compare_stored(store, b, &head_meta, &rules)?),
+            Some(compare::compare_stored(store, b, &head_meta, &rules, true)?),
         ),
         None => (None, None),
     };
