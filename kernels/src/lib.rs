@@ -10,8 +10,10 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod backend;
+pub mod cuda;
 pub mod ops;
 pub mod sae;
+pub mod select;
 
 pub use backend::{Backend, BackendError, CpuBackend, CpuMode, Params};
 pub use ops::{Activation, AdamHyper, BatchStats, Shape};

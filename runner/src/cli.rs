@@ -62,6 +62,9 @@ pub enum Command {
     Report(crate::report::cli::ReportCmd),
     /// Build the static dashboard (works from file:// and GitHub Pages).
     Dashboard(crate::report::cli::DashboardArgs),
+    /// The CUDA kernels: NVRTC compile + ptxas resource check (no GPU needed), GPU correctness check, GPU timings.
+    #[command(subcommand)]
+    Kernels(crate::kernels_cmd::KernelsCmd),
     /// The scheduled runner service: rebuild and bench tracked commits on cron schedules (see saeperf.toml).
     Schedule(crate::schedule::ScheduleArgs),
     /// The scheduler's next fires, running attempt and recent outcomes.
@@ -123,18 +126,12 @@ pub struct TrainArgs {
     /// After training, remove features whose training-split frequency exceeds this (e.g. 0.038).
     #[arg(long)]
     pub prune_above: Option<f64>,
-    /// cpu (fast ops) or reference (plain loops, slow).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub backend: BackendArg,
+    /// cpu (fast ops), reference (plain loops, slow), cuda, or auto (CUDA when a driver and a device are present).
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum BackendArg {
-    Cpu,
-    Reference,
 }
 
 #[derive(Args, Debug)]
@@ -226,6 +223,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::History(a) => crate::store_cli::run_history(cli.db.db.as_deref(), &a),
         Command::Report(c) => crate::report::cli::run_report(cli.db.db.as_deref(), &c),
         Command::Dashboard(a) => crate::report::cli::run_dashboard(cli.db.db.as_deref(), &a),
+        Command::Kernels(k) => crate::kernels_cmd::run(k, cli.quiet),
         Command::Schedule(a) => crate::schedule::run_schedule(&a),
         Command::Status(a) => crate::schedule::run_status(&a),
     }
@@ -278,10 +276,7 @@ pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
             sample: a.resample_sample,
         });
     }
-    c.backend = match a.backend {
-        BackendArg::Cpu => BackendChoice::Cpu,
-        BackendArg::Reference => BackendChoice::Reference,
-    };
+    c.backend = a.backend;
     if let Some(p) = a.prune_above {
         if !(0.0..=1.0).contains(&p) {
             bail!("--prune-above must lie in [0, 1], got {p}");

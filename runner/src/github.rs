@@ -177,10 +177,13 @@ impl GitHub {
     /// A client for the API at `base_url` (e.g. https://api.github.com, or https://HOST/api/v3 for Enterprise).
     /// Must be called inside a tokio runtime.
     pub fn new(base_url: &str, token: &str, retry: RetryPolicy) -> Result<GitHub, GitHubError> {
-        let uri: http::Uri = base_url.parse().map_err(|e: http::uri::InvalidUri| GitHubError::BaseUrl {
-            url: base_url.to_string(),
-            reason: e.to_string(),
-        })?;
+        let uri: http::Uri =
+            base_url
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| GitHubError::BaseUrl {
+                    url: base_url.to_string(),
+                    reason: e.to_string(),
+                })?;
         if uri.scheme().is_none() || uri.authority().is_none() {
             return Err(GitHubError::BaseUrl {
                 url: base_url.to_string(),
@@ -259,7 +262,7 @@ impl GitHub {
             }
             let wait = wait.unwrap_or(backoff).min(self.retry.max_delay);
             tracing::warn!(
-                "{what}: {failure}; retrying in {:.1} s (attempt {attempt} of {})",
+                "{failure}; retrying in {:.1} s (attempt {attempt} of {})",
                 wait.as_secs_f64(),
                 self.retry.attempts
             );
@@ -276,7 +279,12 @@ impl GitHub {
     }
 
     /// Find the comment on `pr` that contains `marker` (the first one, oldest first).
-    async fn find_comment(&self, repo: &Repo, pr: u64, marker: &str) -> Result<Option<Comment>, GitHubError> {
+    async fn find_comment(
+        &self,
+        repo: &Repo,
+        pr: u64,
+        marker: &str,
+    ) -> Result<Option<Comment>, GitHubError> {
         let what = format!("listing the comments of {}/{}#{pr}", repo.owner, repo.name);
         for page in 1..=100 {
             let path = format!(
@@ -315,9 +323,17 @@ impl GitHub {
                 url: c.html_url,
             }),
             Some(c) => {
-                let what = format!("updating comment {} on {}/{}#{pr}", c.id, repo.owner, repo.name);
-                let path = format!("/repos/{}/{}/issues/comments/{}", repo.owner, repo.name, c.id);
-                let text = self.request(&what, Method::Patch, &path, Some(&payload)).await?;
+                let what = format!(
+                    "updating comment {} on {}/{}#{pr}",
+                    c.id, repo.owner, repo.name
+                );
+                let path = format!(
+                    "/repos/{}/{}/issues/comments/{}",
+                    repo.owner, repo.name, c.id
+                );
+                let text = self
+                    .request(&what, Method::Patch, &path, Some(&payload))
+                    .await?;
                 let c: Comment = Self::decode(&what, &text)?;
                 Ok(CommentOutcome {
                     action: CommentAction::Updated,
@@ -328,7 +344,9 @@ impl GitHub {
             None => {
                 let what = format!("creating a comment on {}/{}#{pr}", repo.owner, repo.name);
                 let path = format!("/repos/{}/{}/issues/{pr}/comments", repo.owner, repo.name);
-                let text = self.request(&what, Method::Post, &path, Some(&payload)).await?;
+                let text = self
+                    .request(&what, Method::Post, &path, Some(&payload))
+                    .await?;
                 let c: Comment = Self::decode(&what, &text)?;
                 Ok(CommentOutcome {
                     action: CommentAction::Created,
@@ -376,13 +394,20 @@ impl GitHub {
         if desc.len() < description.len() {
             desc = desc.chars().take(139).collect::<String>() + "…";
         }
-        let mut payload = serde_json::json!({ "state": state, "context": context, "description": desc });
+        let mut payload =
+            serde_json::json!({ "state": state, "context": context, "description": desc });
         if let Some(u) = target_url {
             payload["target_url"] = u.into();
         }
-        let what = format!("setting status {context:?} on {}/{}@{}", repo.owner, repo.name, &sha[..sha.len().min(10)]);
+        let what = format!(
+            "setting status {context:?} on {}/{}@{}",
+            repo.owner,
+            repo.name,
+            &sha[..sha.len().min(10)]
+        );
         let path = format!("/repos/{}/{}/statuses/{sha}", repo.owner, repo.name);
-        self.request(&what, Method::Post, &path, Some(&payload)).await?;
+        self.request(&what, Method::Post, &path, Some(&payload))
+            .await?;
         Ok(())
     }
 }
@@ -438,11 +463,17 @@ mod tests {
         let reset = (chrono::Utc::now().timestamp() + 30).to_string();
         let w = retry_hint(
             StatusCode::FORBIDDEN,
-            &h(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &reset)]),
+            &h(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &reset),
+            ]),
             "",
         )
         .unwrap()
         .unwrap();
-        assert!(w >= Duration::from_secs(28) && w <= Duration::from_secs(31), "{w:?}");
+        assert!(
+            w >= Duration::from_secs(28) && w <= Duration::from_secs(31),
+            "{w:?}"
+        );
     }
 }

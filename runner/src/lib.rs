@@ -10,6 +10,7 @@ pub mod data;
 pub mod fingerprint;
 pub mod github;
 pub mod home;
+pub mod kernels_cmd;
 pub mod metrics;
 pub mod notify;
 pub mod report;

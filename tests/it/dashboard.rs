@@ -23,7 +23,10 @@ const HOSTILE_BRANCH: &str = "<script>alert(1)</script>";
 const HOSTILE_TOKEN: &str = "<img src=x onerror=alert(2)>";
 
 fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn find_chromium() -> Option<PathBuf> {
@@ -32,7 +35,12 @@ fn find_chromium() -> Option<PathBuf> {
     }
     let path = std::env::var_os("PATH")?;
     for dir in std::env::split_paths(&path) {
-        for name in ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"] {
+        for name in [
+            "chromium",
+            "chromium-browser",
+            "google-chrome",
+            "google-chrome-stable",
+        ] {
             let p = dir.join(name);
             if p.is_file() {
                 return Some(p);
@@ -66,7 +74,13 @@ fn build_store(db: &Path) -> PathBuf {
     }
     commit(
         &store,
-        meta("20260101T083000-prhost", 510, &"f".repeat(40), HOSTILE_BRANCH, Some(9)),
+        meta(
+            "20260101T083000-prhost",
+            510,
+            &"f".repeat(40),
+            HOSTILE_BRANCH,
+            Some(9),
+        ),
         Knobs {
             mse: 0.03,
             ..Knobs::default()
@@ -98,37 +112,77 @@ fn dashboard_renders_and_every_page_loads_in_headless_chromium() {
     let features = build_store(&db);
     let site = target_dir().join("dashboard-test");
     let _ = std::fs::remove_dir_all(&site);
+    // A first build, then a rebuild over it (an earlier dashboard may be overwritten).
+    common::ok(
+        common::runner(tmp.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["dashboard", "--out"])
+            .arg(&site),
+    );
     let out = common::ok(
         common::runner(tmp.path())
             .env_remove("GITHUB_SERVER_URL")
             .arg("--db")
             .arg(&db)
-            .args(["dashboard", "--json", "--repo-url", "https://github.com/octo/saeperf", "--out"])
+            .args([
+                "dashboard",
+                "--json",
+                "--repo-url",
+                "https://github.com/octo/saeperf",
+                "--out",
+            ])
             .arg(&site)
             .arg("--features")
-            .arg(format!("20260101T070000-main07:relu-l1={}", features.display())),
+            .arg(format!(
+                "20260101T070000-main07:relu-l1={}",
+                features.display()
+            )),
     );
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["runs"], 9);
     assert_eq!(summary["groups"], 1);
     assert!(summary["regressions"].as_u64().unwrap() >= 1, "{summary}");
-    for f in ["index.html", "regressions.html", "compare.html", "feed.xml", "style.css", "compare.js"] {
+    for f in [
+        "index.html",
+        "regressions.html",
+        "compare.html",
+        "feed.xml",
+        "style.css",
+        "compare.js",
+    ] {
         assert!(site.join(f).is_file(), "{f} missing");
     }
     // Hostile strings never reach a page unescaped.
     for entry in walk(&site) {
         let text = std::fs::read_to_string(&entry).unwrap();
-        assert!(!text.contains(HOSTILE_BRANCH), "{} holds the raw branch name", entry.display());
-        assert!(!text.contains(HOSTILE_TOKEN), "{} holds raw corpus text", entry.display());
+        assert!(
+            !text.contains(HOSTILE_BRANCH),
+            "{} holds the raw branch name",
+            entry.display()
+        );
+        assert!(
+            !text.contains(HOSTILE_TOKEN),
+            "{} holds raw corpus text",
+            entry.display()
+        );
     }
     let feed = std::fs::read_to_string(site.join("feed.xml")).unwrap();
-    assert!(feed.contains("<entry>") && feed.contains("op/encode time"), "{feed}");
-    // Rebuilding over an earlier dashboard works; an unrelated non-empty directory is refused.
-    common::ok(common::runner(tmp.path()).arg("--db").arg(&db).args(["dashboard", "--out"]).arg(&site));
+    assert!(
+        feed.contains("<entry>") && feed.contains("encode time: 999.00 µs → 1.300 ms"),
+        "{feed}"
+    );
+    // An unrelated non-empty directory is refused.
     let other = tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("keep.txt"), "mine").unwrap();
-    let o = common::run(common::runner(tmp.path()).arg("--db").arg(&db).args(["dashboard", "--out"]).arg(&other));
+    let o = common::run(
+        common::runner(tmp.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["dashboard", "--out"])
+            .arg(&other),
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
 
@@ -159,7 +213,10 @@ fn eval_json(tab: &headless_chrome::Tab, js: &str) -> serde_json::Value {
     let r = tab
         .evaluate(&format!("JSON.stringify((function(){{ {js} }})())"), false)
         .unwrap_or_else(|e| panic!("evaluating {js}: {e}"));
-    let s = r.value.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "null".into());
+    let s = r
+        .value
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "null".into());
     serde_json::from_str(&s).unwrap()
 }
 
@@ -225,15 +282,22 @@ fn browse(chrome: &Path, site: &Path) {
                 let level = format!("{:?}", entry.level);
                 (level == "Error").then(|| format!("log: {} {:?}", entry.text, entry.url))
             }
-            Event::RuntimeExceptionThrown(e) => Some(format!(
-                "exception: {}",
-                e.params.exception_details.text
-            )),
+            Event::RuntimeExceptionThrown(e) => {
+                Some(format!("exception: {}", e.params.exception_details.text))
+            }
             Event::RuntimeConsoleAPICalled(e) => {
                 let t = format!("{:?}", e.params.Type);
-                matches!(t.as_str(), "Error" | "Assert").then(|| format!("console.{t}: {:?}", e.params.args.first().and_then(|a| a.value.clone())))
+                matches!(t.as_str(), "Error" | "Assert").then(|| {
+                    format!(
+                        "console.{t}: {:?}",
+                        e.params.args.first().and_then(|a| a.value.clone())
+                    )
+                })
             }
-            Event::PageJavascriptDialogOpening(e) => Some(format!("a dialog opened (script ran!): {}", e.params.message)),
+            Event::PageJavascriptDialogOpening(e) => Some(format!(
+                "a dialog opened (script ran!): {}",
+                e.params.message
+            )),
             _ => None,
         };
         if let Some(m) = msg {
@@ -253,7 +317,10 @@ fn browse(chrome: &Path, site: &Path) {
     while let Some(page) = queue.pop_front() {
         let url = file_url(&page);
         errors.lock().unwrap().clear();
-        tab.navigate_to(&url).unwrap().wait_until_navigated().unwrap();
+        tab.navigate_to(&url)
+            .unwrap()
+            .wait_until_navigated()
+            .unwrap();
         let ready = eval_json(&tab, "return document.readyState;");
         assert_eq!(ready, "complete", "{url}");
         let links = eval_json(&tab, links_js);
@@ -270,26 +337,40 @@ fn browse(chrome: &Path, site: &Path) {
             }
         }
         // No request leaves the site: every resource the page loaded is a file under it (or inline data).
-        let resources = eval_json(&tab, "return performance.getEntriesByType('resource').map(r => r.name);");
+        let resources = eval_json(
+            &tab,
+            "return performance.getEntriesByType('resource').map(r => r.name);",
+        );
         for r in resources.as_array().unwrap() {
             let r = r.as_str().unwrap();
-            assert!(r.starts_with("file://") || r.starts_with("data:"), "{url} requested {r}");
+            assert!(
+                r.starts_with("file://") || r.starts_with("data:"),
+                "{url} requested {r}"
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(30));
         let errs = errors.lock().unwrap().clone();
         assert!(errs.is_empty(), "{url}: console errors {errs:?}");
         visited += 1;
     }
-    let all_pages = walk(site).into_iter().filter(|p| p.extension().is_some_and(|e| e == "html")).count();
+    let all_pages = walk(site)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "html"))
+        .count();
     assert_eq!(visited, all_pages, "every page is reachable from the index");
 
     let shots = target_dir().join("screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let open = |rel: &str| {
-        tab.navigate_to(&file_url(&site.join(rel))).unwrap().wait_until_navigated().unwrap();
+        tab.navigate_to(&file_url(&site.join(rel)))
+            .unwrap()
+            .wait_until_navigated()
+            .unwrap();
     };
     let shot = |name: &str| {
-        let png = tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true).unwrap();
+        let png = tab
+            .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+            .unwrap();
         std::fs::write(shots.join(name), png).unwrap();
     };
 
@@ -305,7 +386,10 @@ fn browse(chrome: &Path, site: &Path) {
         ),
     );
     assert!(v["sparks"].as_u64().unwrap() >= 10, "{v}");
-    assert_eq!(v["hostile"], true, "the hostile branch is not shown as text: {v}");
+    assert_eq!(
+        v["hostile"], true,
+        "the hostile branch is not shown as text: {v}"
+    );
     assert_eq!(v["scripts"], 0);
     shot("index.png");
 
@@ -314,7 +398,7 @@ fn browse(chrome: &Path, site: &Path) {
         .into_iter()
         .find(|p| {
             let t = std::fs::read_to_string(p).unwrap();
-            t.contains("<h1>op/encode · time</h1>")
+            t.contains("<h1>op&#x2f;encode · time</h1>")
         })
         .expect("series page of op/encode time");
     open(series.strip_prefix(site).unwrap().to_str().unwrap());
@@ -351,22 +435,28 @@ fn browse(chrome: &Path, site: &Path) {
     );
     assert_eq!(v["histograms"], 2, "{v}");
     assert_eq!(v["bars"], 58, "{v}");
-    assert!(v["spike"].as_f64().unwrap() > v["tallest_bin"].as_f64().unwrap(), "the dense spike is not visible: {v}");
+    assert!(
+        v["spike"].as_f64().unwrap() > v["tallest_bin"].as_f64().unwrap(),
+        "the dense spike is not visible: {v}"
+    );
     assert_eq!(v["curves"], 6, "{v}");
     assert_eq!(v["cards"], 2, "{v}");
     assert_eq!(v["focus"], " invention");
     assert_eq!(v["hostile_token"], true, "{v}");
     assert_eq!(v["imgs"], 0, "corpus text became an element");
     shot("run.png");
+    eval_json(
+        &tab,
+        "document.querySelector('svg.histogram').scrollIntoView(); return 0;",
+    );
+    shot("run-density-and-features.png");
 
     // The pull request's run page and the any-two-runs page with the hostile branch.
     open("runs/20260101T083000-prhost.html");
     let v = eval_json(
         &tab,
-        &format!(
-            "return {{ branch: document.querySelector('td.branch').textContent, scripts: document.scripts.length,
-                       verdict: document.querySelector('.lede .verdict').textContent }};"
-        ),
+        "return { branch: document.querySelector('td.branch').textContent, scripts: document.scripts.length,
+                  verdict: document.querySelector('.lede .verdict').textContent };",
     );
     assert_eq!(v["branch"], HOSTILE_BRANCH);
     assert_eq!(v["scripts"], 0);

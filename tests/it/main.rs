@@ -3,6 +3,7 @@
 
 mod bench;
 mod common;
+mod cuda;
 mod dashboard;
 mod engine;
 mod report;

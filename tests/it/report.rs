@@ -3,7 +3,6 @@
 //! request (create, update in place, retries on 5xx and rate limits, a persistent failure that loses nothing).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +28,8 @@ pub fn test_fingerprint() -> Fingerprint {
 
 pub fn meta(id: &str, minutes: i64, commit: &str, branch: &str, pr: Option<u64>) -> RunMeta {
     let fp = test_fingerprint();
-    let t = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::minutes(minutes);
+    let t = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+        + chrono::Duration::minutes(minutes);
     RunMeta {
         id: id.into(),
         state: RunState::Incomplete,
@@ -100,7 +100,10 @@ pub fn results(k: Knobs) -> Vec<BenchResult> {
             ("l0".to_string(), 11.5 + seedish),
             ("fve".to_string(), fve),
             ("dead_fraction".to_string(), 0.033),
-            ("dense_fraction".to_string(), 0.002 + k.dense_spike as f64 / 512.0),
+            (
+                "dense_fraction".to_string(),
+                0.002 + k.dense_spike as f64 / 512.0,
+            ),
             ("mmcs".to_string(), 0.91),
             ("tokens_per_sec".to_string(), 52_000.0),
         ]),
@@ -146,16 +149,31 @@ pub fn results(k: Knobs) -> Vec<BenchResult> {
 
 pub fn commit(store: &Store, m: RunMeta, k: Knobs) {
     store.begin_run(&m).unwrap();
-    store.commit_run(&Run { meta: m, results: results(k) }).unwrap();
+    store
+        .commit_run(&Run {
+            meta: m,
+            results: results(k),
+        })
+        .unwrap();
 }
 
 /// A store with a base run on main and a PR head that is slower, worse in quality and better in fve.
 fn two_run_store(dir: &Path) {
     let store = Store::open(dir).unwrap();
-    commit(&store, meta("20260101T000000-base01", 0, &"a".repeat(40), "main", None), Knobs::default());
     commit(
         &store,
-        meta("20260101T010000-head01", 60, &"b".repeat(40), "feature/<b>faster</b>|x", Some(7)),
+        meta("20260101T000000-base01", 0, &"a".repeat(40), "main", None),
+        Knobs::default(),
+    );
+    commit(
+        &store,
+        meta(
+            "20260101T010000-head01",
+            60,
+            &"b".repeat(40),
+            "feature/<b>faster</b>|x",
+            Some(7),
+        ),
         Knobs {
             encode_time: 1.3e-3,
             mse: 0.0230,
@@ -175,14 +193,24 @@ fn comment_shows_verdict_changes_and_environment() {
         common::runner(tmp.path())
             .arg("--db")
             .arg(&db)
-            .args(["report", "comment", "--head", "20260101T010000-head01", "--base", "20260101T000000-base01"])
+            .args([
+                "report",
+                "comment",
+                "--head",
+                "20260101T010000-head01",
+                "--base",
+                "20260101T000000-base01",
+            ])
             .args(["--dashboard-url", "https://example.test/saeperf/"]),
     );
     // The first line is the verdict; the marker makes the comment findable; external strings are escaped.
     let first = out.lines().next().unwrap();
     assert!(first.contains("regression"), "{first}");
     assert!(out.trim_end().ends_with("<!-- saeperf-report:default -->"));
-    assert!(out.contains("feature/&lt;b&gt;faster&lt;/b&gt;\\|x"), "branch not escaped:\n{out}");
+    assert!(
+        out.contains("feature/&lt;b&gt;faster&lt;/b&gt;\\|x"),
+        "branch not escaped:\n{out}"
+    );
     assert!(!out.contains("<b>faster"));
     let mut settings = insta::Settings::clone_current();
     settings.add_filter(r"\d{8}T\d{6}-[0-9a-z]{6}", "[RUN]");
@@ -197,27 +225,40 @@ fn comment_shows_verdict_changes_and_environment() {
     let store = Store::open(&db).unwrap();
     commit(
         &store,
-        meta("20260101T020000-head02", 120, &"c".repeat(40), "feature/y", Some(8)),
+        meta(
+            "20260101T020000-head02",
+            120,
+            &"c".repeat(40),
+            "feature/y",
+            Some(8),
+        ),
         Knobs {
             topk_failed: true,
             ..Knobs::default()
         },
     );
     drop(store);
-    let out = common::ok(
-        common::runner(tmp.path())
-            .arg("--db")
-            .arg(&db)
-            .args(["report", "comment", "--head", "20260101T020000-head02", "--base", "20260101T000000-base01"]),
+    let out = common::ok(common::runner(tmp.path()).arg("--db").arg(&db).args([
+        "report",
+        "comment",
+        "--head",
+        "20260101T020000-head02",
+        "--base",
+        "20260101T000000-base01",
+    ]));
+    assert!(
+        out.lines().next().unwrap().contains("1 benchmark failed"),
+        "{out}"
     );
-    assert!(out.lines().next().unwrap().contains("1 benchmark failed"), "{out}");
     assert!(out.contains("diverged: loss diverged at step 40"));
-    let out = common::ok(
-        common::runner(tmp.path())
-            .arg("--db")
-            .arg(&db)
-            .args(["report", "comment", "--head", "20260101T000000-base01", "--base", "none"]),
-    );
+    let out = common::ok(common::runner(tmp.path()).arg("--db").arg(&db).args([
+        "report",
+        "comment",
+        "--head",
+        "20260101T000000-base01",
+        "--base",
+        "none",
+    ]));
     assert!(out.lines().next().unwrap().contains("no baseline"), "{out}");
 }
 
@@ -326,10 +367,10 @@ impl FakeGitHub {
                 let base = format!("/repos/{repo}");
                 let comments_path = format!("{base}/issues/{pr}/comments");
                 let (status, out) = if method == "GET" && path == comments_path {
-                    let page: usize = url
-                        .split("page=")
-                        .nth(1)
-                        .and_then(|p| p.split('&').next())
+                    let query = url.split_once('?').map(|q| q.1).unwrap_or("");
+                    let page: usize = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("page="))
                         .and_then(|p| p.parse().ok())
                         .unwrap_or(1);
                     let list: Vec<serde_json::Value> = s
@@ -344,9 +385,11 @@ impl FakeGitHub {
                     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
                     s.next_id += 1;
                     let id = s.next_id;
-                    s.comments.push((id, v["body"].as_str().unwrap().to_string()));
+                    s.comments
+                        .push((id, v["body"].as_str().unwrap().to_string()));
                     (201, serde_json::json!({ "id": id, "body": v["body"], "html_url": format!("http://gh.test/c/{id}") }).to_string())
-                } else if method == "PATCH" && path.starts_with(&format!("{base}/issues/comments/")) {
+                } else if method == "PATCH" && path.starts_with(&format!("{base}/issues/comments/"))
+                {
                     let id: u64 = path.rsplit('/').next().unwrap().parse().unwrap();
                     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
                     match s.comments.iter_mut().find(|(i, _)| *i == id) {
@@ -361,7 +404,11 @@ impl FakeGitHub {
                     s.statuses.push((sha, serde_json::from_str(&body).unwrap()));
                     (201, "{}".into())
                 } else if method == "GET" && path == format!("{base}/pulls/{pr}") {
-                    (200, serde_json::json!({ "number": pr, "head": { "sha": s.pr_head } }).to_string())
+                    (
+                        200,
+                        serde_json::json!({ "number": pr, "head": { "sha": s.pr_head } })
+                            .to_string(),
+                    )
                 } else {
                     (404, r#"{"message":"Not Found"}"#.into())
                 };
@@ -386,13 +433,30 @@ fn post_cmd(home: &Path, db: &Path, api: &str, extra: &[&str]) -> std::process::
         .env_remove("SAEPERF_DASHBOARD_URL")
         .arg("--db")
         .arg(db)
-        .args(["report", "post", "--repo", "octo/saeperf", "--api-url", api, "--retry-delay-ms", "50"])
+        .args([
+            "report",
+            "post",
+            "--repo",
+            "octo/saeperf",
+            "--api-url",
+            api,
+            "--retry-delay-ms",
+            "50",
+        ])
         .args(extra);
     c
 }
 
-fn export(home: &Path, db: &Path) -> String {
-    common::ok(common::runner(home).arg("--db").arg(db).args(["db", "export"]))
+/// The store's runs as exported (without the export's own timestamp).
+fn export(home: &Path, db: &Path) -> serde_json::Value {
+    let text = common::ok(
+        common::runner(home)
+            .arg("--db")
+            .arg(db)
+            .args(["db", "export"]),
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["runs"].clone()
 }
 
 #[test]
@@ -407,37 +471,72 @@ fn post_creates_then_updates_one_sticky_comment_with_a_status() {
         tmp.path(),
         &db,
         &gh.url,
-        &["--head", "20260101T010000-head01", "--base", "20260101T000000-base01"],
+        &[
+            "--head",
+            "20260101T010000-head01",
+            "--base",
+            "20260101T000000-base01",
+        ],
     ));
-    assert!(out.contains("Created comment 1001 on octo/saeperf#7"), "{out}");
+    assert!(
+        out.contains("Created comment 1001 on octo/saeperf#7"),
+        "{out}"
+    );
     {
         let s = gh.state.lock().unwrap();
         assert_eq!(s.comments.len(), 2);
         assert!(s.comments[1].1.contains("<!-- saeperf-report:default -->"));
-        assert!(s.requests.iter().all(|r| r.auth.as_deref() == Some("Bearer test-token")));
+        assert!(s
+            .requests
+            .iter()
+            .all(|r| r.auth.as_deref() == Some("Bearer test-token")));
         assert_eq!(s.statuses.len(), 1);
         let (sha, st) = &s.statuses[0];
         assert_eq!(sha, &"b".repeat(40));
         assert_eq!(st["state"], "failure");
         assert_eq!(st["context"], "saeperf");
-        assert!(st["description"].as_str().unwrap().contains("regression"), "{st}");
+        assert!(
+            st["description"].as_str().unwrap().contains("regression"),
+            "{st}"
+        );
         let methods: Vec<&str> = s.requests.iter().map(|r| r.method.as_str()).collect();
         assert_eq!(methods, ["GET", "POST", "POST"]);
+        assert!(s.requests[1].body.contains("saeperf-report:default"));
     }
     // A new head on the same PR: the same comment is updated in place.
     let store = Store::open(&db).unwrap();
     commit(
         &store,
-        meta("20260101T030000-head03", 180, &"d".repeat(40), "feature/x", Some(7)),
+        meta(
+            "20260101T030000-head03",
+            180,
+            &"d".repeat(40),
+            "feature/x",
+            Some(7),
+        ),
         Knobs::default(),
     );
     drop(store);
-    let out = common::ok(&mut post_cmd(tmp.path(), &db, &gh.url, &["--head", "20260101T030000-head03", "--base", "20260101T000000-base01"]));
+    let out = common::ok(&mut post_cmd(
+        tmp.path(),
+        &db,
+        &gh.url,
+        &[
+            "--head",
+            "20260101T030000-head03",
+            "--base",
+            "20260101T000000-base01",
+        ],
+    ));
     assert!(out.contains("Updated comment 1001"), "{out}");
     let s = gh.state.lock().unwrap();
     assert_eq!(s.comments.len(), 2, "still one sticky comment");
     assert_eq!(s.comments[0].1, "LGTM");
-    assert!(s.comments[1].1.contains("no significant change"), "{}", s.comments[1].1);
+    assert!(
+        s.comments[1].1.contains("no significant change"),
+        "{}",
+        s.comments[1].1
+    );
     let patch = s.requests.iter().find(|r| r.method == "PATCH").unwrap();
     assert_eq!(patch.url, "/repos/octo/saeperf/issues/comments/1001");
     assert_eq!(s.statuses.last().unwrap().1["state"], "success");
@@ -451,19 +550,36 @@ fn post_retries_server_errors_and_rate_limits_honouring_retry_after() {
     let gh = FakeGitHub::start("octo/saeperf", 7);
     {
         let mut s = gh.state.lock().unwrap();
-        s.faults.push_back(Fault { status: 502, headers: vec![], body: "bad gateway".into() });
+        s.faults.push_back(Fault {
+            status: 502,
+            headers: vec![],
+            body: "bad gateway".into(),
+        });
         s.faults.push_back(Fault {
             status: 403,
-            headers: vec![("retry-after", "1".into()), ("x-ratelimit-remaining", "0".into())],
+            headers: vec![
+                ("retry-after", "1".into()),
+                ("x-ratelimit-remaining", "0".into()),
+            ],
             body: r#"{"message":"API rate limit exceeded"}"#.into(),
         });
-        s.faults.push_back(Fault { status: 429, headers: vec![], body: r#"{"message":"slow down"}"#.into() });
+        s.faults.push_back(Fault {
+            status: 429,
+            headers: vec![],
+            body: r#"{"message":"slow down"}"#.into(),
+        });
     }
     let out = common::ok(&mut post_cmd(
         tmp.path(),
         &db,
         &gh.url,
-        &["--head", "20260101T010000-head01", "--base", "20260101T000000-base01", "--no-status"],
+        &[
+            "--head",
+            "20260101T010000-head01",
+            "--base",
+            "20260101T000000-base01",
+            "--no-status",
+        ],
     ));
     assert!(out.contains("Created comment"), "{out}");
     let s = gh.state.lock().unwrap();
@@ -472,7 +588,10 @@ fn post_retries_server_errors_and_rate_limits_honouring_retry_after() {
     // 3 faulted GETs, the GET that succeeded, the POST.
     assert_eq!(s.requests.len(), 5, "{:?}", s.requests);
     let gap = s.requests[2].at - s.requests[1].at;
-    assert!(gap >= Duration::from_millis(950), "Retry-After: 1 not honoured, waited {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After: 1 not honoured, waited {gap:?}"
+    );
 }
 
 #[test]
@@ -487,7 +606,14 @@ fn persistent_failure_exits_non_zero_and_leaves_the_store_untouched() {
         tmp.path(),
         &db,
         &gh.url,
-        &["--head", "20260101T010000-head01", "--base", "20260101T000000-base01", "--attempts", "3"],
+        &[
+            "--head",
+            "20260101T010000-head01",
+            "--base",
+            "20260101T000000-base01",
+            "--attempts",
+            "3",
+        ],
     ));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -498,7 +624,13 @@ fn persistent_failure_exits_non_zero_and_leaves_the_store_untouched() {
     );
     assert_eq!(gh.state.lock().unwrap().requests.len(), 3);
     assert_eq!(export(tmp.path(), &db), before, "the store changed");
-    assert!(common::ok(common::runner(tmp.path()).arg("--db").arg(&db).args(["db", "check"])).contains("ok"));
+    assert!(common::ok(
+        common::runner(tmp.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["db", "check"])
+    )
+    .contains("ok"));
 
     // A head that does not match --verify-head is refused before any request.
     let n = gh.state.lock().unwrap().requests.len();
@@ -506,7 +638,12 @@ fn persistent_failure_exits_non_zero_and_leaves_the_store_untouched() {
         tmp.path(),
         &db,
         &gh.url,
-        &["--head", "20260101T010000-head01", "--verify-head", &"e".repeat(40)],
+        &[
+            "--head",
+            "20260101T010000-head01",
+            "--verify-head",
+            &"e".repeat(40),
+        ],
     ));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to post"));

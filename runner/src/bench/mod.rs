@@ -23,6 +23,7 @@ use crate::fingerprint::Fingerprint;
 use crate::store::schema::{new_run_id, BenchKind, BenchStatus};
 use crate::store::{BenchResult, Run, RunMeta, RunState, Store};
 use crate::suite::{BenchSpec, Suite};
+use saeperf_kernels::select::{select_backend, BackendChoice, Selected};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -32,7 +33,7 @@ pub struct BenchArgs {
     /// quick (CI, ≤ 3 min on 2 cores), standard (default), full (GPU machines).
     #[arg(long)]
     pub profile: Option<String>,
-    /// auto (the best available: cuda when present, else cpu), cpu, reference (plain loops; slow).
+    /// auto (the best available: cuda when a device is usable, else cpu), cpu, reference (plain loops; slow), cuda.
     #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Only benchmarks whose name contains this.
@@ -284,13 +285,16 @@ pub(crate) fn run_ops(specs: &[&BenchSpec], backend: &str) -> Vec<BenchResult> {
         .collect()
 }
 
+/// Resolve `--backend` to what the run records: "cpu", "reference" or "cuda" (auto: CUDA when a device is usable).
 pub(crate) fn pick_backend(requested: &str) -> Result<String> {
-    match requested {
-        "auto" | "cpu" => Ok("cpu".into()),
-        "reference" => Ok("reference".into()),
-        "cuda" => bail!("backend cuda is not available in this build (no CUDA backend is compiled in); use --backend cpu"),
-        other => bail!("unknown backend {other:?} (auto, cpu, reference, cuda)"),
-    }
+    let choice: BackendChoice = requested.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let sel = select_backend(choice)?;
+    tracing::info!("{}", sel.line);
+    Ok(match sel.backend {
+        Selected::Cpu(c) if c.mode == saeperf_kernels::CpuMode::Reference => "reference".into(),
+        Selected::Cpu(_) => "cpu".into(),
+        Selected::Cuda(_) => "cuda".into(),
+    })
 }
 
 /// `runner bench`. Returns the exit code.

@@ -197,6 +197,20 @@ pub struct OpTiming {
     pub yardstick: Vec<f64>,
 }
 
+/// [`time_ops`] as a job for whichever backend was selected at run time.
+pub struct OpsJob<'a> {
+    pub ops: &'a [(String, Shape)],
+    pub samples: usize,
+    pub warmup: usize,
+}
+
+impl saeperf_kernels::select::WithBackend for OpsJob<'_> {
+    type Output = Vec<Result<OpTiming>>;
+    fn run<B: Backend>(self, be: &B) -> Self::Output {
+        time_ops(be, self.ops, self.samples, self.warmup)
+    }
+}
+
 /// Time several ops in rounds (op 1, op 2, ..., op 1, op 2, ...) so that a burst of load from other processes spreads
 /// over every op's samples instead of landing on all samples of one op; each sample is preceded by a yardstick
 /// sample. Returns, per op, its timing or its error.

@@ -227,7 +227,7 @@ pub fn run(t: &TrainSpec, prune: bool, ctx: &DataCtx, backend: &str, seeds: usiz
         yardstick: vec![],
         metrics: BTreeMap::new(),
         metric_seeds: BTreeMap::new(),
-        // Fixed seeds on the CPU give bit-identical results.
+        // Fixed seeds on the CPU give bit-identical results; GPU atomics do not.
         deterministic: matches!(backend, "cpu" | "reference"),
         curve: vec![],
         extra: serde_json::Value::Null,

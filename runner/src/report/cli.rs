@@ -126,12 +126,17 @@ fn render_comment(store: &Store, a: &CommentArgs) -> Result<Rendered> {
     let rules = suite.rules();
     let head_meta = store.resolve(&a.head, &|_| true)?;
     if head_meta.state != RunState::Complete {
-        bail!("run {} is incomplete (cut off before it finished); there is nothing to report", head_meta.id);
+        bail!(
+            "run {} is incomplete (cut off before it finished); there is nothing to report",
+            head_meta.id
+        );
     }
     let (base_meta, why) = match a.base.as_deref() {
         Some("none") => (None, Some("--base none".to_string())),
         Some(spec) => {
-            let m = store.resolve(spec, &|m: &RunMeta| same_series(m, &head_meta) && m.id != head_meta.id)?;
+            let m = store.resolve(spec, &|m: &RunMeta| {
+                same_series(m, &head_meta) && m.id != head_meta.id
+            })?;
             (Some(m), None)
         }
         None => {
@@ -152,7 +157,10 @@ fn render_comment(store: &Store, a: &CommentArgs) -> Result<Rendered> {
                     match fallback {
                         Some(m) => (
                             Some(m),
-                            Some(format!("newest earlier run of {} on this machine, backend and profile", a.base_branch)),
+                            Some(format!(
+                                "newest earlier run of {} on this machine, backend and profile",
+                                a.base_branch
+                            )),
                         ),
                         None => (None, Some(choice.why)),
                     }
@@ -206,8 +214,14 @@ pub fn run_report(db: Option<&std::path::Path>, cmd: &ReportCmd) -> Result<i32> 
             };
             match &a.out {
                 Some(p) => {
-                    std::fs::write(p, &r.body).with_context(|| format!("writing {}", p.display()))?;
-                    eprintln!("comment for run {} ({}) written to {}", r.head.id, r.verdict.as_str(), p.display());
+                    std::fs::write(p, &r.body)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                    eprintln!(
+                        "comment for run {} ({}) written to {}",
+                        r.head.id,
+                        r.verdict.as_str(),
+                        p.display()
+                    );
                 }
                 None => print!("{}", r.body),
             }
@@ -228,10 +242,9 @@ fn post(db: Option<&std::path::Path>, a: &PostArgs) -> Result<i32> {
         let store = crate::store_cli::open_store(db)?;
         render_comment(&store, &a.comment)?
     };
-    let pr = a
-        .pr
-        .or(r.head.pr)
-        .with_context(|| format!("run {} records no pull request; pass --pr", r.head.id))?;
+    let pr =
+        a.pr.or(r.head.pr)
+            .with_context(|| format!("run {} records no pull request; pass --pr", r.head.id))?;
     if let Some(sha) = &a.verify_head {
         if r.head.commit.as_deref() != Some(sha.as_str()) {
             bail!(
@@ -311,8 +324,13 @@ fn parse_features(store: &Store, specs: &[String]) -> Result<Vec<FeatureAttach>>
                         .list_runs()?
                         .into_iter()
                         .rev()
-                        .find(|m| m.state == RunState::Complete && m.benchmarks.iter().any(|b| b == target))
-                        .with_context(|| format!("--features {s:?}: no complete run has benchmark {target:?}"))?;
+                        .find(|m| {
+                            m.state == RunState::Complete
+                                && m.benchmarks.iter().any(|b| b == target)
+                        })
+                        .with_context(|| {
+                            format!("--features {s:?}: no complete run has benchmark {target:?}")
+                        })?;
                     (m.id, target.to_string())
                 }
             };

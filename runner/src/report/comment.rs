@@ -212,7 +212,9 @@ fn env_rows(base: Option<&RunMeta>, head: &RunMeta) -> Vec<EnvRow> {
         ("pull request", |m| {
             m.pr.map(|p| format!("#{p}")).unwrap_or_else(|| "–".into())
         }),
-        ("started", |m| m.started_at.format("%Y-%m-%d %H:%M UTC").to_string()),
+        ("started", |m| {
+            m.started_at.format("%Y-%m-%d %H:%M UTC").to_string()
+        }),
         ("machine", |m| m.fingerprint.summary()),
         ("fingerprint", |m| m.fingerprint_id.clone()),
         ("GPU clocks", |m| {
@@ -232,11 +234,15 @@ fn env_rows(base: Option<&RunMeta>, head: &RunMeta) -> Vec<EnvRow> {
                 c.join(", ")
             }
         }),
-        ("kernel", |m| m.fingerprint.kernel.clone().unwrap_or_else(|| "–".into())),
+        ("kernel", |m| {
+            m.fingerprint.kernel.clone().unwrap_or_else(|| "–".into())
+        }),
         ("rustc", |m| m.fingerprint.rustc.clone()),
         ("backend", |m| m.backend.clone()),
         ("profile", |m| format!("{} ({})", m.profile, m.suite)),
-        ("suite hash", |m| m.suite_hash[..m.suite_hash.len().min(16)].to_string()),
+        ("suite hash", |m| {
+            m.suite_hash[..m.suite_hash.len().min(16)].to_string()
+        }),
         ("activation sets", |m| {
             if m.activation_sets.is_empty() {
                 "–".into()
@@ -257,7 +263,9 @@ fn env_rows(base: Option<&RunMeta>, head: &RunMeta) -> Vec<EnvRow> {
             let b = base.map(f).unwrap_or_else(|| "–".into());
             EnvRow {
                 field,
-                differs: base.is_some() && b != h && !matches!(field, "run" | "started" | "GPU clocks"),
+                differs: base.is_some()
+                    && b != h
+                    && !matches!(field, "run" | "started" | "GPU clocks"),
                 base: b,
                 head: h,
             }
@@ -329,14 +337,26 @@ pub fn render(
         ]
         .iter()
         .filter(|v| n(**v) > 0)
-        .map(|v| format!("{} {}", n(*v), v.as_str()))
+        .map(|v| {
+            let k = n(*v);
+            match v {
+                Verdict::Regression | Verdict::Improvement if k != 1 => {
+                    format!("{k} {}s", v.as_str())
+                }
+                Verdict::Noise => format!("{k} within noise"),
+                _ => format!("{k} {}", v.as_str()),
+            }
+        })
         .collect();
         parts.join(", ")
     } else {
         format!("{} benchmarks ran", head.results.len())
     };
 
-    let mut significant: Vec<&Row> = rows.iter().filter(|r| r.verdict.needs_attention()).collect();
+    let mut significant: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.verdict.needs_attention())
+        .collect();
     // Regressions and failures first, then improvements; larger changes first.
     significant.sort_by(|a, b| {
         b.verdict.cmp(&a.verdict).then_with(|| {

@@ -176,7 +176,12 @@ fn series_href(root: &str, group: &str, bench: &str, metric: &str) -> String {
 }
 
 /// Speed history of `series` (the runs before position `upto`), per benchmark: raw and normalized medians.
-fn speed_history(infos: &[RunInfo], series: &[usize], upto: usize, window: usize) -> compare::SpeedHistory {
+fn speed_history(
+    infos: &[RunInfo],
+    series: &[usize],
+    upto: usize,
+    window: usize,
+) -> compare::SpeedHistory {
     let mut h = compare::SpeedHistory::default();
     let from = upto.saturating_sub(window + 1);
     for &i in &series[from..upto] {
@@ -234,14 +239,18 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
     pb.finish_and_clear();
     // Series per group (indices into infos, oldest first) and comparisons.
     let mut series: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (g, _) in &by_group {
+    for g in by_group.keys() {
         let members: Vec<usize> = (0..infos.len()).filter(|&i| &infos[i].group == g).collect();
         let main: Vec<usize> = members
             .iter()
             .copied()
             .filter(|&i| infos[i].run.meta.branch.as_deref() == Some(opt.main_branch.as_str()))
             .collect();
-        let s = if main.is_empty() { members.clone() } else { main };
+        let s = if main.is_empty() {
+            members.clone()
+        } else {
+            main
+        };
         for (pos, &i) in s.iter().enumerate().skip(1) {
             let hist = speed_history(&infos, &s, pos, rules.speed.history);
             let c = compare::compare(&infos[s[pos - 1]].run, &infos[i].run, &hist, rules);
@@ -251,7 +260,9 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
         let in_series: BTreeSet<usize> = s.iter().copied().collect();
         for &i in members.iter().filter(|i| !in_series.contains(i)) {
             let t = (infos[i].run.meta.started_at, infos[i].run.meta.id.clone());
-            let pos = s.partition_point(|&j| (infos[j].run.meta.started_at, infos[j].run.meta.id.clone()) < t);
+            let pos = s.partition_point(|&j| {
+                (infos[j].run.meta.started_at, infos[j].run.meta.id.clone()) < t
+            });
             if pos == 0 {
                 continue;
             }
@@ -351,7 +362,10 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
     let mut cards: HashMap<(String, String), Vec<super::features::Card>> = HashMap::new();
     for f in &opt.features {
         let file = super::features::read(&f.path)?;
-        cards.insert((f.run.clone(), f.bench.clone()), super::features::cards(&file, 24));
+        cards.insert(
+            (f.run.clone(), f.bench.clone()),
+            super::features::cards(&file, 24),
+        );
     }
 
     // Run pages and compare pages.
@@ -377,12 +391,20 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
                     threshold: threshold_text(&r.metric, r.threshold),
                     detail: r.detail.clone(),
                     compare_href: compare_href("", &infos[b].run.meta.id, &infos[i].run.meta.id),
-                    updated: infos[i].run.meta.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    updated: infos[i]
+                        .run
+                        .meta
+                        .started_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 });
             }
         }
     }
-    regressions.sort_by(|a, b| b.updated.cmp(&a.updated).then_with(|| a.bench.cmp(&b.bench)));
+    regressions.sort_by(|a, b| {
+        b.updated
+            .cmp(&a.updated)
+            .then_with(|| a.bench.cmp(&b.bench))
+    });
 
     // Recent runs, newest first, over every group.
     let mut order: Vec<usize> = (0..infos.len()).collect();
@@ -411,13 +433,19 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
     )?;
     // The Atom feed: one entry per run with regressions.
     let mut entries: Vec<minijinja::Value> = Vec::new();
-    let base_url = opt.site_url.as_deref().map(|u| format!("{}/", u.trim_end_matches('/')));
+    let base_url = opt
+        .site_url
+        .as_deref()
+        .map(|u| format!("{}/", u.trim_end_matches('/')));
     let mut seen = BTreeSet::new();
     for r in &regressions {
         if !seen.insert(r.run.id.clone()) {
             continue;
         }
-        let rows: Vec<&RegressionView> = regressions.iter().filter(|x| x.run.id == r.run.id).collect();
+        let rows: Vec<&RegressionView> = regressions
+            .iter()
+            .filter(|x| x.run.id == r.run.id)
+            .collect();
         entries.push(minijinja::context! {
             id => format!("urn:saeperf:regression:{}", r.run.id),
             title => format!("{} regression{} in run {} ({} on {})", rows.len(), if rows.len() == 1 { "" } else { "s" }, r.run.id, r.run.commit, r.run.branch),
@@ -542,7 +570,12 @@ fn series_page(
         .iter()
         .map(|&i| {
             let r = infos[i].run.result(bench);
-            (i, r.filter(|r| r.status.is_ok()).and_then(|r| r.series_value(metric)), r)
+            (
+                i,
+                r.filter(|r| r.status.is_ok())
+                    .and_then(|r| r.series_value(metric)),
+                r,
+            )
         })
         .collect();
     let rule = rules.metrics.get(metric);
@@ -556,7 +589,11 @@ fn series_page(
         let verdict = infos[*i]
             .cmp
             .as_ref()
-            .and_then(|c| c.rows.iter().find(|row| row.bench == bench && row.metric == metric))
+            .and_then(|c| {
+                c.rows
+                    .iter()
+                    .find(|row| row.bench == bench && row.metric == metric)
+            })
             .map(|row| row.verdict);
         let band = match (prev, metric) {
             (Some(p), "time") => {
@@ -568,12 +605,10 @@ fn series_page(
                 }
                 Some((p * (1.0 - t), p * (1.0 + t)))
             }
-            (Some(p), _) => rule
-                .filter(|r| r.direction != Direction::None)
-                .map(|r| {
-                    let tol = r.abs_tol + r.rel_tol * p.abs();
-                    (p - tol, p + tol)
-                }),
+            (Some(p), _) => rule.filter(|r| r.direction != Direction::None).map(|r| {
+                let tol = r.abs_tol + r.rel_tol * p.abs();
+                (p - tol, p + tol)
+            }),
             _ => None,
         };
         let status = match (r, verdict) {
@@ -583,7 +618,13 @@ fn series_page(
                 _ => "failed".into(),
             },
             (_, Some(v)) => v.as_str().to_string(),
-            (_, None) => if k == 0 { "first".into() } else { "–".into() },
+            (_, None) => {
+                if k == 0 {
+                    "first".into()
+                } else {
+                    "–".into()
+                }
+            }
         };
         let l = link(*i, "../");
         let change = match (prev, v) {
@@ -616,13 +657,28 @@ fn series_page(
             });
             hist.push(*v);
         }
-        xlabels.push((k as f64, infos[*i].run.meta.started_at.format("%m-%d").to_string()));
+        xlabels.push((
+            k as f64,
+            infos[*i]
+                .run
+                .meta
+                .commit
+                .as_deref()
+                .map(|c| c[..c.len().min(7)].to_string())
+                .unwrap_or_else(|| infos[*i].run.meta.started_at.format("%m-%d").to_string()),
+        ));
         views.push(SeriesPointView {
             value: fmt_value(metric, *v),
             change: fmt_change(change),
             verdict: status,
             band: band
-                .map(|(a, b)| format!("{} … {}", fmt_value(metric, Some(a)), fmt_value(metric, Some(b))))
+                .map(|(a, b)| {
+                    format!(
+                        "{} … {}",
+                        fmt_value(metric, Some(a)),
+                        fmt_value(metric, Some(b))
+                    )
+                })
                 .unwrap_or_else(|| "–".into()),
             run: l,
         });
@@ -630,8 +686,19 @@ fn series_page(
             prev = *v;
         }
     }
-    let unit = if metric == "time" { "seconds (median)" } else { metric };
-    let chart = svg::line_chart(&pts, 860.0, 300.0, unit, "run", Some(&xlabels), true);
+    let unit = if metric == "time" {
+        "median time"
+    } else {
+        metric
+    };
+    let mut chart = svg::line_chart(&pts, 860.0, 300.0, unit, "commit", Some(&xlabels), true);
+    for t in &mut chart.yticks {
+        t.label = match metric {
+            "time" => super::fmt_seconds(t.value),
+            "dead_fraction" | "dense_fraction" => format!("{:.1}%", t.value * 100.0),
+            _ => t.label.clone(),
+        };
+    }
     let finite: Vec<f64> = values.iter().filter_map(|v| v.1).collect();
     let last = views.last();
     let row = IndexRow {
@@ -760,7 +827,8 @@ fn run_page(
                 .collect();
             let curves = if r.curve.len() >= 2 {
                 type Get = fn(&crate::store::schema::CurvePoint) -> f64;
-                let fs: [(&str, Get); 3] = [("loss", |c| c.loss), ("mse", |c| c.mse), ("l0", |c| c.l0)];
+                let fs: [(&str, Get); 3] =
+                    [("loss", |c| c.loss), ("mse", |c| c.mse), ("l0", |c| c.l0)];
                 fs.iter()
                     .map(|(name, f)| {
                         let pts: Vec<LinePoint> = r
@@ -783,7 +851,9 @@ fn run_page(
             };
             let histogram = r.extra.get("density_histogram").and_then(|h| {
                 let h: crate::metrics::DensityHistogram = serde_json::from_value(h.clone()).ok()?;
-                Some(svg::density_histogram(h.lo, h.width, &h.counts, h.dead, 620.0, 220.0))
+                Some(svg::density_histogram(
+                    h.lo, h.width, &h.counts, h.dead, 620.0, 220.0,
+                ))
             });
             let timing = (!r.samples.is_empty()).then(|| {
                 let mut s = format!(
@@ -809,9 +879,10 @@ fn run_page(
                     }
                     let text = match v {
                         serde_json::Value::String(s) => s.clone(),
-                        serde_json::Value::Number(n) => {
-                            n.as_f64().map(|x| svg::short_num(x)).unwrap_or_else(|| n.to_string())
-                        }
+                        serde_json::Value::Number(n) => n
+                            .as_f64()
+                            .map(svg::short_num)
+                            .unwrap_or_else(|| n.to_string()),
                         other => other.to_string(),
                     };
                     extra.push((k.clone(), text));
@@ -849,10 +920,20 @@ fn run_page(
     let m = &run.meta;
     let meta_rows: Vec<(&str, String)> = vec![
         ("run", m.id.clone()),
-        ("commit", m.commit.clone().unwrap_or_else(|| "–".into()) + if m.dirty { " (dirty tree)" } else { "" }),
+        (
+            "commit",
+            m.commit.clone().unwrap_or_else(|| "–".into())
+                + if m.dirty { " (dirty tree)" } else { "" },
+        ),
         ("branch", m.branch.clone().unwrap_or_else(|| "–".into())),
-        ("pull request", m.pr.map(|p| format!("#{p}")).unwrap_or_else(|| "–".into())),
-        ("started", m.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+        (
+            "pull request",
+            m.pr.map(|p| format!("#{p}")).unwrap_or_else(|| "–".into()),
+        ),
+        (
+            "started",
+            m.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        ),
         (
             "finished",
             m.finished_at
@@ -861,7 +942,10 @@ fn run_page(
         ),
         ("machine", m.fingerprint.summary()),
         ("fingerprint", m.fingerprint_id.clone()),
-        ("kernel", m.fingerprint.kernel.clone().unwrap_or_else(|| "–".into())),
+        (
+            "kernel",
+            m.fingerprint.kernel.clone().unwrap_or_else(|| "–".into()),
+        ),
         ("rustc", m.fingerprint.rustc.clone()),
         ("backend", m.backend.clone()),
         ("suite / profile", format!("{} / {}", m.suite, m.profile)),
@@ -922,7 +1006,9 @@ fn compare_page(
             head: fmt_value(&r.metric, r.head),
             change: fmt_change(r.change),
             threshold: threshold_text(&r.metric, r.threshold),
-            p: r.p.map(|p| format!("{p:.1e}")).unwrap_or_else(|| "–".into()),
+            p: r.p
+                .map(|p| format!("{p:.1e}"))
+                .unwrap_or_else(|| "–".into()),
             verdict: r.verdict.as_str().to_string(),
             detail: r.detail.clone(),
             href: series_href("../", &infos[h].group, &r.bench, &r.metric),
@@ -930,13 +1016,37 @@ fn compare_page(
         .collect();
     let (bm, hm) = (&infos[b].run.meta, &infos[h].run.meta);
     let env: Vec<(&str, String, String)> = vec![
-        ("commit", bm.commit.clone().unwrap_or_default(), hm.commit.clone().unwrap_or_default()),
-        ("branch", bm.branch.clone().unwrap_or_default(), hm.branch.clone().unwrap_or_default()),
-        ("machine", bm.fingerprint.summary(), hm.fingerprint.summary()),
-        ("backend / profile", format!("{} / {}", bm.backend, bm.profile), format!("{} / {}", hm.backend, hm.profile)),
+        (
+            "commit",
+            bm.commit.clone().unwrap_or_default(),
+            hm.commit.clone().unwrap_or_default(),
+        ),
+        (
+            "branch",
+            bm.branch.clone().unwrap_or_default(),
+            hm.branch.clone().unwrap_or_default(),
+        ),
+        (
+            "machine",
+            bm.fingerprint.summary(),
+            hm.fingerprint.summary(),
+        ),
+        (
+            "backend / profile",
+            format!("{} / {}", bm.backend, bm.profile),
+            format!("{} / {}", hm.backend, hm.profile),
+        ),
         ("suite hash", bm.suite_hash.clone(), hm.suite_hash.clone()),
-        ("rustc", bm.fingerprint.rustc.clone(), hm.fingerprint.rustc.clone()),
-        ("kernel", bm.fingerprint.kernel.clone().unwrap_or_default(), hm.fingerprint.kernel.clone().unwrap_or_default()),
+        (
+            "rustc",
+            bm.fingerprint.rustc.clone(),
+            hm.fingerprint.rustc.clone(),
+        ),
+        (
+            "kernel",
+            bm.fingerprint.kernel.clone().unwrap_or_default(),
+            hm.fingerprint.kernel.clone().unwrap_or_default(),
+        ),
     ];
     minijinja::context! {
         root => "../", title => "", page_title => format!("Compare {} → {}", bm.id, hm.id),
@@ -954,7 +1064,8 @@ pub fn check_out_dir(out: &Path) -> Result<()> {
     let mut entries = std::fs::read_dir(out)
         .with_context(|| format!("reading {}", out.display()))?
         .peekable();
-    if entries.peek().is_none() || out.join("index.html").exists() && out.join("style.css").exists() {
+    if entries.peek().is_none() || out.join("index.html").exists() && out.join("style.css").exists()
+    {
         return Ok(());
     }
     anyhow::bail!(

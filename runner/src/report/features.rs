@@ -119,8 +119,16 @@ pub fn cards(f: &FeatureFile, max: usize) -> Vec<Card> {
             } else {
                 "0 (dead)".into()
             },
-            fires: ft.fires.map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
-            top_tokens: ft.top_tokens.iter().take(10).map(|t| t.text.clone()).collect(),
+            fires: ft
+                .fires
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "–".into()),
+            top_tokens: ft
+                .top_tokens
+                .iter()
+                .take(10)
+                .map(|t| t.text.clone())
+                .collect(),
             examples: ft
                 .top_examples
                 .iter()
@@ -177,7 +185,14 @@ mod tests {
         let c = cards(&f, 10);
         assert_eq!(c.len(), 1);
         let t = &c[0].examples[0].tokens;
-        assert_eq!((t[0].shade.as_str(), t[1].shade.as_str(), t[2].shade.as_str()), ("0.25", "1.00", "0.00"));
+        assert_eq!(
+            (
+                t[0].shade.as_str(),
+                t[1].shade.as_str(),
+                t[2].shade.as_str()
+            ),
+            ("0.25", "1.00", "0.00")
+        );
         assert!(t[1].focus);
         assert_eq!(c[0].examples[0].source, "ca01 @ 7");
     }

@@ -21,17 +21,29 @@ pub const MARKER_PREFIX: &str = "<!-- saeperf-report";
 
 /// The marker for a report key (several machines or suites can each keep their own comment on one PR).
 pub fn marker(key: &str) -> String {
-    format!("{MARKER_PREFIX}:{} -->", key.replace("--", "-").replace('>', ""))
+    format!(
+        "{MARKER_PREFIX}:{} -->",
+        key.replace("--", "-").replace('>', "")
+    )
 }
 
 /// Templates and static files compiled into the binary: (name, contents).
 pub const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("../../../dashboards/base.html")),
-    ("charts.html", include_str!("../../../dashboards/charts.html")),
+    (
+        "charts.html",
+        include_str!("../../../dashboards/charts.html"),
+    ),
     ("index.html", include_str!("../../../dashboards/index.html")),
-    ("series.html", include_str!("../../../dashboards/series.html")),
+    (
+        "series.html",
+        include_str!("../../../dashboards/series.html"),
+    ),
     ("run.html", include_str!("../../../dashboards/run.html")),
-    ("compare.html", include_str!("../../../dashboards/compare.html")),
+    (
+        "compare.html",
+        include_str!("../../../dashboards/compare.html"),
+    ),
     (
         "compare_any.html",
         include_str!("../../../dashboards/compare_any.html"),

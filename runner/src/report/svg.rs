@@ -39,6 +39,8 @@ impl Scale {
 pub struct Tick {
     pub pos: f64,
     pub label: String,
+    /// The data value at the tick (NaN for categorical labels).
+    pub value: f64,
 }
 
 /// "Nice" tick values covering [lo, hi] (about `n` of them).
@@ -57,10 +59,41 @@ pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     let mut out = Vec::new();
     let mut v = first;
     while v <= hi + step * 1e-9 && out.len() < 20 {
-        out.push(if v.abs() < step * 1e-9 { 0.0 } else { v });
+        out.push(if v.abs() < step * 1e-9 {
+            0.0
+        } else {
+            round12(v)
+        });
         v += step;
     }
     out
+}
+
+/// Like [`nice_ticks`], but the first tick is at or below `lo` and the last at or above `hi`, so that a chart whose
+/// domain is extended to its outer ticks has gridlines at both ends.
+pub fn covering_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    let inner = nice_ticks(lo, hi, n);
+    if inner.len() < 2 {
+        return inner;
+    }
+    let step = inner[1] - inner[0];
+    let mut out = inner;
+    if out[0] > lo + step * 1e-9 {
+        out.insert(0, round12(out[0] - step));
+    }
+    let last = *out.last().unwrap();
+    if last < hi - step * 1e-9 {
+        out.push(round12(last + step));
+    }
+    out
+}
+
+fn round12(v: f64) -> f64 {
+    if v == 0.0 {
+        return 0.0;
+    }
+    let mag = 10f64.powi(12 - v.abs().log10().ceil() as i32);
+    (v * mag).round() / mag
 }
 
 /// Short number label: 3 significant digits, SI-ish suffixes for large and small magnitudes.
@@ -186,7 +219,7 @@ pub fn line_chart(
         .filter(|v| v.is_finite());
     let (lo, hi) = min_max(ys_all);
     let (x0, x1) = min_max(pts.iter().map(|p| p.x));
-    let ticks = nice_ticks(lo, hi, 4);
+    let ticks = covering_ticks(lo, hi, 4);
     // Extend the domain to the outer ticks so the lines never touch the frame.
     let (ylo, yhi) = (
         ticks.first().copied().unwrap_or(lo).min(lo),
@@ -243,6 +276,7 @@ pub fn line_chart(
         .map(|v| Tick {
             pos: r1(ys.at(*v)),
             label: short_num(*v),
+            value: *v,
         })
         .collect();
     let xticks = match xlabels {
@@ -254,6 +288,7 @@ pub fn line_chart(
                 .map(|(x, s)| Tick {
                     pos: r1(xs.at(*x)),
                     label: s.clone(),
+                    value: f64::NAN,
                 })
                 .collect()
         }
@@ -262,6 +297,7 @@ pub fn line_chart(
             .map(|v| Tick {
                 pos: r1(xs.at(v)),
                 label: short_num(v),
+                value: v,
             })
             .collect(),
     };
@@ -312,12 +348,25 @@ pub struct Histogram {
 }
 
 /// Histogram of `counts` in bins of `width` from `lo` (log10 density), plus `dead` drawn left of the axis.
-pub fn density_histogram(lo: f64, width: f64, counts: &[u64], dead: u64, w: f64, h: f64) -> Histogram {
+pub fn density_histogram(
+    lo: f64,
+    width: f64,
+    counts: &[u64],
+    dead: u64,
+    w: f64,
+    h: f64,
+) -> Histogram {
     let (left, top, right, bottom) = (48.0, 10.0, w - 12.0, h - 30.0);
     let n = counts.len().max(1);
     let hi = lo + width * n as f64;
-    let max = counts.iter().copied().chain([dead]).max().unwrap_or(0).max(1) as f64;
-    let yt = nice_ticks(0.0, max, 4);
+    let max = counts
+        .iter()
+        .copied()
+        .chain([dead])
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let yt = covering_ticks(0.0, max, 4);
     let ymax = yt.last().copied().unwrap_or(max).max(max);
     let ys = Scale::new(0.0, ymax, bottom, top);
     // The dead bar sits in its own slot left of the log axis, separated by a gap.
@@ -339,7 +388,11 @@ pub fn density_histogram(lo: f64, width: f64, counts: &[u64], dead: u64, w: f64,
             y: r1(y),
             w: r1((xs.at(a + width) - xs.at(a)) * 0.92),
             h: r1(bottom - y),
-            class: if a >= -2.0 { "dense".into() } else { "bin".into() },
+            class: if a >= -2.0 {
+                "dense".into()
+            } else {
+                "bin".into()
+            },
             title: format!(
                 "log10 density in [{:.2}, {:.2}): {c} features",
                 a,
@@ -353,6 +406,7 @@ pub fn density_histogram(lo: f64, width: f64, counts: &[u64], dead: u64, w: f64,
         .map(|v| Tick {
             pos: r1(xs.at(v)),
             label: format!("{v:.0}"),
+            value: v,
         })
         .collect();
     xticks.insert(
@@ -360,6 +414,7 @@ pub fn density_histogram(lo: f64, width: f64, counts: &[u64], dead: u64, w: f64,
         Tick {
             pos: r1(left + slot * 0.45),
             label: "dead".into(),
+            value: f64::NAN,
         },
     );
     Histogram {
@@ -376,6 +431,7 @@ pub fn density_histogram(lo: f64, width: f64, counts: &[u64], dead: u64, w: f64,
             .map(|v| Tick {
                 pos: r1(ys.at(*v)),
                 label: short_num(*v),
+                value: *v,
             })
             .collect(),
         dense_x: (lo..=hi).contains(&-2.0).then(|| r1(xs.at(-2.0))),
@@ -415,9 +471,13 @@ mod tests {
 
     #[test]
     fn ticks_are_nice_and_cover_the_range() {
-        assert_eq!(nice_ticks(0.0, 10.0, 5), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(
+            nice_ticks(0.0, 10.0, 5),
+            vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+        );
         assert_eq!(nice_ticks(0.13, 0.31, 4), vec![0.15, 0.2, 0.25, 0.3]);
         assert_eq!(nice_ticks(1.0, 1.0, 4), vec![1.0]);
+        assert_eq!(covering_ticks(0.5, 5.5, 4), vec![0.0, 2.0, 4.0, 6.0]);
         assert_eq!(short_num(1234.0), "1.2k");
         assert_eq!(short_num(0.25), "0.25");
         assert_eq!(short_num(2.0e-4), "2.0e-4");
@@ -426,7 +486,7 @@ mod tests {
     #[test]
     fn sparkline_maps_extremes_to_the_frame() {
         let s = sparkline(&[1.0, 3.0, f64::NAN, 2.0], 80.0, 20.0);
-        assert_eq!(s.points, "2,18 26,2 78,10");
+        assert_eq!(s.points, "2,18 27.3,2 78,10");
         assert_eq!(s.last, Some((78.0, 10.0)));
         // A flat series sits in the middle.
         let s = sparkline(&[5.0, 5.0], 80.0, 20.0);
@@ -455,7 +515,11 @@ mod tests {
                 x: i as f64,
                 y: 1.0 + i as f64,
                 band: Some((0.5 + i as f64, 1.5 + i as f64)),
-                class: if i == 4 { "regression".into() } else { "point".into() },
+                class: if i == 4 {
+                    "regression".into()
+                } else {
+                    "point".into()
+                },
                 title: format!("p{i}"),
                 href: None,
             })

@@ -12,28 +12,13 @@ use anyhow::{bail, ensure, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use saeperf_kernels::{AdamHyper, Arch, Backend, CpuBackend, Params, Sae, SaeCfg, Shape};
+use saeperf_kernels::select::{select_backend, WithBackend};
+use saeperf_kernels::{AdamHyper, Arch, Backend, Params, Sae, SaeCfg, Shape};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-/// Which backend the loop runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendChoice {
-    /// The fast CPU ops (gemm + rayon, sparse paths).
-    Cpu,
-    /// The plain reference ops (slow; for checking and for measuring the fast path).
-    Reference,
-}
-
-impl std::fmt::Display for BackendChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BackendChoice::Cpu => "cpu",
-            BackendChoice::Reference => "reference",
-        })
-    }
-}
+/// Which backend the loop runs on: cpu, reference, cuda or auto (CUDA when a driver and a device are present).
+pub use saeperf_kernels::select::BackendChoice;
 
 /// When and how dead features are resampled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,7 +74,7 @@ impl Default for TrainConfig {
             enc_init_scale: 1.0,
             resample: None,
             log_every: 50,
-            backend: BackendChoice::Cpu,
+            backend: BackendChoice::Auto,
         }
     }
 }
@@ -191,7 +176,10 @@ pub struct TrainOutcome {
     pub wall_secs: f64,
     /// (step, features resampled).
     pub resamples: Vec<(usize, usize)>,
+    /// The backend's name.
     pub backend: String,
+    /// What was chosen and why (e.g. "backend: auto chose cpu (CUDA unavailable: …)").
+    pub backend_line: String,
 }
 
 /// The scalar s with E‖s·x‖² = d_in, estimated on up to 16,384 training rows, and the mean of those rows × s.
@@ -224,11 +212,27 @@ pub fn input_scaling(set: &ActivationSet, rng: &mut ChaCha8Rng) -> Result<(f32, 
 }
 
 /// Trains a dictionary on the training split of `set`.
+/// Opens the backend `cfg.backend` names (saying which `auto` chose in `TrainOutcome::backend_line`) and trains.
 pub fn train(cfg: &TrainConfig, set: &ActivationSet, progress: bool) -> Result<TrainOutcome> {
-    match cfg.backend {
-        BackendChoice::Cpu => train_on(&CpuBackend::fast(), cfg, set, progress),
-        BackendChoice::Reference => train_on(&CpuBackend::reference(), cfg, set, progress),
+    let sel = select_backend(cfg.backend)?;
+    tracing::info!("{}", sel.line);
+    if progress {
+        eprintln!("{}", sel.line);
     }
+    struct Job<'a> {
+        cfg: &'a TrainConfig,
+        set: &'a ActivationSet,
+        progress: bool,
+    }
+    impl WithBackend for Job<'_> {
+        type Output = Result<TrainOutcome>;
+        fn run<B: Backend>(self, backend: &B) -> Result<TrainOutcome> {
+            train_on(backend, self.cfg, self.set, self.progress)
+        }
+    }
+    let mut out = sel.backend.with(Job { cfg, set, progress })?;
+    out.backend_line = sel.line;
+    Ok(out)
 }
 
 /// Draws training batches: a fresh permutation of the training rows every epoch.
@@ -418,6 +422,7 @@ pub fn train_on<B: Backend>(
         wall_secs: wall,
         resamples,
         backend: backend.name(),
+        backend_line: format!("backend: {}", backend.name()),
     })
 }
 

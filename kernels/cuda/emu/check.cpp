@@ -1,0 +1,286 @@
+// check.cpp: runs every kernel of kernels/cuda/*.cu in the CPU emulator (emu.h) against plain C++ references that
+// mirror kernels/src/ops/*.rs `reference`, with NaN-poisoned outputs and shapes that are and are not tile multiples.
+// Build and run:  g++ -std=c++20 -O1 -pthread -I kernels/cuda kernels/cuda/emu/check.cpp -o /tmp/emu && /tmp/emu
+// (the Rust test cuda::compile::tests::kernels_run_correctly_in_the_emulator does this when g++ is installed).
+// `--quick` checks three small shapes (about 20 s on 2 cores). Prints one line per comparison; exits 1 if any relative error exceeds 1e-4.
+#include "emu.h"
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+
+#include "../common.cuh"
+#include "../encode.cu"
+#include "../decode.cu"
+#include "../backward.cu"
+#include "../adam.cu"
+#include "../resample.cu"
+#include "../reduce.cu"
+
+using V = std::vector<float>;
+static int failures = 0, comparisons = 0;
+static std::mt19937 rng(1234);
+
+static V randv(size_t n, float scale) {
+    std::uniform_real_distribution<float> u(-scale, scale);
+    V v(n);
+    for (auto &x : v) {
+        x = u(rng);
+        if (x == 0.0f) x = scale * 0.5f;
+    }
+    return v;
+}
+static V nanv(size_t n) { return V(n, NAN); }
+
+static void cmp(const char *what, int b, int d, int f, const V &got, const V &want) {
+    double num = 0, den = 0;
+    bool nan = false;
+    for (size_t i = 0; i < want.size(); ++i) {
+        if (std::isnan(got[i])) nan = true;
+        num += ((double)got[i] - want[i]) * ((double)got[i] - want[i]);
+        den += (double)want[i] * want[i];
+    }
+    double e = den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+    bool ok = !nan && e <= 1e-4 && got.size() == want.size();
+    ++comparisons;
+    if (!ok) ++failures;
+    std::printf("%s %-44s %4dx%4dx%4d rel %.2e\n", ok ? "ok  " : "FAIL", what, b, d, f, nan ? INFINITY : e);
+}
+
+static dim3 g2(unsigned x, unsigned y) { return dim3{x, y, 1}; }
+static unsigned up(size_t a, unsigned b) { return (unsigned)((a + b - 1) / b); }
+static const dim3 T256{256, 1, 1};
+
+// ---- references (kernels/src/ops/*.rs) ----
+static void ref_encode(int B, int d, int F, int k, const V &x, const V &we, const V &be, const V &bd, V &f) {
+    for (int b = 0; b < B; ++b) {
+        std::vector<std::pair<int, float>> row(F);
+        for (int i = 0; i < F; ++i) {
+            float acc = be[i];
+            for (int j = 0; j < d; ++j) acc += (x[b * d + j] - bd[j]) * we[(size_t)j * F + i];
+            row[i] = {i, acc};
+        }
+        if (k < 0) {
+            for (int i = 0; i < F; ++i) f[(size_t)b * F + i] = std::max(row[i].second, 0.0f);
+        } else {
+            std::sort(row.begin(), row.end(), [](auto a, auto c) { return a.second != c.second ? a.second > c.second : a.first < c.first; });
+            for (int i = 0; i < F; ++i) f[(size_t)b * F + i] = 0;
+            for (int r = 0; r < k && r < F; ++r) f[(size_t)b * F + row[r].first] = std::max(row[r].second, 0.0f);
+        }
+    }
+}
+static void ref_decode(int B, int d, int F, const V &f, const V &wd, const V &bd, V &xh) {
+    for (int b = 0; b < B; ++b)
+        for (int j = 0; j < d; ++j) {
+            float acc = bd[j];
+            for (int i = 0; i < F; ++i) acc += f[(size_t)b * F + i] * wd[(size_t)i * d + j];
+            xh[(size_t)b * d + j] = acc;
+        }
+}
+static void ref_backward(int B, int d, int F, float l1, const V &x, const V &f, const V &xh, const V &we, const V &wd,
+                         const V &bd, V &gwe, V &gbe, V &gwd, V &gbd) {
+    float inv_b = 1.0f / B;
+    V dxh((size_t)B * d), dpre((size_t)B * F, 0.0f);
+    for (size_t p = 0; p < dxh.size(); ++p) dxh[p] = 2.0f * (xh[p] - x[p]) * inv_b;
+    for (int b = 0; b < B; ++b)
+        for (int i = 0; i < F; ++i)
+            if (f[(size_t)b * F + i] > 0) {
+                float acc = l1 * inv_b;
+                for (int j = 0; j < d; ++j) acc += dxh[(size_t)b * d + j] * wd[(size_t)i * d + j];
+                dpre[(size_t)b * F + i] = acc;
+            }
+    for (int i = 0; i < F; ++i) {
+        for (int j = 0; j < d; ++j) {
+            float gd = 0, ge = 0;
+            for (int b = 0; b < B; ++b) {
+                gd += f[(size_t)b * F + i] * dxh[(size_t)b * d + j];
+                ge += (x[(size_t)b * d + j] - bd[j]) * dpre[(size_t)b * F + i];
+            }
+            gwd[(size_t)i * d + j] = gd;
+            gwe[(size_t)j * F + i] = ge;
+        }
+        float s = 0;
+        for (int b = 0; b < B; ++b) s += dpre[(size_t)b * F + i];
+        gbe[i] = s;
+    }
+    for (int j = 0; j < d; ++j) {
+        float acc = 0;
+        for (int b = 0; b < B; ++b) acc += dxh[(size_t)b * d + j];
+        for (int i = 0; i < F; ++i) acc -= we[(size_t)j * F + i] * gbe[i];
+        gbd[j] = acc;
+    }
+}
+static void ref_adam(float lr, float b1, float b2, float eps, float c1, float c2, V &p, const V &g, V &m, V &v) {
+    for (size_t i = 0; i < p.size(); ++i) {
+        m[i] = b1 * m[i] + (1 - b1) * g[i];
+        v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
+        p[i] -= lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps);
+    }
+}
+
+// ---- device sequences (mirror kernels/src/cuda/backend.rs) ----
+static void dev_backward(bool sparse, int B, int d, int F, float l1, const V &x, const V &f, const V &xh, const V &we,
+                         const V &wd, const V &bd, V &gwe, V &gbe, V &gwd, V &gbd) {
+    float inv_b = 1.0f / B, l1b = l1 * inv_b;
+    V dxh((size_t)B * d, NAN), dsum(d, NAN);
+    emu_launch(dim3{up((size_t)B * d, 256), 1, 1}, T256, bwd_residual, (long long)B * d, inv_b, x.data(), xh.data(), dxh.data());
+    if (sparse) {
+        std::fill(gwd.begin(), gwd.end(), 0.0f);
+        std::fill(gbe.begin(), gbe.end(), 0.0f);
+        V gt((size_t)F * d, 0.0f);
+        emu_launch(dim3{(unsigned)B, 1, 1}, T256, bwd_sparse_pairs, B, d, F, l1b, x.data(), bd.data(), f.data(), dxh.data(),
+                   wd.data(), gwd.data(), gt.data(), gbe.data());
+        emu_launch(g2(up(d, 32), up(F, 32)), dim3{32, 8, 1}, transpose, F, d, (const float *)gt.data(), gwe.data());
+    } else {
+        V dpre((size_t)B * F, NAN);
+        emu_launch(g2(up(d, 128), up(F, 128)), T256, bwd_dwdec_gemm, B, d, F, f.data(), dxh.data(), gwd.data());
+        emu_launch(g2(up(F, 128), up(B, 128)), T256, bwd_dpre_gemm, B, d, F, l1b, dxh.data(), wd.data(), f.data(), dpre.data());
+        emu_launch(g2(up(F, 128), up(d, 128)), T256, bwd_dwenc_gemm, B, d, F, x.data(), bd.data(), (const float *)dpre.data(), gwe.data());
+        emu_launch(dim3{up(F, 256), 1, 1}, T256, col_sums, B, F, (const float *)dpre.data(), gbe.data());
+    }
+    emu_launch(dim3{up(d, 256), 1, 1}, T256, col_sums, B, d, (const float *)dxh.data(), dsum.data());
+    emu_launch(dim3{(unsigned)d, 1, 1}, T256, bwd_bdec, d, F, we.data(), (const float *)gbe.data(), (const float *)dsum.data(), gbd.data());
+}
+
+int main(int argc, char **argv) {
+    // --quick (the Rust test): fewer blocks, still partial tiles in every GEMM dimension and > 1 tile in d and F.
+    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+    std::vector<std::array<int, 3>> shapes = {{1, 1, 1}, {7, 13, 29}, {5, 130, 133}};
+    if (!quick) shapes = {{1, 1, 1}, {7, 13, 29}, {40, 130, 260}, {33, 64, 300}};
+    for (auto &sh : shapes) {
+        const int B = sh[0], d = sh[1], F = sh[2];
+        V x = randv((size_t)B * d, 1), we = randv((size_t)d * F, 0.5), be = randv(F, 0.2), wd = randv((size_t)F * d, 1), bd = randv(d, 0.1);
+        for (int i = 0; i < F; ++i) {
+            double n = 0;
+            for (int j = 0; j < d; ++j) n += wd[(size_t)i * d + j] * wd[(size_t)i * d + j];
+            for (int j = 0; j < d; ++j) wd[(size_t)i * d + j] /= (float)std::sqrt(n);
+        }
+        // encode: ReLU and TopK
+        for (int k : {-1, std::max(1, F / 8)}) {
+            V want((size_t)B * F), got = nanv((size_t)B * F);
+            ref_encode(B, d, F, k, x, we, be, bd, want);
+            emu_launch(g2(up(F, 128), up(B, 128)), T256, encode_gemm_relu, B, d, F, x.data(), we.data(), be.data(), bd.data(), got.data());
+            if (k >= 0 && k < F) emu_launch(dim3{(unsigned)B, 1, 1}, T256, topk_rows, B, F, k, got.data());
+            cmp(k < 0 ? "encode relu" : "encode topk", B, d, F, got, want);
+        }
+        // f: the ReLU encoding (dense) and a 2% random sparse code
+        V fd((size_t)B * F);
+        ref_encode(B, d, F, -1, x, we, be, bd, fd);
+        V fs((size_t)B * F, 0.0f);
+        std::uniform_real_distribution<float> u01(0, 1);
+        for (auto &v : fs) v = u01(rng) < 0.02f ? 0.1f + u01(rng) : 0.0f;
+        for (auto *fp : {&fd, &fs}) {
+            const V &f = *fp;
+            const char *lab = fp == &fd ? "dense f" : "sparse f";
+            V xh((size_t)B * d);
+            ref_decode(B, d, F, f, wd, bd, xh);
+            V g1 = nanv((size_t)B * d), g2v = nanv((size_t)B * d);
+            emu_launch(g2(up(d, 128), up(B, 128)), T256, decode_gemm, B, d, F, f.data(), wd.data(), bd.data(), g1.data());
+            emu_launch(g2(B, up(d, 1024)), T256, decode_sparse, B, d, F, f.data(), wd.data(), bd.data(), g2v.data());
+            cmp((std::string("decode gemm / ") + lab).c_str(), B, d, F, g1, xh);
+            cmp((std::string("decode sparse / ") + lab).c_str(), B, d, F, g2v, xh);
+            V rwe((size_t)d * F), rbe(F), rwd((size_t)F * d), rbd(d);
+            ref_backward(B, d, F, 0.3f, x, f, xh, we, wd, bd, rwe, rbe, rwd, rbd);
+            for (bool sp : {false, true}) {
+                V gwe = nanv((size_t)d * F), gbe = nanv(F), gwd = nanv((size_t)F * d), gbd = nanv(d);
+                dev_backward(sp, B, d, F, 0.3f, x, f, xh, we, wd, bd, gwe, gbe, gwd, gbd);
+                std::string p = std::string("backward ") + (sp ? "sparse" : "dense") + " / " + lab;
+                cmp((p + " dW_enc").c_str(), B, d, F, gwe, rwe);
+                cmp((p + " db_enc").c_str(), B, d, F, gbe, rbe);
+                cmp((p + " dW_dec").c_str(), B, d, F, gwd, rwd);
+                cmp((p + " db_dec").c_str(), B, d, F, gbd, rbd);
+            }
+            // reductions
+            V xr = randv((size_t)B * d, 1);
+            std::vector<double> rows((size_t)B * 3, NAN);
+            emu_launch(dim3{(unsigned)B, 1, 1}, T256, row_stats, B, d, F, x.data(), xr.data(), f.data(), rows.data());
+            double s[3] = {0, 0, 0}, w[3] = {0, 0, 0};
+            for (int b = 0; b < B; ++b)
+                for (int q = 0; q < 3; ++q) s[q] += rows[(size_t)b * 3 + q];
+            for (size_t p = 0; p < x.size(); ++p) w[0] += ((double)x[p] - xr[p]) * ((double)x[p] - xr[p]);
+            for (float v : f) { w[1] += v > 0; w[2] += v; }
+            cmp((std::string("row_stats / ") + lab).c_str(), B, d, F, V{(float)s[0], (float)s[1], (float)s[2]}, V{(float)w[0], (float)w[1], (float)w[2]});
+            std::vector<unsigned> cnt(F, 3);
+            emu_launch(dim3{up(F, 256), 1, 1}, T256, feature_fire_counts, B, F, f.data(), cnt.data());
+            V gc(F), wc(F, 3);
+            for (int i = 0; i < F; ++i) { gc[i] = cnt[i]; for (int b = 0; b < B; ++b) wc[i] += f[(size_t)b * F + i] > 0; }
+            cmp((std::string("fire counts / ") + lab).c_str(), B, d, F, gc, wc);
+            unsigned long long nnz = 0;
+            emu_launch(dim3{std::min(up(f.size(), 256), 4096u), 1, 1}, T256, count_nonzero, (long long)f.size(), f.data(), &nnz);
+            float wn = 0;
+            for (float v : f) wn += v != 0;
+            cmp((std::string("count_nonzero / ") + lab).c_str(), B, d, F, V{(float)nnz}, V{wn});
+            V pt = nanv(B), wpt(B);
+            emu_launch(dim3{(unsigned)B, 1, 1}, T256, per_token_sq_err, B, d, x.data(), xr.data(), pt.data());
+            for (int b = 0; b < B; ++b) { float a = 0; for (int j = 0; j < d; ++j) { float e = x[(size_t)b * d + j] - xr[(size_t)b * d + j]; a += e * e; } wpt[b] = a; }
+            cmp((std::string("per_token_sq_err / ") + lab).c_str(), B, d, F, pt, wpt);
+        }
+        // Adam: flat and decoder rows
+        {
+            const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, c1 = 1 - std::pow(b1, 3.0f), c2 = 1 - std::pow(b2, 3.0f);
+            V p = randv((size_t)d * F, 1), g = randv(p.size(), 1), m = randv(p.size(), 0.1), v = randv(p.size(), 0.1);
+            for (auto &q : v) q = std::fabs(q);
+            V p2 = p, m2 = m, v2 = v;
+            ref_adam(lr, b1, b2, eps, c1, c2, p, g, m, v);
+            emu_launch(dim3{up(p.size(), 256), 1, 1}, T256, adam_step, (long long)p.size(), lr, b1, b2, eps, c1, c2, p2.data(), g.data(), m2.data(), v2.data());
+            cmp("adam_step param", B, d, F, p2, p);
+            cmp("adam_step m", B, d, F, m2, m);
+            cmp("adam_step v", B, d, F, v2, v);
+            V w = wd, gw = randv(w.size(), 1), mw = randv(w.size(), 0.1), vw = randv(w.size(), 0.1);
+            for (auto &q : vw) q = std::fabs(q);
+            V w2 = w, gw2 = gw, mw2 = mw, vw2 = vw;
+            for (int i = 0; i < F; ++i) {  // reference: decoder_row
+                float *wr = &w[(size_t)i * d], *gr = &gw[(size_t)i * d];
+                float n = 0, dot = 0;
+                for (int j = 0; j < d; ++j) n += wr[j] * wr[j];
+                n = std::sqrt(n);
+                for (int j = 0; j < d; ++j) dot += wr[j] * gr[j];
+                dot /= n;
+                for (int j = 0; j < d; ++j) gr[j] -= dot * wr[j] / n;
+                V pw(wr, wr + d), gg(gr, gr + d), mm(&mw[(size_t)i * d], &mw[(size_t)i * d] + d), vv(&vw[(size_t)i * d], &vw[(size_t)i * d] + d);
+                ref_adam(lr, b1, b2, eps, c1, c2, pw, gg, mm, vv);
+                float n2 = 0;
+                for (float q : pw) n2 += q * q;
+                n2 = std::sqrt(n2);
+                for (int j = 0; j < d; ++j) { wr[j] = pw[j] / n2; mw[(size_t)i * d + j] = mm[j]; vw[(size_t)i * d + j] = vv[j]; }
+            }
+            emu_launch(dim3{(unsigned)F, 1, 1}, T256, adam_decoder_rows, F, d, lr, b1, b2, eps, c1, c2, w2.data(), gw2.data(), mw2.data(), vw2.data());
+            cmp("adam_decoder_rows param", B, d, F, w2, w);
+            cmp("adam_decoder_rows grad (projected)", B, d, F, gw2, gw);
+            cmp("adam_decoder_rows m", B, d, F, mw2, mw);
+            cmp("adam_decoder_rows v", B, d, F, vw2, vw);
+        }
+        // resample writes
+        {
+            std::vector<int> dead;
+            for (int i = 1; i < F; i += 3) dead.push_back(i);
+            int nd = (int)dead.size();
+            V dirs = randv((size_t)nd * d, 1);
+            V sq = nanv(F), wsq(F);
+            emu_launch(dim3{up(F, 256), 1, 1}, T256, enc_col_sq_norms, d, F, we.data(), sq.data());
+            for (int i = 0; i < F; ++i) { float a = 0; for (int j = 0; j < d; ++j) a += we[(size_t)j * F + i] * we[(size_t)j * F + i]; wsq[i] = a; }
+            cmp("enc_col_sq_norms", B, d, F, sq, wsq);
+            V bufs[9] = {we, be, wd, we, we, be, be, wd, wd};
+            V want[9] = {we, be, wd, we, we, be, be, wd, wd};
+            for (int n = 0; n < nd; ++n) {
+                int i = dead[n];
+                for (int j = 0; j < d; ++j) {
+                    want[2][(size_t)i * d + j] = dirs[(size_t)n * d + j];
+                    want[7][(size_t)i * d + j] = want[8][(size_t)i * d + j] = 0;
+                    want[0][(size_t)j * F + i] = 0.25f * dirs[(size_t)n * d + j];
+                    want[3][(size_t)j * F + i] = want[4][(size_t)j * F + i] = 0;
+                }
+                want[1][i] = want[5][i] = want[6][i] = 0;
+            }
+            if (nd > 0)
+                emu_launch(dim3{(unsigned)nd, 1, 1}, T256, resample_write, nd, d, F, 0.25f, (const int *)dead.data(), (const float *)dirs.data(),
+                           bufs[0].data(), bufs[1].data(), bufs[2].data(), bufs[3].data(), bufs[4].data(), bufs[5].data(), bufs[6].data(), bufs[7].data(), bufs[8].data());
+            const char *names[9] = {"W_enc", "b_enc", "W_dec", "m W_enc", "v W_enc", "m b_enc", "v b_enc", "m W_dec", "v W_dec"};
+            for (int q = 0; q < 9; ++q) cmp((std::string("resample_write ") + names[q]).c_str(), B, d, F, bufs[q], want[q]);
+        }
+    }
+    std::printf("%d comparisons, %d failed\n", comparisons, failures);
+    return failures ? 1 : 0;
+}
