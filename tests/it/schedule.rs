@@ -183,8 +183,8 @@ dashboard_dir = "site"
 path = "repo"
 
 [commands]
-# The "build" of each commit is the runner already built by cargo.
-build = "test -x {exe}"
+# The "build" of each commit is the runner already built by cargo; a commit holding BROKEN fails to build.
+build = "test -x {exe} && ! test -e BROKEN"
 bench = "{exe} --db {{db}} bench --json --profile {{profile}} --commit {{commit}} --branch {{branch}} --base-branch {{base_branch}} {{suite_args}}"
 
 [notify]
@@ -299,7 +299,34 @@ fn schedule_benchmarks_each_commit_once_notifies_and_stops_cleanly() {
     assert!(st["jobs"][0]["next_fire"].is_string());
     assert_eq!(st["scheduler_pid"], child.id());
 
+    // A commit that fails to build: recorded with its log, not retried, and the service carries on.
+    std::fs::write(e.repo.join("BROKEN"), "x").unwrap();
+    let cb = commit_suite(&e.repo, &suite(3, 8), "broken build");
+    let ab = wait_for(
+        "the broken commit's attempt",
+        Duration::from_secs(30),
+        &mut child,
+        || {
+            attempts(&status(&e))
+                .into_iter()
+                .find(|a| a["commit"] == cb.as_str())
+        },
+    );
+    assert_eq!(ab["outcome"], "build_failed", "{ab}");
+    let blog = std::fs::read_to_string(ab["log"].as_str().unwrap()).unwrap();
+    assert!(
+        blog.contains("build: test -x") && blog.contains("build failed"),
+        "{blog}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        attempts(&status(&e)).len(),
+        3,
+        "a failed build is not retried at every fire"
+    );
+
     // A third commit with a long bench: SIGTERM while it runs.
+    std::fs::remove_file(e.repo.join("BROKEN")).unwrap();
     let c3 = commit_suite(&e.repo, &suite(60, 2_000_000), "long");
     let run3 = wait_for(
         "the long bench to start",
@@ -341,8 +368,8 @@ fn schedule_benchmarks_each_commit_once_notifies_and_stops_cleanly() {
     assert!(st["current"].is_null());
     assert!(st["scheduler_pid"].is_null());
     let all = attempts(&st);
-    assert_eq!(all.len(), 3);
-    let last = &all[2];
+    assert_eq!(all.len(), 4);
+    let last = &all[3];
     assert_eq!(last["outcome"], "interrupted", "{last}");
     assert_eq!(last["run_id"], run3.as_str());
 

@@ -71,6 +71,32 @@ pub fn next_fire(job: &Job, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc
     }
 }
 
+/// The newest fire in (last, now] and how many fires that interval held (after downtime: many, run once).
+pub fn due_fire(
+    job: &Job,
+    tz: Tz,
+    last: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, usize)> {
+    let mut newest = None;
+    let mut missed = 0usize;
+    let mut t = last;
+    while let Some(f) = next_fire(job, tz, t) {
+        if f > now {
+            break;
+        }
+        newest = Some(f);
+        missed += 1;
+        t = f;
+        if missed >= 100_000 {
+            // A very frequent schedule after a long downtime: stop counting; the next tick continues from here
+            // and the job is already queued, so it still runs once.
+            break;
+        }
+    }
+    newest.map(|f| (f, missed))
+}
+
 /// How a waited-for child ended.
 enum ChildEnd {
     Exited(std::process::ExitStatus),
@@ -178,18 +204,7 @@ impl Scheduler {
                 changed = true;
                 continue;
             };
-            let mut newest = None;
-            let mut missed = 0usize;
-            let mut t = last;
-            while let Some(f) = next_fire(j, self.cfg.timezone, t) {
-                if f > now || missed > 100_000 {
-                    break;
-                }
-                newest = Some(f);
-                missed += 1;
-                t = f;
-            }
-            if let Some(f) = newest {
+            if let Some((f, missed)) = due_fire(j, self.cfg.timezone, last, now) {
                 self.state.last_fire.insert(j.name.clone(), f);
                 let queued = self.state.enqueue(&j.name);
                 tracing::info!(job = j.name, fire = %f, missed, queued, "fire");
@@ -800,4 +815,34 @@ pub fn run_status(a: &StatusArgs) -> Result<i32> {
         println!("{t}");
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn missed_fires_after_downtime_run_once() {
+        let job = Job {
+            name: "n".into(),
+            cron: config::Cron::parse("0 0 3 * * *").unwrap(),
+            target: Target::Branch("main".into()),
+            profile: "quick".into(),
+            suite: None,
+            base_branch: "main".into(),
+        };
+        let last = Utc.with_ymd_and_hms(2025, 1, 1, 3, 0, 0).unwrap();
+        // Down for three nights: one fire (the newest), three slots missed.
+        let now = Utc.with_ymd_and_hms(2025, 1, 4, 12, 0, 0).unwrap();
+        let (f, n) = due_fire(&job, Tz::Utc, last, now).unwrap();
+        assert_eq!(f, Utc.with_ymd_and_hms(2025, 1, 4, 3, 0, 0).unwrap());
+        assert_eq!(n, 3);
+        // Not yet time.
+        assert!(due_fire(&job, Tz::Utc, f, now).is_none());
+        assert_eq!(
+            next_fire(&job, Tz::Utc, f),
+            Some(Utc.with_ymd_and_hms(2025, 1, 5, 3, 0, 0).unwrap())
+        );
+    }
 }
