@@ -59,9 +59,18 @@ pub enum Command {
     Compare(crate::store_cli::CompareArgs),
     /// Print a benchmark metric's series over stored runs.
     History(crate::store_cli::HistoryArgs),
+    /// Pull-request reports: render the comment, or post it with a commit status.
+    #[command(subcommand)]
+    Report(crate::report::cli::ReportCmd),
+    /// Build the static dashboard (works from file:// and GitHub Pages).
+    Dashboard(crate::report::cli::DashboardArgs),
     /// The CUDA kernels: NVRTC compile + ptxas resource check (no GPU needed), GPU correctness check, GPU timings.
     #[command(subcommand)]
     Kernels(crate::kernels_cmd::KernelsCmd),
+    /// The scheduled runner service: rebuild and bench tracked commits on cron schedules (see saeperf.toml).
+    Schedule(crate::schedule::ScheduleArgs),
+    /// The scheduler's next fires, running attempt and recent outcomes.
+    Status(crate::schedule::StatusArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -221,7 +230,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Ingest { bundles } => crate::store_cli::run_ingest(cli.db.db.as_deref(), &bundles),
         Command::Compare(a) => crate::store_cli::run_compare(cli.db.db.as_deref(), &a),
         Command::History(a) => crate::store_cli::run_history(cli.db.db.as_deref(), &a),
+        Command::Report(c) => crate::report::cli::run_report(cli.db.db.as_deref(), &c),
+        Command::Dashboard(a) => crate::report::cli::run_dashboard(cli.db.db.as_deref(), &a),
         Command::Kernels(k) => crate::kernels_cmd::run(k, cli.quiet),
+        Command::Schedule(a) => crate::schedule::run_schedule(&a),
+        Command::Status(a) => crate::schedule::run_status(&a),
     }
 }
 

@@ -4,6 +4,9 @@
 mod bench;
 mod common;
 mod cuda;
+mod dashboard;
 mod engine;
 mod lm;
+mod report;
+mod schedule;
 mod store;

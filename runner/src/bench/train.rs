@@ -203,9 +203,13 @@ fn one_seed(
         let after = evaluate(&pruned, set).context("evaluating after pruning")?;
         extra["pruned_features"] = removed.len().into();
         extra["before_pruning"] = serde_json::to_value(scalar_metrics(&before))?;
+        // The dashboard draws the density histogram of the dictionary as evaluated.
+        extra["density_histogram"] = serde_json::to_value(&after.density_histogram)?;
         scalar_metrics(&after)
     } else {
-        scalar_metrics(&evaluate(&out.sae, set)?)
+        let m = evaluate(&out.sae, set)?;
+        extra["density_histogram"] = serde_json::to_value(&m.density_histogram)?;
+        scalar_metrics(&m)
     };
     Ok(SeedOutcome {
         metrics,

@@ -1,0 +1,489 @@
+//! The static dashboard end to end: a real sled store with several runs (a regression, a dense-feature spike, a
+//! pull request from a branch with a hostile name, feature contexts with hostile corpus text) rendered by the real
+//! binary, then every page opened in headless Chromium over file://: no console errors, charts and the density
+//! histogram present, every internal link resolving, hostile strings shown as text. Screenshots of the index, a
+//! series page and a run page land in target/screenshots/ for a person to look at.
+//!
+//! Chromium: Debian's `chromium` package (CHROME=/path overrides). Without it the test fails when `CI` is set and
+//! skips with a printed reason otherwise.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use headless_chrome::protocol::cdp::types::Event;
+use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+use headless_chrome::{Browser, LaunchOptions};
+use saeperf_runner::store::Store;
+
+use crate::common;
+use crate::report::{commit, meta, Knobs};
+
+const HOSTILE_BRANCH: &str = "<script>alert(1)</script>";
+const HOSTILE_TOKEN: &str = "<img src=x onerror=alert(2)>";
+
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn find_chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHROME") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for name in [
+            "chromium",
+            "chromium-browser",
+            "google-chrome",
+            "google-chrome-stable",
+        ] {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+fn build_store(db: &Path) -> PathBuf {
+    let store = Store::open(db).unwrap();
+    for i in 0..8usize {
+        let k = Knobs {
+            phase: i,
+            encode_time: if i >= 5 { 1.3e-3 } else { 1.0e-3 },
+            mse: 0.02 + 0.000_01 * i as f64,
+            dense_spike: if i == 7 { 120 } else { 0 },
+            ..Knobs::default()
+        };
+        commit(
+            &store,
+            meta(
+                &format!("20260101T{:02}0000-main{i:02}", i),
+                60 * i as i64,
+                &format!("{i:x}").repeat(40),
+                "main",
+                None,
+            ),
+            k,
+        );
+    }
+    commit(
+        &store,
+        meta(
+            "20260101T083000-prhost",
+            510,
+            &"f".repeat(40),
+            HOSTILE_BRANCH,
+            Some(9),
+        ),
+        Knobs {
+            mse: 0.03,
+            ..Knobs::default()
+        },
+    );
+    // Feature contexts in the shape `runner features` writes, with hostile corpus text.
+    let features = serde_json::json!({
+        "dict": "d", "data": "x", "eval_tokens": 4096, "d_sae": 512, "band_rule": {}, "band_counts": {},
+        "features": [
+            { "index": 138, "band": "typical", "density": 0.0021, "fires": 9, "mean_activation": 1.2, "max_activation": 3.1,
+              "top_tokens": [ { "id": 1, "text": " invention", "score": 0.4 }, { "id": 2, "text": HOSTILE_TOKEN, "score": 0.3 } ],
+              "top_examples": [ { "activation": 3.1, "doc": "cj01", "pos": 40, "focus": 3, "text": "",
+                "tokens": [ { "text": "the", "activation": 0.1 }, { "text": " field", "activation": 0.9 },
+                            { "text": " of", "activation": null }, { "text": " invention", "activation": 3.1 },
+                            { "text": HOSTILE_TOKEN, "activation": 0.0 } ] } ] },
+            { "index": 7, "band": "dense", "density": 0.21, "fires": 860, "mean_activation": 0.3, "max_activation": 1.0,
+              "top_tokens": [], "top_examples": [] }
+        ]
+    });
+    let f = db.parent().unwrap().join("features.json");
+    std::fs::write(&f, serde_json::to_string(&features).unwrap()).unwrap();
+    f
+}
+
+#[test]
+fn dashboard_renders_and_every_page_loads_in_headless_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    let features = build_store(&db);
+    let site = target_dir().join("dashboard-test");
+    let _ = std::fs::remove_dir_all(&site);
+    // A first build, then a rebuild over it (an earlier dashboard may be overwritten).
+    common::ok(
+        common::runner(tmp.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["dashboard", "--out"])
+            .arg(&site),
+    );
+    let out = common::ok(
+        common::runner(tmp.path())
+            .env_remove("GITHUB_SERVER_URL")
+            .arg("--db")
+            .arg(&db)
+            .args([
+                "dashboard",
+                "--json",
+                "--repo-url",
+                "https://github.com/octo/saeperf",
+                "--out",
+            ])
+            .arg(&site)
+            .arg("--features")
+            .arg(format!(
+                "20260101T070000-main07:relu-l1={}",
+                features.display()
+            )),
+    );
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["runs"], 9);
+    assert_eq!(summary["groups"], 1);
+    assert!(summary["regressions"].as_u64().unwrap() >= 1, "{summary}");
+    for f in [
+        "index.html",
+        "regressions.html",
+        "compare.html",
+        "feed.xml",
+        "style.css",
+        "compare.js",
+    ] {
+        assert!(site.join(f).is_file(), "{f} missing");
+    }
+    // Hostile strings never reach a page unescaped.
+    for entry in walk(&site) {
+        let text = std::fs::read_to_string(&entry).unwrap();
+        assert!(
+            !text.contains(HOSTILE_BRANCH),
+            "{} holds the raw branch name",
+            entry.display()
+        );
+        assert!(
+            !text.contains(HOSTILE_TOKEN),
+            "{} holds raw corpus text",
+            entry.display()
+        );
+    }
+    let feed = std::fs::read_to_string(site.join("feed.xml")).unwrap();
+    assert!(
+        feed.contains("<entry>") && feed.contains("encode time: 999.00 µs → 1.300 ms"),
+        "{feed}"
+    );
+    // An unrelated non-empty directory is refused.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), "mine").unwrap();
+    let o = common::run(
+        common::runner(tmp.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["dashboard", "--out"])
+            .arg(&other),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
+
+    let Some(chrome) = find_chromium() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromium is not installed: CI must install it (apt-get install -y chromium) for the dashboard test");
+        }
+        eprintln!("SKIPPED the browser part of the dashboard test: no chromium on PATH (apt-get install -y chromium, or set CHROME)");
+        return;
+    };
+    browse(&chrome, &site);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn eval_json(tab: &headless_chrome::Tab, js: &str) -> serde_json::Value {
+    let r = tab
+        .evaluate(&format!("JSON.stringify((function(){{ {js} }})())"), false)
+        .unwrap_or_else(|e| panic!("evaluating {js}: {e}"));
+    let s = r
+        .value
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "null".into());
+    serde_json::from_str(&s).unwrap()
+}
+
+fn file_url(p: &Path) -> String {
+    format!("file://{}", p.canonicalize().unwrap().display())
+}
+
+fn url_to_path(u: &str) -> Option<PathBuf> {
+    let rest = u.strip_prefix("file://")?;
+    let rest = rest.split(['#', '?']).next().unwrap();
+    // Percent-decoding: the site's own names are ASCII-safe slugs; decode the few escapes a browser may add.
+    let mut out = Vec::new();
+    let b = rest.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&rest[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    Some(PathBuf::from(String::from_utf8(out).unwrap()))
+}
+
+fn browse(chrome: &Path, site: &Path) {
+    let profile = tempfile::tempdir().unwrap();
+    let args: Vec<&std::ffi::OsStr> = [
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--allow-file-access-from-files",
+    ]
+    .iter()
+    .map(std::ffi::OsStr::new)
+    .collect();
+    let browser = Browser::new(
+        LaunchOptions::default_builder()
+            .path(Some(chrome.to_path_buf()))
+            .headless(true)
+            .sandbox(false)
+            .window_size(Some((1280, 1600)))
+            .user_data_dir(Some(profile.path().to_path_buf()))
+            .args(args)
+            .idle_browser_timeout(std::time::Duration::from_secs(120))
+            .build()
+            .unwrap(),
+    )
+    .expect("starting headless chromium");
+    let tab = browser.new_tab().unwrap();
+    tab.set_default_timeout(std::time::Duration::from_secs(20));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let e2 = errors.clone();
+    tab.add_event_listener(Arc::new(move |ev: &Event| {
+        let msg = match ev {
+            Event::LogEntryAdded(e) => {
+                let entry = &e.params.entry;
+                let level = format!("{:?}", entry.level);
+                (level == "Error").then(|| format!("log: {} {:?}", entry.text, entry.url))
+            }
+            Event::RuntimeExceptionThrown(e) => {
+                Some(format!("exception: {}", e.params.exception_details.text))
+            }
+            Event::RuntimeConsoleAPICalled(e) => {
+                let t = format!("{:?}", e.params.Type);
+                matches!(t.as_str(), "Error" | "Assert").then(|| {
+                    format!(
+                        "console.{t}: {:?}",
+                        e.params.args.first().and_then(|a| a.value.clone())
+                    )
+                })
+            }
+            Event::PageJavascriptDialogOpening(e) => Some(format!(
+                "a dialog opened (script ran!): {}",
+                e.params.message
+            )),
+            _ => None,
+        };
+        if let Some(m) = msg {
+            e2.lock().unwrap().push(m);
+        }
+    }))
+    .unwrap();
+    tab.enable_log().unwrap();
+    tab.enable_runtime().unwrap();
+
+    let start = site.join("index.html").canonicalize().unwrap();
+    let mut queue = VecDeque::from([start.clone()]);
+    let mut seen: BTreeSet<PathBuf> = BTreeSet::from([start]);
+    let mut visited = 0;
+    let links_js = r#"return Array.from(document.querySelectorAll('a[href], link[href], script[src]'))
+        .map(e => e.href && e.href.baseVal !== undefined ? new URL(e.href.baseVal, document.baseURI).href : (e.href || e.src));"#;
+    while let Some(page) = queue.pop_front() {
+        let url = file_url(&page);
+        errors.lock().unwrap().clear();
+        tab.navigate_to(&url)
+            .unwrap()
+            .wait_until_navigated()
+            .unwrap();
+        let ready = eval_json(&tab, "return document.readyState;");
+        assert_eq!(ready, "complete", "{url}");
+        let links = eval_json(&tab, links_js);
+        for l in links.as_array().unwrap() {
+            let l = l.as_str().unwrap();
+            if l.starts_with("https://github.com/octo/saeperf/commit/") || l.starts_with("data:") {
+                continue;
+            }
+            let p = url_to_path(l).unwrap_or_else(|| panic!("{url} links outside the site: {l}"));
+            assert!(p.is_file(), "{url}: link {l} does not resolve");
+            let p = p.canonicalize().unwrap();
+            if p.extension().is_some_and(|e| e == "html") && seen.insert(p.clone()) {
+                queue.push_back(p);
+            }
+        }
+        // No request leaves the site: every resource the page loaded is a file under it (or inline data).
+        let resources = eval_json(
+            &tab,
+            "return performance.getEntriesByType('resource').map(r => r.name);",
+        );
+        for r in resources.as_array().unwrap() {
+            let r = r.as_str().unwrap();
+            assert!(
+                r.starts_with("file://") || r.starts_with("data:"),
+                "{url} requested {r}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let errs = errors.lock().unwrap().clone();
+        assert!(errs.is_empty(), "{url}: console errors {errs:?}");
+        visited += 1;
+    }
+    let all_pages = walk(site)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "html"))
+        .count();
+    assert_eq!(visited, all_pages, "every page is reachable from the index");
+
+    let shots = target_dir().join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let open = |rel: &str| {
+        tab.navigate_to(&file_url(&site.join(rel)))
+            .unwrap()
+            .wait_until_navigated()
+            .unwrap();
+    };
+    let shot = |name: &str| {
+        let png = tab
+            .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+            .unwrap();
+        std::fs::write(shots.join(name), png).unwrap();
+    };
+
+    // Index: sparklines, the hostile branch as text.
+    open("index.html");
+    let v = eval_json(
+        &tab,
+        &format!(
+            "return {{ sparks: document.querySelectorAll('svg.spark polyline').length,
+                      hostile: Array.from(document.querySelectorAll('td.branch')).some(td => td.textContent === {h}),
+                      scripts: document.scripts.length }};",
+            h = serde_json::to_string(HOSTILE_BRANCH).unwrap()
+        ),
+    );
+    assert!(v["sparks"].as_u64().unwrap() >= 10, "{v}");
+    assert_eq!(
+        v["hostile"], true,
+        "the hostile branch is not shown as text: {v}"
+    );
+    assert_eq!(v["scripts"], 0);
+    shot("index.png");
+
+    // The op/encode time series: history chart, noise band, the flagged regression.
+    let series = walk(&site.join("series"))
+        .into_iter()
+        .find(|p| {
+            let t = std::fs::read_to_string(p).unwrap();
+            t.contains("<h1>op&#x2f;encode · time</h1>")
+        })
+        .expect("series page of op/encode time");
+    open(series.strip_prefix(site).unwrap().to_str().unwrap());
+    let v = eval_json(
+        &tab,
+        "return { line: document.querySelectorAll('svg.chart polyline.line').length,
+                  band: document.querySelectorAll('svg.chart polygon.band').length,
+                  regressions: document.querySelectorAll('svg.chart circle.marker.regression').length,
+                  points: document.querySelectorAll('svg.chart circle.marker').length };",
+    );
+    assert_eq!(v["line"], 1, "{v}");
+    assert_eq!(v["band"], 1, "{v}");
+    assert_eq!(v["regressions"], 1, "{v}");
+    assert_eq!(v["points"], 8, "{v}");
+    shot("series.png");
+
+    // The newest main run: curves, the density histogram with its dense spike, the feature cards.
+    open("runs/20260101T070000-main07.html");
+    let v = eval_json(
+        &tab,
+        &format!(
+            "const bars = Array.from(document.querySelectorAll('svg.histogram rect.bar'));
+             const dense = bars.filter(b => b.classList.contains('dense')).map(b => b.getBBox().height);
+             const bins = bars.filter(b => b.classList.contains('bin')).map(b => b.getBBox().height);
+             return {{ histograms: document.querySelectorAll('svg.histogram').length, bars: bars.length,
+                       spike: Math.max(...dense), tallest_bin: Math.max(...bins),
+                       curves: document.querySelectorAll('svg.chart.curve').length,
+                       cards: document.querySelectorAll('.card').length,
+                       focus: document.querySelector('.tok.focus').textContent,
+                       hostile_token: Array.from(document.querySelectorAll('.tok')).some(t => t.textContent === {h}),
+                       imgs: document.images.length }};",
+            h = serde_json::to_string(HOSTILE_TOKEN).unwrap()
+        ),
+    );
+    assert_eq!(v["histograms"], 2, "{v}");
+    assert_eq!(v["bars"], 58, "{v}");
+    assert!(
+        v["spike"].as_f64().unwrap() > v["tallest_bin"].as_f64().unwrap(),
+        "the dense spike is not visible: {v}"
+    );
+    assert_eq!(v["curves"], 6, "{v}");
+    assert_eq!(v["cards"], 2, "{v}");
+    assert_eq!(v["focus"], " invention");
+    assert_eq!(v["hostile_token"], true, "{v}");
+    assert_eq!(v["imgs"], 0, "corpus text became an element");
+    shot("run.png");
+    eval_json(
+        &tab,
+        "document.querySelector('svg.histogram').scrollIntoView(); return 0;",
+    );
+    shot("run-density-and-features.png");
+
+    // The pull request's run page and the any-two-runs page with the hostile branch.
+    open("runs/20260101T083000-prhost.html");
+    let v = eval_json(
+        &tab,
+        "return { branch: document.querySelector('td.branch').textContent, scripts: document.scripts.length,
+                  verdict: document.querySelector('.lede .verdict').textContent };",
+    );
+    assert_eq!(v["branch"], HOSTILE_BRANCH);
+    assert_eq!(v["scripts"], 0);
+    assert_eq!(v["verdict"], "regression", "{v}");
+    tab.navigate_to(&format!(
+        "{}#base=20260101T070000-main07&head=20260101T083000-prhost",
+        file_url(&site.join("compare.html"))
+    ))
+    .unwrap()
+    .wait_until_navigated()
+    .unwrap();
+    errors.lock().unwrap().clear();
+    let v = eval_json(
+        &tab,
+        &format!(
+            "const sel = document.getElementById('head');
+             return {{ head: sel.value, label: sel.options[sel.selectedIndex].textContent,
+                       rows: document.querySelectorAll('#table tbody tr').length,
+                       worse: Array.from(document.querySelectorAll('#table td.worse')).length,
+                       hostile_option: Array.from(sel.options).some(o => o.textContent.includes({h})) }};",
+            h = serde_json::to_string(HOSTILE_BRANCH).unwrap()
+        ),
+    );
+    assert_eq!(v["head"], "20260101T083000-prhost", "{v}");
+    assert!(v["rows"].as_u64().unwrap() >= 10, "{v}");
+    assert!(v["worse"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["hostile_option"], true, "{v}");
+    let errs = errors.lock().unwrap().clone();
+    assert!(errs.is_empty(), "compare.html: {errs:?}");
+}

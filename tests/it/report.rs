@@ -1,0 +1,655 @@
+//! Pull-request reports: the comment rendered by the real binary from a real sled store (snapshot-tested), and
+//! `runner report post` against a local HTTP server that implements the GitHub REST endpoints used and records every
+//! request (create, update in place, retries on 5xx and rate limits, a persistent failure that loses nothing).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::TimeZone;
+use saeperf_runner::fingerprint::Fingerprint;
+use saeperf_runner::store::schema::{BenchKind, BenchStatus, CurvePoint};
+use saeperf_runner::store::{BenchResult, Run, RunMeta, RunState, Store};
+
+use crate::common;
+
+/// A fixed machine so that rendered output does not depend on where the test runs.
+pub fn test_fingerprint() -> Fingerprint {
+    Fingerprint {
+        cpu_model: "Test CPU 9000".into(),
+        cpu_cores: 2,
+        os: "linux".into(),
+        kernel: Some("6.1.0-test".into()),
+        gpus: vec![],
+        rustc: "rustc 1.95.0 (test)".into(),
+    }
+}
+
+pub fn meta(id: &str, minutes: i64, commit: &str, branch: &str, pr: Option<u64>) -> RunMeta {
+    let fp = test_fingerprint();
+    let t = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+        + chrono::Duration::minutes(minutes);
+    RunMeta {
+        id: id.into(),
+        state: RunState::Incomplete,
+        commit: Some(commit.into()),
+        branch: Some(branch.into()),
+        pr,
+        dirty: false,
+        started_at: t,
+        finished_at: Some(t + chrono::Duration::minutes(3)),
+        fingerprint_id: fp.id(),
+        fingerprint: fp,
+        backend: "cpu".into(),
+        suite: "saeperf".into(),
+        profile: "quick".into(),
+        suite_hash: "5ca1ab1e".repeat(8),
+        activation_sets: BTreeMap::from([("synthetic".to_string(), "ab".repeat(32))]),
+        benchmarks: vec![],
+        runner_version: "0.1.0".into(),
+    }
+}
+
+/// Deterministic samples around `center` (±1%).
+fn samples(center: f64, n: usize, phase: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| center * (1.0 + 0.01 * (((i * 7 + phase * 3) % 11) as f64 / 5.0 - 1.0)))
+        .collect()
+}
+
+/// Knobs for one synthetic run.
+#[derive(Clone, Copy)]
+pub struct Knobs {
+    pub encode_time: f64,
+    pub mse: f64,
+    pub fve: f64,
+    pub dense_spike: u64,
+    pub phase: usize,
+    pub topk_failed: bool,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            encode_time: 1.0e-3,
+            mse: 0.0200,
+            fve: 0.90,
+            dense_spike: 0,
+            phase: 0,
+            topk_failed: false,
+        }
+    }
+}
+
+pub fn results(k: Knobs) -> Vec<BenchResult> {
+    let mut counts = vec![0u64; 28];
+    for (i, c) in counts.iter_mut().enumerate().take(22).skip(8) {
+        *c = (40.0 * (-((i as f64 - 15.0) / 3.0).powi(2)).exp()).round() as u64;
+    }
+    counts[26] += k.dense_spike;
+    let hist = serde_json::json!({ "lo": -7.0, "width": 0.25, "counts": counts, "dead": 17 });
+    let train = |name: &str, mse: f64, fve: f64, seedish: f64| BenchResult {
+        name: name.into(),
+        kind: BenchKind::Train,
+        status: BenchStatus::Ok,
+        samples: vec![12.0 + seedish],
+        yardstick: vec![],
+        metrics: BTreeMap::from([
+            ("mse".to_string(), mse),
+            ("l0".to_string(), 11.5 + seedish),
+            ("fve".to_string(), fve),
+            ("dead_fraction".to_string(), 0.033),
+            (
+                "dense_fraction".to_string(),
+                0.002 + k.dense_spike as f64 / 512.0,
+            ),
+            ("mmcs".to_string(), 0.91),
+            ("tokens_per_sec".to_string(), 52_000.0),
+        ]),
+        metric_seeds: BTreeMap::new(),
+        deterministic: true,
+        curve: (0..20)
+            .map(|s| CurvePoint {
+                step: s * 25,
+                loss: 1.0 / (1.0 + s as f64 * 0.3) + mse,
+                mse: 0.8 / (1.0 + s as f64 * 0.3) + mse,
+                l0: 60.0 / (1.0 + s as f64 * 0.2) + 10.0,
+            })
+            .collect(),
+        extra: serde_json::json!({ "tokens_per_sec": 52_000.0 * (1.0 - seedish / 100.0), "density_histogram": hist, "train_backend": "cpu" }),
+    };
+    let op = |name: &str, center: f64, flops: Option<f64>| BenchResult {
+        name: name.into(),
+        kind: BenchKind::Op,
+        status: BenchStatus::Ok,
+        samples: samples(center, 20, k.phase),
+        yardstick: samples(2.0e-3, 20, k.phase + 1),
+        metrics: BTreeMap::new(),
+        metric_seeds: BTreeMap::new(),
+        deterministic: true,
+        curve: vec![],
+        extra: serde_json::json!({ "op": name.trim_start_matches("op/"), "dense_flops": flops }),
+    };
+    let mut topk = train("topk", 0.018, 0.92, 0.5);
+    if k.topk_failed {
+        topk.status = BenchStatus::Diverged("loss diverged at step 40 (NaN)".into());
+        topk.metrics.clear();
+        topk.curve.clear();
+        topk.samples.clear();
+    }
+    vec![
+        train("relu-l1", k.mse, k.fve, 0.0),
+        topk,
+        op("op/encode", k.encode_time, Some(2.0 * 256.0 * 64.0 * 512.0)),
+        op("op/decode", 0.9e-3, Some(2.0 * 256.0 * 64.0 * 512.0)),
+        op("op/adam", 0.3e-3, None),
+    ]
+}
+
+pub fn commit(store: &Store, m: RunMeta, k: Knobs) {
+    store.begin_run(&m).unwrap();
+    store
+        .commit_run(&Run {
+            meta: m,
+            results: results(k),
+        })
+        .unwrap();
+}
+
+/// A store with a base run on main and a PR head that is slower, worse in quality and better in fve.
+fn two_run_store(dir: &Path) {
+    let store = Store::open(dir).unwrap();
+    commit(
+        &store,
+        meta("20260101T000000-base01", 0, &"a".repeat(40), "main", None),
+        Knobs::default(),
+    );
+    commit(
+        &store,
+        meta(
+            "20260101T010000-head01",
+            60,
+            &"b".repeat(40),
+            "feature/<b>faster</b>|x",
+            Some(7),
+        ),
+        Knobs {
+            encode_time: 1.3e-3,
+            mse: 0.0230,
+            fve: 0.93,
+            phase: 2,
+            ..Knobs::default()
+        },
+    );
+}
+
+#[test]
+fn comment_shows_verdict_changes_and_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    two_run_store(&db);
+    let out = common::ok(
+        common::runner(tmp.path())
+            .arg("--db")
+            .arg(&db)
+            .args([
+                "report",
+                "comment",
+                "--head",
+                "20260101T010000-head01",
+                "--base",
+                "20260101T000000-base01",
+            ])
+            .args(["--dashboard-url", "https://example.test/saeperf/"]),
+    );
+    // The first line is the verdict; the marker makes the comment findable; external strings are escaped.
+    let first = out.lines().next().unwrap();
+    assert!(first.contains("regression"), "{first}");
+    assert!(out.trim_end().ends_with("<!-- saeperf-report:default -->"));
+    assert!(
+        out.contains("feature/&lt;b&gt;faster&lt;/b&gt;\\|x"),
+        "branch not escaped:\n{out}"
+    );
+    assert!(!out.contains("<b>faster"));
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(r"\d{8}T\d{6}-[0-9a-z]{6}", "[RUN]");
+    settings.add_filter(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", "[TIME]");
+    settings.add_filter(r"\b[0-9a-f]{16}\b", "[HASH]");
+    settings.add_filter(r"p=\d\.\d+e-?\d+", "p=[P]");
+    settings.add_filter(r"\d+\.\d+ s\b", "[DURATION]");
+    settings.set_snapshot_path("snapshots");
+    settings.bind(|| insta::assert_snapshot!("pr_comment", out));
+
+    // A failed benchmark in the head wins over everything; no baseline at all still renders.
+    let store = Store::open(&db).unwrap();
+    commit(
+        &store,
+        meta(
+            "20260101T020000-head02",
+            120,
+            &"c".repeat(40),
+            "feature/y",
+            Some(8),
+        ),
+        Knobs {
+            topk_failed: true,
+            ..Knobs::default()
+        },
+    );
+    drop(store);
+    let out = common::ok(common::runner(tmp.path()).arg("--db").arg(&db).args([
+        "report",
+        "comment",
+        "--head",
+        "20260101T020000-head02",
+        "--base",
+        "20260101T000000-base01",
+    ]));
+    assert!(
+        out.lines().next().unwrap().contains("1 benchmark failed"),
+        "{out}"
+    );
+    assert!(out.contains("diverged: loss diverged at step 40"));
+    let out = common::ok(common::runner(tmp.path()).arg("--db").arg(&db).args([
+        "report",
+        "comment",
+        "--head",
+        "20260101T000000-base01",
+        "--base",
+        "none",
+    ]));
+    assert!(out.lines().next().unwrap().contains("no baseline"), "{out}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A local stand-in for the GitHub REST API: real HTTP on 127.0.0.1, the endpoints `report post` uses, a record of
+// every request, and a queue of faults to answer with before serving normally.
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub url: String,
+    pub auth: Option<String>,
+    pub body: String,
+    pub at: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub comments: Vec<(u64, String)>,
+    pub statuses: Vec<(String, serde_json::Value)>,
+    pub requests: Vec<Recorded>,
+    pub faults: VecDeque<Fault>,
+    /// Fail every request with this status (after the queued faults).
+    pub always: Option<u16>,
+    pub pr_head: String,
+    next_id: u64,
+}
+
+pub struct FakeGitHub {
+    pub url: String,
+    pub state: Arc<Mutex<State>>,
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FakeGitHub {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn respond(req: tiny_http::Request, status: u16, headers: &[(&str, String)], body: String) {
+    let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
+    resp.add_header(tiny_http::Header::from_bytes("content-type", "application/json").unwrap());
+    for (k, v) in headers {
+        resp.add_header(tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap());
+    }
+    let _ = req.respond(resp);
+}
+
+impl FakeGitHub {
+    pub fn start(repo: &str, pr: u64) -> FakeGitHub {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let state = Arc::new(Mutex::new(State {
+            next_id: 1000,
+            ..State::default()
+        }));
+        let (srv, st) = (server.clone(), state.clone());
+        let repo = repo.to_string();
+        let thread = std::thread::spawn(move || {
+            while let Ok(mut req) = srv.recv() {
+                let mut body = String::new();
+                let _ = req.as_reader().read_to_string(&mut body);
+                let method = req.method().as_str().to_string();
+                let url = req.url().to_string();
+                let auth = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("authorization"))
+                    .map(|h| h.value.as_str().to_string());
+                let mut s = st.lock().unwrap();
+                s.requests.push(Recorded {
+                    method: method.clone(),
+                    url: url.clone(),
+                    auth: auth.clone(),
+                    body: body.clone(),
+                    at: Instant::now(),
+                });
+                if let Some(f) = s.faults.pop_front() {
+                    drop(s);
+                    respond(req, f.status, &f.headers, f.body);
+                    continue;
+                }
+                if let Some(code) = s.always {
+                    drop(s);
+                    respond(req, code, &[], r#"{"message":"Server Error"}"#.into());
+                    continue;
+                }
+                if auth.as_deref() != Some("Bearer test-token") {
+                    drop(s);
+                    respond(req, 401, &[], r#"{"message":"Bad credentials"}"#.into());
+                    continue;
+                }
+                let path = url.split('?').next().unwrap().to_string();
+                let base = format!("/repos/{repo}");
+                let comments_path = format!("{base}/issues/{pr}/comments");
+                let (status, out) = if method == "GET" && path == comments_path {
+                    let query = url.split_once('?').map(|q| q.1).unwrap_or("");
+                    let page: usize = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("page="))
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(1);
+                    let list: Vec<serde_json::Value> = s
+                        .comments
+                        .iter()
+                        .skip((page - 1) * 100)
+                        .take(100)
+                        .map(|(id, b)| serde_json::json!({ "id": id, "body": b, "html_url": format!("http://gh.test/c/{id}") }))
+                        .collect();
+                    (200, serde_json::to_string(&list).unwrap())
+                } else if method == "POST" && path == comments_path {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    s.next_id += 1;
+                    let id = s.next_id;
+                    s.comments
+                        .push((id, v["body"].as_str().unwrap().to_string()));
+                    (201, serde_json::json!({ "id": id, "body": v["body"], "html_url": format!("http://gh.test/c/{id}") }).to_string())
+                } else if method == "PATCH" && path.starts_with(&format!("{base}/issues/comments/"))
+                {
+                    let id: u64 = path.rsplit('/').next().unwrap().parse().unwrap();
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    match s.comments.iter_mut().find(|(i, _)| *i == id) {
+                        Some(c) => {
+                            c.1 = v["body"].as_str().unwrap().to_string();
+                            (200, serde_json::json!({ "id": id, "body": v["body"], "html_url": format!("http://gh.test/c/{id}") }).to_string())
+                        }
+                        None => (404, r#"{"message":"Not Found"}"#.into()),
+                    }
+                } else if method == "POST" && path.starts_with(&format!("{base}/statuses/")) {
+                    let sha = path.rsplit('/').next().unwrap().to_string();
+                    s.statuses.push((sha, serde_json::from_str(&body).unwrap()));
+                    (201, "{}".into())
+                } else if method == "GET" && path == format!("{base}/pulls/{pr}") {
+                    (
+                        200,
+                        serde_json::json!({ "number": pr, "head": { "sha": s.pr_head } })
+                            .to_string(),
+                    )
+                } else {
+                    (404, r#"{"message":"Not Found"}"#.into())
+                };
+                drop(s);
+                respond(req, status, &[], out);
+            }
+        });
+        FakeGitHub {
+            url,
+            state,
+            server,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn post_cmd(home: &Path, db: &Path, api: &str, extra: &[&str]) -> std::process::Command {
+    let mut c = common::runner(home);
+    c.env("GITHUB_TOKEN", "test-token")
+        .env_remove("GITHUB_REPOSITORY")
+        .env_remove("GITHUB_API_URL")
+        .env_remove("SAEPERF_DASHBOARD_URL")
+        .arg("--db")
+        .arg(db)
+        .args([
+            "report",
+            "post",
+            "--repo",
+            "octo/saeperf",
+            "--api-url",
+            api,
+            "--retry-delay-ms",
+            "50",
+        ])
+        .args(extra);
+    c
+}
+
+/// The store's runs as exported (without the export's own timestamp).
+fn export(home: &Path, db: &Path) -> serde_json::Value {
+    let text = common::ok(
+        common::runner(home)
+            .arg("--db")
+            .arg(db)
+            .args(["db", "export"]),
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["runs"].clone()
+}
+
+#[test]
+fn post_creates_then_updates_one_sticky_comment_with_a_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    two_run_store(&db);
+    let gh = FakeGitHub::start("octo/saeperf", 7);
+    // Someone else's comment on the PR stays untouched.
+    gh.state.lock().unwrap().comments.push((1, "LGTM".into()));
+    let out = common::ok(&mut post_cmd(
+        tmp.path(),
+        &db,
+        &gh.url,
+        &[
+            "--head",
+            "20260101T010000-head01",
+            "--base",
+            "20260101T000000-base01",
+        ],
+    ));
+    assert!(
+        out.contains("Created comment 1001 on octo/saeperf#7"),
+        "{out}"
+    );
+    {
+        let s = gh.state.lock().unwrap();
+        assert_eq!(s.comments.len(), 2);
+        assert!(s.comments[1].1.contains("<!-- saeperf-report:default -->"));
+        assert!(s
+            .requests
+            .iter()
+            .all(|r| r.auth.as_deref() == Some("Bearer test-token")));
+        assert_eq!(s.statuses.len(), 1);
+        let (sha, st) = &s.statuses[0];
+        assert_eq!(sha, &"b".repeat(40));
+        assert_eq!(st["state"], "failure");
+        assert_eq!(st["context"], "saeperf");
+        assert!(
+            st["description"].as_str().unwrap().contains("regression"),
+            "{st}"
+        );
+        let methods: Vec<&str> = s.requests.iter().map(|r| r.method.as_str()).collect();
+        assert_eq!(methods, ["GET", "POST", "POST"]);
+        assert!(s.requests[1].body.contains("saeperf-report:default"));
+    }
+    // A new head on the same PR: the same comment is updated in place.
+    let store = Store::open(&db).unwrap();
+    commit(
+        &store,
+        meta(
+            "20260101T030000-head03",
+            180,
+            &"d".repeat(40),
+            "feature/x",
+            Some(7),
+        ),
+        Knobs::default(),
+    );
+    drop(store);
+    let out = common::ok(&mut post_cmd(
+        tmp.path(),
+        &db,
+        &gh.url,
+        &[
+            "--head",
+            "20260101T030000-head03",
+            "--base",
+            "20260101T000000-base01",
+        ],
+    ));
+    assert!(out.contains("Updated comment 1001"), "{out}");
+    let s = gh.state.lock().unwrap();
+    assert_eq!(s.comments.len(), 2, "still one sticky comment");
+    assert_eq!(s.comments[0].1, "LGTM");
+    assert!(
+        s.comments[1].1.contains("no significant change"),
+        "{}",
+        s.comments[1].1
+    );
+    let patch = s.requests.iter().find(|r| r.method == "PATCH").unwrap();
+    assert_eq!(patch.url, "/repos/octo/saeperf/issues/comments/1001");
+    assert_eq!(s.statuses.last().unwrap().1["state"], "success");
+}
+
+#[test]
+fn post_retries_server_errors_and_rate_limits_honouring_retry_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    two_run_store(&db);
+    let gh = FakeGitHub::start("octo/saeperf", 7);
+    {
+        let mut s = gh.state.lock().unwrap();
+        s.faults.push_back(Fault {
+            status: 502,
+            headers: vec![],
+            body: "bad gateway".into(),
+        });
+        s.faults.push_back(Fault {
+            status: 403,
+            headers: vec![
+                ("retry-after", "1".into()),
+                ("x-ratelimit-remaining", "0".into()),
+            ],
+            body: r#"{"message":"API rate limit exceeded"}"#.into(),
+        });
+        s.faults.push_back(Fault {
+            status: 429,
+            headers: vec![],
+            body: r#"{"message":"slow down"}"#.into(),
+        });
+    }
+    let out = common::ok(&mut post_cmd(
+        tmp.path(),
+        &db,
+        &gh.url,
+        &[
+            "--head",
+            "20260101T010000-head01",
+            "--base",
+            "20260101T000000-base01",
+            "--no-status",
+        ],
+    ));
+    assert!(out.contains("Created comment"), "{out}");
+    let s = gh.state.lock().unwrap();
+    assert_eq!(s.comments.len(), 1);
+    assert!(s.statuses.is_empty());
+    // 3 faulted GETs, the GET that succeeded, the POST.
+    assert_eq!(s.requests.len(), 5, "{:?}", s.requests);
+    let gap = s.requests[2].at - s.requests[1].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After: 1 not honoured, waited {gap:?}"
+    );
+}
+
+#[test]
+fn persistent_failure_exits_non_zero_and_leaves_the_store_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    two_run_store(&db);
+    let before = export(tmp.path(), &db);
+    let gh = FakeGitHub::start("octo/saeperf", 7);
+    gh.state.lock().unwrap().always = Some(500);
+    let out = common::run(&mut post_cmd(
+        tmp.path(),
+        &db,
+        &gh.url,
+        &[
+            "--head",
+            "20260101T010000-head01",
+            "--base",
+            "20260101T000000-base01",
+            "--attempts",
+            "3",
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: ") && last.contains("500") && last.contains("after 3 attempt"),
+        "{err}"
+    );
+    assert_eq!(gh.state.lock().unwrap().requests.len(), 3);
+    assert_eq!(export(tmp.path(), &db), before, "the store changed");
+    assert!(common::ok(
+        common::runner(tmp.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["db", "check"])
+    )
+    .contains("ok"));
+
+    // A head that does not match --verify-head is refused before any request.
+    let n = gh.state.lock().unwrap().requests.len();
+    let out = common::run(&mut post_cmd(
+        tmp.path(),
+        &db,
+        &gh.url,
+        &[
+            "--head",
+            "20260101T010000-head01",
+            "--verify-head",
+            &"e".repeat(40),
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to post"));
+    assert_eq!(gh.state.lock().unwrap().requests.len(), n);
+    // Without a token: a clear message.
+    let out = common::run(post_cmd(tmp.path(), &db, &gh.url, &[]).env_remove("GITHUB_TOKEN"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GITHUB_TOKEN is not set"));
+}

@@ -1,0 +1,468 @@
+//! `runner schedule` end to end: a real git repository, the real runner as the "build" of each commit, a real sled
+//! store, a schedule firing every 2 seconds, a real local HTTP server receiving the webhook, and SIGTERM. Plus
+//! malformed configurations failing at start with one line.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::store::text;
+
+fn suite(steps: usize, op_samples: usize) -> String {
+    format!(
+        r#"
+name = "tiny"
+default_profile = "standard"
+
+[profiles.standard]
+steps_scale = 1.0
+op_samples = {op_samples}
+op_warmup = 1
+synthetic_tokens = 2048
+
+[data.synthetic]
+kind = "synthetic"
+d_in = 16
+n_features = 64
+active = 3.0
+seed = 0
+
+[[train]]
+name = "tiny-relu"
+data = "synthetic"
+arch = "relu"
+d_sae = 64
+l1 = 3e-3
+steps = {steps}
+batch = 64
+lr = 3e-3
+seed = 1
+log_every = 10
+
+[shapes.small]
+batch = 64
+d_in = 16
+d_sae = 64
+
+[[op]]
+name = "op/encode"
+op = "encode"
+shape = "small"
+
+[speed]
+min_threshold = 100.0
+"#
+    )
+}
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .current_dir(repo)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn commit_suite(repo: &Path, s: &str, msg: &str) -> String {
+    std::fs::write(repo.join("suite.toml"), s).unwrap();
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-qm", msg]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// A local webhook receiver: records every POST body, answers 200.
+fn webhook_server() -> (String, Arc<Mutex<Vec<String>>>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/T000/B000/secret", l.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = Arc::clone(&got);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut b = vec![0; len];
+            if r.read_exact(&mut b).is_ok() {
+                g.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&b).to_string());
+            }
+            let mut s = s;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            );
+        }
+    });
+    (url, got)
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    repo: PathBuf,
+    config: PathBuf,
+}
+
+fn runner(e: &Env) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+    c.env("SAEPERF_HOME", e.root.join("home"))
+        .env_remove("SAEPERF_DB")
+        .env_remove("RUST_LOG");
+    c
+}
+
+fn status(e: &Env) -> serde_json::Value {
+    let o = runner(e)
+        .args(["status", "--json", "--config"])
+        .arg(&e.config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Attempts (history, oldest first) of a status report.
+fn attempts(st: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut v = st["recent"].as_array().unwrap().clone();
+    v.reverse();
+    v
+}
+
+fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    child: &mut Child,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the scheduler exited while waiting for {what}"
+        );
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn setup(hook: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let repo = root.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["config", "user.email", "t@example.invalid"]);
+    git(&repo, &["config", "user.name", "t"]);
+    let exe = env!("CARGO_BIN_EXE_runner");
+    let config = root.join("saeperf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# the scheduler under test
+store = "store"
+dashboard_dir = "site"
+
+[repository]
+path = "repo"
+
+[commands]
+# The "build" of each commit is the runner already built by cargo; a commit holding BROKEN fails to build.
+build = "test -x {exe} && ! test -e BROKEN"
+bench = "{exe} --db {{db}} bench --json --profile {{profile}} --commit {{commit}} --branch {{branch}} --base-branch {{base_branch}} {{suite_args}}"
+
+[notify]
+webhooks = ["{hook}"]
+retry_delay_ms = 100
+
+[[job]]
+name = "main"
+cron = "*/2 * * * * *"
+branch = "main"
+suite = "suite.toml"
+"#
+        ),
+    )
+    .unwrap();
+    Env {
+        _dir: dir,
+        root,
+        repo,
+        config,
+    }
+}
+
+#[test]
+fn schedule_benchmarks_each_commit_once_notifies_and_stops_cleanly() {
+    let (hook, received) = webhook_server();
+    let e = setup(&hook);
+    let c1 = commit_suite(&e.repo, &suite(60, 8), "first");
+    let log = std::fs::File::create(e.root.join("scheduler.log")).unwrap();
+    let mut child = runner(&e)
+        .args(["--log", "info", "schedule", "--config"])
+        .arg(&e.config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sched_log = || std::fs::read_to_string(e.root.join("scheduler.log")).unwrap_or_default();
+
+    // A second scheduler on the same store is refused at once.
+    std::thread::sleep(Duration::from_millis(500));
+    let o = runner(&e)
+        .args(["schedule", "--config"])
+        .arg(&e.config)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("another scheduler"), "{}", text(&o));
+
+    // First commit: benchmarked, no baseline yet.
+    let a1 = wait_for(
+        "the first commit's run",
+        Duration::from_secs(60),
+        &mut child,
+        || {
+            attempts(&status(&e))
+                .into_iter()
+                .find(|a| a["commit"] == c1.as_str())
+        },
+    );
+    assert_eq!(a1["outcome"], "ok", "{a1}\n{}", sched_log());
+    assert!(a1["run_id"].is_string(), "{a1}");
+
+    // Second commit cuts training to 3 steps: quality regresses against the first.
+    let c2 = commit_suite(&e.repo, &suite(3, 8), "fewer steps");
+    let a2 = wait_for(
+        "the second commit's run",
+        Duration::from_secs(60),
+        &mut child,
+        || {
+            attempts(&status(&e))
+                .into_iter()
+                .find(|a| a["commit"] == c2.as_str())
+        },
+    );
+    assert_eq!(a2["outcome"], "regression", "{a2}\n{}", sched_log());
+    assert!(
+        a2["detail"].as_str().unwrap().contains("tiny-relu mse"),
+        "{a2}"
+    );
+    let body = wait_for("the webhook", Duration::from_secs(10), &mut child, || {
+        received.lock().unwrap().first().cloned()
+    });
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let t = v["text"].as_str().unwrap();
+    assert!(
+        t.contains("regression") && t.contains(&c2[..10]) && t.contains("tiny-relu"),
+        "{t}"
+    );
+    assert!(v["blocks"].is_array());
+
+    // A few more fires: nothing is benchmarked twice, nothing more is notified.
+    let fires_before = sched_log().matches(" fire").count();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        sched_log().matches(" fire").count() > fires_before,
+        "{}",
+        sched_log()
+    );
+    let st = status(&e);
+    let all = attempts(&st);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(received.lock().unwrap().len(), 1);
+    // The dashboard was re-rendered (by `runner dashboard`) and the status file sits beside it.
+    assert!(e.root.join("site/index.html").is_file(), "{}", sched_log());
+    let page = std::fs::read_to_string(e.root.join("site/index.html")).unwrap();
+    assert!(
+        page.contains("tiny-relu"),
+        "the dashboard shows the benchmarks"
+    );
+    assert!(e.root.join("site/status.json").is_file());
+    assert_eq!(st["jobs"][0]["name"], "main");
+    assert!(st["jobs"][0]["next_fire"].is_string());
+    assert_eq!(st["scheduler_pid"], child.id());
+
+    // A commit that fails to build: recorded with its log, not retried, and the service carries on.
+    std::fs::write(e.repo.join("BROKEN"), "x").unwrap();
+    let cb = commit_suite(&e.repo, &suite(3, 8), "broken build");
+    let ab = wait_for(
+        "the broken commit's attempt",
+        Duration::from_secs(30),
+        &mut child,
+        || {
+            attempts(&status(&e))
+                .into_iter()
+                .find(|a| a["commit"] == cb.as_str())
+        },
+    );
+    assert_eq!(ab["outcome"], "build_failed", "{ab}");
+    let blog = std::fs::read_to_string(ab["log"].as_str().unwrap()).unwrap();
+    assert!(
+        blog.contains("build: test -x") && blog.contains("build failed"),
+        "{blog}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        attempts(&status(&e)).len(),
+        3,
+        "a failed build is not retried at every fire"
+    );
+
+    // A third commit with a long bench: SIGTERM while it runs.
+    std::fs::remove_file(e.repo.join("BROKEN")).unwrap();
+    let c3 = commit_suite(&e.repo, &suite(60, 2_000_000), "long");
+    let run3 = wait_for(
+        "the long bench to start",
+        Duration::from_secs(60),
+        &mut child,
+        || {
+            let st = status(&e);
+            let cur = &st["current"];
+            if cur["commit"] != c3.as_str() {
+                return None;
+            }
+            let log = std::fs::read_to_string(cur["log"].as_str()?).ok()?;
+            log.lines()
+                .find_map(|l| l.strip_prefix("run "))
+                .map(|r| r.split_whitespace().next().unwrap().to_string())
+        },
+    );
+    let wt = e.root.join("store.schedule/worktrees/main");
+    assert!(wt.is_dir());
+    let t = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the scheduler did not stop\n{}",
+            sched_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code.code(), Some(0), "{}", sched_log());
+    assert!(!wt.exists(), "the worktree is removed");
+    let st = status(&e);
+    assert!(st["current"].is_null());
+    assert!(st["scheduler_pid"].is_null());
+    let all = attempts(&st);
+    assert_eq!(all.len(), 4);
+    let last = &all[3];
+    assert_eq!(last["outcome"], "interrupted", "{last}");
+    assert_eq!(last["run_id"], run3.as_str());
+
+    // The store: two complete runs, and the one incomplete run is exactly the interrupted attempt's.
+    let o = runner(&e)
+        .arg("--db")
+        .arg(e.root.join("store"))
+        .args(["db", "check", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rep["complete"], 2, "{rep}");
+    assert_eq!(rep["incomplete"], serde_json::json!([run3]));
+    let o = runner(&e)
+        .arg("--db")
+        .arg(e.root.join("store"))
+        .args(["db", "list", "--json"])
+        .output()
+        .unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let commits: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["commit"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        commits,
+        vec![c1.as_str(), c2.as_str(), c3.as_str()],
+        "one run per commit"
+    );
+}
+
+#[test]
+fn malformed_configurations_fail_at_start_with_one_line() {
+    let e = setup("http://127.0.0.1:9/hook");
+    let good = std::fs::read_to_string(&e.config).unwrap();
+    let cases = [
+        (
+            good.replace("*/2 * * * * *", "*/2 * * *"),
+            "cron",
+            "line 19",
+        ),
+        (
+            good.replace("*/2 * * * * *", "0 99 * * * *"),
+            "cron",
+            "line 19",
+        ),
+        (
+            format!("{good}colour = \"blue\"\n"),
+            "unknown field `colour`",
+            "line 22",
+        ),
+        (
+            good.replace("path = \"repo\"", "path = \"no-such-repo\""),
+            "repository.path",
+            "line 6",
+        ),
+        (
+            good.replace("[repository]\npath = \"repo\"\n", ""),
+            "missing field `repository`",
+            "",
+        ),
+        (
+            good.replace("branch = \"main\"\n", ""),
+            "exactly one of branch",
+            "",
+        ),
+    ];
+    for (text_, want, line) in cases {
+        std::fs::write(&e.config, &text_).unwrap();
+        let o = runner(&e)
+            .args(["schedule", "--config"])
+            .arg(&e.config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(1), "{want}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains(want) && err.contains(line),
+            "want {want:?} at {line:?}: {err}"
+        );
+        assert!(err.contains("saeperf.toml"), "{err}");
+    }
+    // The valid file passes --check.
+    std::fs::write(&e.config, &good).unwrap();
+    let o = runner(&e)
+        .args(["schedule", "--check", "--config"])
+        .arg(&e.config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("next fire"));
+}
