@@ -62,6 +62,8 @@ pub enum Command {
     Report(crate::report::cli::ReportCmd),
     /// Build the static dashboard (works from file:// and GitHub Pages).
     Dashboard(crate::report::cli::DashboardArgs),
+    /// Feature contexts of a dictionary on a model activation set (JSON report + table).
+    Features(crate::lm::cli::FeaturesArgs),
     /// The CUDA kernels: NVRTC compile + ptxas resource check (no GPU needed), GPU correctness check, GPU timings.
     #[command(subcommand)]
     Kernels(crate::kernels_cmd::KernelsCmd),
@@ -71,6 +73,10 @@ pub enum Command {
 pub enum DataCommand {
     /// Generate a synthetic activation set with known ground truth.
     Synth(SynthArgs),
+    /// Download and verify the reference model (SmolLM2-135M GGUF) and the Brown corpus.
+    Fetch(crate::lm::cli::FetchArgs),
+    /// Harvest the activation set of the reference model on the Brown corpus.
+    Prepare(crate::lm::cli::PrepareArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -219,6 +225,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::History(a) => crate::store_cli::run_history(cli.db.db.as_deref(), &a),
         Command::Report(c) => crate::report::cli::run_report(cli.db.db.as_deref(), &c),
         Command::Dashboard(a) => crate::report::cli::run_dashboard(cli.db.db.as_deref(), &a),
+        Command::Data(DataCommand::Fetch(a)) => crate::lm::cli::cmd_fetch(a),
+        Command::Data(DataCommand::Prepare(a)) => crate::lm::cli::cmd_prepare(a, cli.quiet),
+        Command::Features(a) => crate::lm::cli::cmd_features(a),
         Command::Kernels(k) => crate::kernels_cmd::run(k, cli.quiet),
     }
 }
@@ -345,7 +354,8 @@ fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
 fn cmd_eval(a: EvalArgs) -> Result<i32> {
     let sae = Sae::load(&a.dict)?;
     let set = ActivationSet::open(&a.data)?;
-    let m = metrics::evaluate(&sae, &set)?;
+    let mut m = metrics::evaluate(&sae, &set)?;
+    crate::lm::loss::fill_metrics(&mut m, &set, &sae, !a.json)?;
     let path = a.out.clone().unwrap_or_else(|| a.dict.join("metrics.json"));
     m.write(&path)?;
     if a.json {

@@ -1,5 +1,5 @@
-//! saeperf's service code behind the `runner` binary: activation sets, training, metrics (and, as they land, the
-//! language model, the bench suite, the store, comparison, reports and the scheduler).
+//! saeperf's service code behind the `runner` binary: activation sets, training, metrics, the language model (and, as
+//! they land, the bench suite, the store, comparison, reports and the scheduler).
 //!
 //! Data flows one way: activation set → training (ops on a backend) → metrics → run → store → compare → report.
 
@@ -11,6 +11,7 @@ pub mod fingerprint;
 pub mod github;
 pub mod home;
 pub mod kernels_cmd;
+pub mod lm;
 pub mod metrics;
 pub mod report;
 pub mod store;

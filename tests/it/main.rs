@@ -6,5 +6,6 @@ mod common;
 mod cuda;
 mod dashboard;
 mod engine;
+mod lm;
 mod report;
 mod store;
