@@ -209,7 +209,8 @@ mod tests {
                 }],
             }],
         };
-        let f: FeatureFile = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        let f: FeatureFile =
+            serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
         let c = cards(&f, 8);
         assert_eq!(c[0].index, 2);
         assert_eq!(c[0].examples[0].tokens[0].shade, "1.00");
