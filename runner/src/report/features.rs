@@ -2,7 +2,7 @@
 //! what the run page shows — each sampled feature's band and density, the tokens its decoder direction writes most,
 //! and its top activating contexts with every token shaded by the feature's activation on it.
 //!
-//! The shape read (extra fields are ignored, missing optional ones default):
+//! The shape read (tested against `crate::lm::features::FeatureReport`; extra fields are ignored, missing optional ones default):
 //! `{ "d_sae", "eval_tokens", "features": [ { "index", "band", "density", "fires", "mean_activation",
 //! "max_activation", "top_tokens": [ { "text", "score" } ], "top_examples": [ { "activation", "doc", "pos", "focus",
 //! "tokens": [ { "text", "activation": number | null } ] } ] } ] }`.
@@ -173,6 +173,49 @@ pub fn cards(f: &FeatureFile, max: usize) -> Vec<Card> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_what_runner_features_writes() {
+        use crate::lm::features as lf;
+        let report = lf::FeatureReport {
+            dict: "d".into(),
+            data: "x".into(),
+            eval_tokens: 10,
+            d_sae: 4,
+            band_rule: serde_json::json!({}),
+            band_counts: Default::default(),
+            features: vec![lf::Feature {
+                index: 2,
+                band: "typical",
+                density: 0.1,
+                fires: 1,
+                mean_activation: 1.0,
+                max_activation: 2.0,
+                top_examples: vec![lf::Example {
+                    activation: 2.0,
+                    doc: "ca01".into(),
+                    pos: 3,
+                    focus: 0,
+                    text: "[[a]]".into(),
+                    tokens: vec![lf::TokenAct {
+                        text: "a".into(),
+                        activation: Some(2.0),
+                    }],
+                }],
+                top_tokens: vec![lf::TokenScore {
+                    id: 1,
+                    text: "a".into(),
+                    score: 0.5,
+                }],
+            }],
+        };
+        let f: FeatureFile =
+            serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        let c = cards(&f, 8);
+        assert_eq!(c[0].index, 2);
+        assert_eq!(c[0].examples[0].tokens[0].shade, "1.00");
+        assert!(c[0].examples[0].tokens[0].focus);
+    }
 
     #[test]
     fn reads_the_features_shape_and_shades_by_activation() {
