@@ -1,6 +1,7 @@
 //! The GitHub client: the only code in saeperf that talks to GitHub, through octocrab.
 //!
-//! It keeps one sticky comment per pull request (found again by a hidden marker and updated in place) and sets a
+//! It lists the open pull requests that carry a label (for the scheduler's pull-request jobs), keeps one sticky
+//! comment per pull request (found again by a hidden marker and updated in place) and sets a
 //! commit status carrying the verdict. The API base URL is configurable (GitHub Enterprise, tests against a local
 //! server); the token comes from the caller (the CLI reads GITHUB_TOKEN). Every request is retried with exponential
 //! backoff on 5xx answers, 429, and 403 answers that are rate limits (`x-ratelimit-remaining: 0`, or a "secondary
@@ -112,6 +113,50 @@ pub struct CommentOutcome {
     pub id: u64,
     pub url: Option<String>,
 }
+
+/// An open pull request as the scheduler needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullRequest {
+    pub number: u64,
+    pub title: String,
+    pub head_sha: String,
+    /// The head branch's name (in the fork, for pull requests from forks).
+    pub head_ref: String,
+    /// The branch it merges into.
+    pub base_ref: String,
+    pub base_sha: String,
+    pub draft: bool,
+}
+
+#[derive(Deserialize)]
+struct RawRef {
+    #[serde(rename = "ref")]
+    name: String,
+    sha: String,
+}
+
+#[derive(Deserialize)]
+struct RawLabel {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RawPull {
+    number: u64,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    draft: bool,
+    #[serde(default)]
+    labels: Vec<RawLabel>,
+    head: RawRef,
+    base: RawRef,
+}
+
+/// Pages of 100 read at most when listing (10 000 open pull requests).
+const MAX_PAGES: u32 = 100;
 
 #[derive(Deserialize)]
 struct Comment {
@@ -355,6 +400,55 @@ impl GitHub {
                 })
             }
         }
+    }
+
+    /// The open pull requests carrying `label` (compared case-insensitively, as GitHub does), oldest first. The
+    /// pulls listing has no label filter, so every page of open pull requests is read (100 per page) and filtered
+    /// here; each page goes through the retry policy.
+    pub async fn labelled_pulls(
+        &self,
+        repo: &Repo,
+        label: &str,
+    ) -> Result<Vec<PullRequest>, GitHubError> {
+        let what = format!(
+            "listing the open pull requests of {}/{}",
+            repo.owner, repo.name
+        );
+        let mut out = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let path = format!(
+                "/repos/{}/{}/pulls?state=open&sort=created&direction=asc&per_page=100&page={page}",
+                repo.owner, repo.name
+            );
+            let text = self.request(&what, Method::Get, &path, None).await?;
+            let pulls: Vec<RawPull> = Self::decode(&what, &text)?;
+            let n = pulls.len();
+            for p in pulls {
+                let open = p.state.as_deref().is_none_or(|s| s == "open");
+                if !open || !p.labels.iter().any(|l| l.name.eq_ignore_ascii_case(label)) {
+                    continue;
+                }
+                if p.head.sha.is_empty() || !p.head.sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(GitHubError::Decode {
+                        what,
+                        reason: format!("pull request #{} has head sha {:?}", p.number, p.head.sha),
+                    });
+                }
+                out.push(PullRequest {
+                    number: p.number,
+                    title: p.title,
+                    head_sha: p.head.sha,
+                    head_ref: p.head.name,
+                    base_ref: p.base.name,
+                    base_sha: p.base.sha,
+                    draft: p.draft,
+                });
+            }
+            if n < 100 {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The current head commit of a pull request.

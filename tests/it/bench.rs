@@ -4,10 +4,11 @@
 //! export + ingest reproduces the comparisons.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{self, git, init_repo};
 use crate::store::text;
 
 /// The bench tests time things: run them one at a time so they do not slow each other down.
@@ -99,23 +100,11 @@ struct Env {
     home: PathBuf,
 }
 
-fn git(repo: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .current_dir(repo)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "git {args:?}: {}", text(&o));
-}
-
 /// A git repository with one commit on main holding the suite.
 fn setup(suite: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["config", "user.email", "t@example.invalid"]);
-    git(&repo, &["config", "user.name", "t"]);
+    init_repo(&repo);
     std::fs::write(repo.join("suite.toml"), suite).unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-qm", "suite"]);
@@ -130,13 +119,11 @@ fn setup(suite: &str) -> Env {
 }
 
 fn cmd(e: &Env, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+    let mut c = common::runner(&e.home);
     c.current_dir(&e.repo)
         .arg("--db")
         .arg(&e.db)
         .args(args)
-        .env("SAEPERF_HOME", &e.home)
-        .env_remove("SAEPERF_DB")
         .env_remove("SAEPERF_INJECT_SLOWDOWN");
     c
 }

@@ -1,13 +1,40 @@
-//! Shared helpers: running the real `runner` binary with an isolated $SAEPERF_HOME, reading safetensors files.
+//! Shared helpers: running the real `runner` binary with an isolated $SAEPERF_HOME, throw-away git repositories,
+//! reading safetensors files.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A `runner` command with its own cache directory.
+/// A `runner` command with its own cache directory (and no store or log level inherited from the environment).
 pub fn runner(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
-    c.env("SAEPERF_HOME", home).env_remove("RUST_LOG");
+    c.env("SAEPERF_HOME", home)
+        .env_remove("RUST_LOG")
+        .env_remove("SAEPERF_DB");
     c
+}
+
+/// Run git in `repo`, assert success, return its trimmed stdout.
+pub fn git(repo: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .current_dir(repo)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A new git repository at `path` (created) on branch main, with a committer identity.
+pub fn init_repo(path: &Path) {
+    std::fs::create_dir_all(path).unwrap();
+    git(path, &["init", "-q", "-b", "main"]);
+    git(path, &["config", "user.email", "t@example.invalid"]);
+    git(path, &["config", "user.name", "t"]);
 }
 
 /// Runs and returns the output, printing stderr when it failed (for the test log).

@@ -112,6 +112,30 @@ fn dashboard_renders_and_every_page_loads_in_headless_chromium() {
     let features = build_store(&db);
     let site = target_dir().join("dashboard-test");
     let _ = std::fs::remove_dir_all(&site);
+    // A scheduler's status beside the dashboard (written before any dashboard exists, as the scheduler does): the
+    // status page is rendered and linked from every page's nav; its run link and log link must resolve.
+    std::fs::create_dir_all(&site).unwrap();
+    let sched_log = tmp.path().join("20260101T070500-nightly-0123456789.log");
+    std::fs::write(&sched_log, "build ok\nbench ok\n").unwrap();
+    let attempt = serde_json::json!({
+        "job": "nightly", "commit": "0123456789abcdef0123456789abcdef01234567",
+        "branch": "<script>alert(3)</script>", "pr": 3,
+        "started_at": "2026-01-01T07:05:00Z", "finished_at": "2026-01-01T07:09:00Z",
+        "outcome": "regression", "run_id": "20260101T070000-main07", "log": sched_log,
+        "detail": "<img src=x onerror=alert(4)>",
+    });
+    std::fs::write(
+        site.join("status.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "scheduler_pid": 4242, "generated_at": "2026-01-01T07:10:00Z", "state_dir": tmp.path(),
+            "jobs": [ { "name": "nightly", "cron": "0 0 3 * * *", "target": "branch main", "profile": "quick",
+                        "queued": false, "last_fire": null, "next_fire": "2026-01-02T03:00:00Z",
+                        "last_attempt": attempt } ],
+            "current": null, "recent": [ attempt ],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
     // A first build, then a rebuild over it (an earlier dashboard may be overwritten).
     common::ok(
         common::runner(tmp.path())
@@ -143,8 +167,21 @@ fn dashboard_renders_and_every_page_loads_in_headless_chromium() {
     assert_eq!(summary["runs"], 9);
     assert_eq!(summary["groups"], 1);
     assert!(summary["regressions"].as_u64().unwrap() >= 1, "{summary}");
+    let status_page = std::fs::read_to_string(site.join("status.html"))
+        .unwrap()
+        .replace("&#x2f;", "/");
+    assert!(
+        status_page.contains("href=\"runs/20260101T070000-main07.html\"")
+            && status_page.contains("status-logs/20260101T070500-nightly-0123456789.log")
+            && !status_page.contains("<script>alert(3)"),
+        "{status_page}"
+    );
+    assert!(std::fs::read_to_string(site.join("index.html"))
+        .unwrap()
+        .contains("href=\"status.html\""));
     for f in [
         "index.html",
+        "status.html",
         "regressions.html",
         "compare.html",
         "feed.xml",

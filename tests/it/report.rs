@@ -291,6 +291,8 @@ pub struct State {
     /// Fail every request with this status (after the queued faults).
     pub always: Option<u16>,
     pub pr_head: String,
+    /// What `GET /repos/{repo}/pulls` lists (all of them on every page request; paginated by 100).
+    pub pulls: Vec<serde_json::Value>,
     next_id: u64,
 }
 
@@ -403,6 +405,16 @@ impl FakeGitHub {
                     let sha = path.rsplit('/').next().unwrap().to_string();
                     s.statuses.push((sha, serde_json::from_str(&body).unwrap()));
                     (201, "{}".into())
+                } else if method == "GET" && path == format!("{base}/pulls") {
+                    let query = url.split_once('?').map(|q| q.1).unwrap_or("");
+                    let page: usize = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("page="))
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(1);
+                    let list: Vec<&serde_json::Value> =
+                        s.pulls.iter().skip((page - 1) * 100).take(100).collect();
+                    (200, serde_json::to_string(&list).unwrap())
                 } else if method == "GET" && path == format!("{base}/pulls/{pr}") {
                     (
                         200,

@@ -1,6 +1,7 @@
 //! `runner schedule` end to end: a real git repository, the real runner as the "build" of each commit, a real sled
-//! store, a schedule firing every 2 seconds, a real local HTTP server receiving the webhook, and SIGTERM. Plus
-//! malformed configurations failing at start with one line.
+//! store, a schedule firing every 2 seconds, a real local HTTP server receiving the webhook, and SIGTERM; a
+//! pull-request job against a local stand-in for the GitHub API (real HTTP) and a local "origin" holding
+//! `refs/pull/N/head`. Plus malformed configurations failing at start with one line.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{self, git, init_repo};
+use crate::report::FakeGitHub;
 use crate::store::text;
 
 fn suite(steps: usize, op_samples: usize) -> String {
@@ -55,16 +58,6 @@ shape = "small"
 min_threshold = 100.0
 "#
     )
-}
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let o = Command::new("git")
-        .current_dir(repo)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "git {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 fn commit_suite(repo: &Path, s: &str, msg: &str) -> String {
@@ -118,11 +111,7 @@ struct Env {
 }
 
 fn runner(e: &Env) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
-    c.env("SAEPERF_HOME", e.root.join("home"))
-        .env_remove("SAEPERF_DB")
-        .env_remove("RUST_LOG");
-    c
+    common::runner(&e.root.join("home"))
 }
 
 fn status(e: &Env) -> serde_json::Value {
@@ -166,10 +155,7 @@ fn setup(hook: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let repo = root.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["config", "user.email", "t@example.invalid"]);
-    git(&repo, &["config", "user.name", "t"]);
+    init_repo(&repo);
     let exe = env!("CARGO_BIN_EXE_runner");
     let config = root.join("saeperf.toml");
     std::fs::write(
@@ -346,23 +332,7 @@ fn schedule_benchmarks_each_commit_once_notifies_and_stops_cleanly() {
     );
     let wt = e.root.join("store.schedule/worktrees/main");
     assert!(wt.is_dir());
-    let t = Instant::now();
-    // SAFETY: signalling our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the scheduler did not stop\n{}",
-            sched_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code.code(), Some(0), "{}", sched_log());
+    stop(&mut child, &sched_log);
     assert!(!wt.exists(), "the worktree is removed");
     let st = status(&e);
     assert!(st["current"].is_null());
@@ -465,4 +435,273 @@ fn malformed_configurations_fail_at_start_with_one_line() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("next fire"));
+}
+
+/// Stop the scheduler with SIGTERM and wait (at most 10 s) for exit code 0.
+fn stop(child: &mut Child, log: &dyn Fn() -> String) {
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the scheduler did not stop\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code.code(), Some(0), "{}", log());
+}
+
+fn pull(number: u64, head: &str, base: &str, labels: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "number": number,
+        "title": "Fewer training steps",
+        "state": "open",
+        "draft": false,
+        "labels": labels.iter().map(|l| serde_json::json!({ "name": l })).collect::<Vec<_>>(),
+        "head": { "ref": "feature", "sha": head },
+        "base": { "ref": "main", "sha": base },
+    })
+}
+
+#[test]
+fn schedule_benchmarks_labelled_pull_requests_and_posts_once() {
+    let gh = FakeGitHub::start("octo/saeperf", 5);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    // The "GitHub" remote: main with the first suite, and pull request #5 whose head (fewer training steps) exists
+    // only as refs/pull/5/head, as on GitHub.
+    let origin = root.join("origin");
+    init_repo(&origin);
+    let c1 = commit_suite(&origin, &suite(60, 8), "first");
+    git(&origin, &["checkout", "-qb", "feature"]);
+    let c2 = commit_suite(&origin, &suite(3, 8), "fewer steps");
+    git(&origin, &["update-ref", "refs/pull/5/head", &c2]);
+    git(&origin, &["checkout", "-q", "main"]);
+    git(&origin, &["branch", "-qD", "feature"]);
+    // --no-local: a plain local clone would hard-link every object, the pull request's head included.
+    git(&root, &["clone", "-q", "--no-local", "origin", "repo"]);
+    assert!(
+        std::process::Command::new("git")
+            .current_dir(root.join("repo"))
+            .args(["cat-file", "-e", &format!("{c2}^{{commit}}")])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            != Some(0),
+        "the clone does not have the head yet"
+    );
+    {
+        let mut s = gh.state.lock().unwrap();
+        s.pr_head = c2.clone();
+        // Open, but not labelled yet.
+        s.pulls = vec![pull(5, &c2, &c1, &["docs"])];
+    }
+    let exe = env!("CARGO_BIN_EXE_runner");
+    let config = root.join("saeperf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"store = "store"
+dashboard_dir = "site"
+
+[repository]
+path = "repo"
+github = "octo/saeperf"
+
+[github]
+api_url = "{api}"
+token_env = "SAEPERF_TEST_GH_TOKEN"
+attempts = 2
+retry_delay_ms = 50
+
+[commands]
+build = "test -x {exe}"
+bench = "{exe} --db {{db}} bench --json --profile {{profile}} --commit {{commit}} --branch {{branch}} --base-branch {{base_branch}} {{suite_args}} {{pr_args}}"
+
+[[job]]
+name = "main"
+cron = "*/2 * * * * *"
+branch = "main"
+suite = "suite.toml"
+
+[[job]]
+name = "prs"
+cron = "*/2 * * * * *"
+pull_requests = {{ label = "benchmark" }}
+suite = "suite.toml"
+"#,
+            api = gh.url
+        ),
+    )
+    .unwrap();
+    let e = Env {
+        _dir: dir,
+        root: root.clone(),
+        repo: root.join("repo"),
+        config,
+    };
+    // Without the token variable a pull-request job is refused at start.
+    let o = runner(&e)
+        .env_remove("SAEPERF_TEST_GH_TOKEN")
+        .args(["schedule", "--config"])
+        .arg(&e.config)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("SAEPERF_TEST_GH_TOKEN is not set"),
+        "{}",
+        text(&o)
+    );
+
+    let log = std::fs::File::create(root.join("scheduler.log")).unwrap();
+    let mut child = runner(&e)
+        .env("SAEPERF_TEST_GH_TOKEN", "test-token")
+        .args(["--log", "info", "schedule", "--config"])
+        .arg(&e.config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sched_log = || std::fs::read_to_string(root.join("scheduler.log")).unwrap_or_default();
+    let listings = || {
+        gh.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.url.starts_with("/repos/octo/saeperf/pulls?"))
+            .count()
+    };
+
+    // main is benchmarked; the unlabelled pull request is listed but left alone.
+    let a1 = wait_for("main's run", Duration::from_secs(60), &mut child, || {
+        attempts(&status(&e))
+            .into_iter()
+            .find(|a| a["commit"] == c1.as_str())
+    });
+    assert_eq!(a1["outcome"], "ok", "{a1}\n{}", sched_log());
+    let n = listings();
+    wait_for(
+        "another listing",
+        Duration::from_secs(10),
+        &mut child,
+        || (listings() > n).then_some(()),
+    );
+    assert!(attempts(&status(&e)).iter().all(|a| a["job"] == "main"));
+    assert!(gh.state.lock().unwrap().comments.is_empty());
+
+    // Labelled (GitHub compares labels case-insensitively): the head is fetched, benchmarked against the merge
+    // base's run, and reported on the pull request.
+    gh.state.lock().unwrap().pulls = vec![pull(5, &c2, &c1, &["docs", "Benchmark"])];
+    let a2 = wait_for(
+        "the pull request's run",
+        Duration::from_secs(60),
+        &mut child,
+        || {
+            attempts(&status(&e))
+                .into_iter()
+                .find(|a| a["commit"] == c2.as_str())
+        },
+    );
+    assert_eq!(a2["outcome"], "regression", "{a2}\n{}", sched_log());
+    assert_eq!(a2["job"], "prs");
+    assert_eq!(a2["pr"], 5);
+    assert_eq!(a2["branch"], "feature");
+    let detail = a2["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("tiny-relu mse") && detail.contains("posted to #5 (regression)"),
+        "{detail}"
+    );
+    let run2 = a2["run_id"].as_str().unwrap().to_string();
+    {
+        let s = gh.state.lock().unwrap();
+        assert_eq!(s.comments.len(), 1, "{:?}", s.comments);
+        let body = &s.comments[0].1;
+        assert!(
+            body.contains("saeperf-report:prs"),
+            "the job's marker: {body}"
+        );
+        assert!(body.contains(&c2[..7]), "{body}");
+        assert!(
+            body.contains(&c1[..7]),
+            "the merge base is the baseline: {body}"
+        );
+        assert!(body.to_lowercase().contains("regression"), "{body}");
+        assert_eq!(s.statuses.len(), 1);
+        assert_eq!(s.statuses[0].0, c2);
+        assert_eq!(s.statuses[0].1["state"], "failure");
+        assert_eq!(s.statuses[0].1["context"], "saeperf");
+        assert!(s
+            .requests
+            .iter()
+            .all(|r| r.auth.as_deref() == Some("Bearer test-token")));
+    }
+    git(&e.repo, &["cat-file", "-e", "refs/saeperf/pull/5"]);
+
+    // More fires: the head is not benchmarked again and nothing more is posted.
+    let n = listings();
+    wait_for(
+        "two more listings",
+        Duration::from_secs(15),
+        &mut child,
+        || (listings() >= n + 2).then_some(()),
+    );
+    let all = attempts(&status(&e));
+    assert_eq!(all.len(), 2, "{all:?}");
+    {
+        let s = gh.state.lock().unwrap();
+        assert_eq!(s.comments.len(), 1);
+        assert_eq!(s.statuses.len(), 1);
+        assert!(!s.requests.iter().any(|r| r.method == "PATCH"));
+    }
+
+    // The dashboard has the status page, linked from the index, with the pull request's run linked.
+    let index = std::fs::read_to_string(root.join("site/index.html"))
+        .unwrap()
+        .replace("&#x2f;", "/");
+    assert!(index.contains("href=\"status.html\""), "nav link");
+    // (The template engine writes `/` in attributes as `&#x2f;`.)
+    let page = std::fs::read_to_string(root.join("site/status.html"))
+        .unwrap()
+        .replace("&#x2f;", "/");
+    assert!(page.contains("The scheduler is running"), "{page}");
+    assert!(page.contains("pull requests labelled benchmark"), "{page}");
+    assert!(
+        page.contains(&format!("runs/{run2}.html"))
+            && root.join(format!("site/runs/{run2}.html")).is_file(),
+        "{page}"
+    );
+    assert!(page.contains("status-logs/"), "log links: {page}");
+
+    // GitHub failing: the listing is recorded as a failed attempt, and the service carries on.
+    gh.state.lock().unwrap().always = Some(502);
+    let af = wait_for(
+        "a failed listing",
+        Duration::from_secs(20),
+        &mut child,
+        || {
+            attempts(&status(&e))
+                .into_iter()
+                .find(|a| a["outcome"] == "github_failed")
+        },
+    );
+    assert_eq!(af["job"], "prs");
+    assert!(af["detail"].as_str().unwrap().contains("502"), "{af}");
+    gh.state.lock().unwrap().always = None;
+
+    stop(&mut child, &sched_log);
+    let st = status(&e);
+    assert!(st["current"].is_null());
+    let page = std::fs::read_to_string(root.join("site/status.html")).unwrap();
+    assert!(page.contains("No scheduler is running"), "{page}");
+    assert_eq!(gh.state.lock().unwrap().comments.len(), 1);
 }

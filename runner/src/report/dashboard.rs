@@ -279,6 +279,8 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
         env: super::environment(),
         pages: 0,
     };
+    let has_status = super::status::read(&opt.out).is_some();
+    site.env.add_global("has_status", has_status);
     let link = |i: usize, root: &str| -> RunLink {
         let m = &infos[i].run.meta;
         RunLink {
@@ -522,6 +524,9 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             has_runs => !infos.is_empty(),
         },
     )?;
+    if super::status::render(&site.env, &opt.out, opt.repo_url.as_deref())? {
+        site.pages += 1;
+    }
     std::fs::write(opt.out.join("style.css"), super::STYLE_CSS).context("writing style.css")?;
     std::fs::write(opt.out.join("compare.js"), super::COMPARE_JS).context("writing compare.js")?;
     Ok(SiteSummary {
@@ -1061,11 +1066,22 @@ pub fn check_out_dir(out: &Path) -> Result<()> {
     if !out.exists() {
         return Ok(());
     }
-    let mut entries = std::fs::read_dir(out)
+    let names: Vec<String> = std::fs::read_dir(out)
         .with_context(|| format!("reading {}", out.display()))?
-        .peekable();
-    if entries.peek().is_none() || out.join("index.html").exists() && out.join("style.css").exists()
-    {
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    // Empty, a previous dashboard, or only what the scheduler writes before the first dashboard exists.
+    let scheduler_only = names.iter().all(|n| {
+        [
+            super::status::STATUS_JSON,
+            "status.json.tmp",
+            super::status::STATUS_HTML,
+            super::status::LOG_DIR,
+        ]
+        .contains(&n.as_str())
+    });
+    if scheduler_only || out.join("index.html").exists() && out.join("style.css").exists() {
         return Ok(());
     }
     anyhow::bail!(

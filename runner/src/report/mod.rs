@@ -12,6 +12,7 @@ pub mod cli;
 pub mod comment;
 pub mod dashboard;
 pub mod features;
+pub mod status;
 pub mod svg;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
@@ -53,6 +54,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../dashboards/regressions.html"),
     ),
     ("feed.xml", include_str!("../../../dashboards/feed.xml")),
+    (
+        "status.html",
+        include_str!("../../../dashboards/status.html"),
+    ),
     ("comment.md", include_str!("../../../dashboards/comment.md")),
 ];
 
@@ -132,6 +137,8 @@ pub fn environment() -> Environment<'static> {
             minijinja::escape_formatter(out, state, value)
         }
     });
+    // Pages show the scheduler's status link only where the dashboard renders a status page (see [`status`]).
+    env.add_global("has_status", false);
     for (name, src) in TEMPLATES {
         env.add_template(name, src)
             .unwrap_or_else(|e| panic!("built-in template {name} does not compile: {e:#}"));

@@ -22,7 +22,7 @@ pub const DEFAULT_BUILD: &str = "cargo build --release";
 /// Default bench command (placeholders are replaced by shell-quoted values, see [`Commands`]).
 pub const DEFAULT_BENCH: &str =
     "{target_dir}/release/runner --db {db} bench --json --profile {profile} \
-     --commit {commit} --branch {branch} --base-branch {base_branch} {suite_args}";
+     --commit {commit} --branch {branch} --base-branch {base_branch} {suite_args} {pr_args}";
 /// Default dashboard command (only run when `dashboard_dir` is configured): the scheduler's own runner renders.
 pub const DEFAULT_DASHBOARD: &str =
     "{runner} --db {db} dashboard --out {dashboard_dir} --main-branch {main_branch} {suite_args}";
@@ -102,7 +102,9 @@ pub struct RepositoryRaw {
 
 /// The commands a job runs. Placeholders, replaced by shell-quoted values: `{runner}` (this scheduler's own binary),
 /// `{target_dir}`, `{worktree}`, `{db}`, `{commit}`, `{branch}`, `{base_branch}`, `{profile}`, `{job}`,
-/// `{dashboard_dir}`, `{main_branch}` (the base branch without the remote's prefix), and `{suite_args}` (`--suite PATH` when the job names a suite, else nothing).
+/// `{dashboard_dir}`, `{main_branch}` (the base branch without the remote's prefix), `{suite_args}` (`--suite PATH`
+/// when the job names a suite, else nothing) and `{pr_args}` (`--pr N` for a pull request's head, else nothing).
+/// For a pull request, `{branch}` is its head branch and `{base_branch}` the branch it merges into.
 /// Commands run through `sh -c` in the commit's worktree, in their own process group.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,11 +187,65 @@ impl Default for Notify {
     }
 }
 
-/// Pull requests to benchmark (needs `repository.github`).
+/// Pull requests to benchmark (needs `repository.github` and a token).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PullRequests {
-    pub label: String,
+    /// Open pull requests carrying this label are benchmarked (each head commit once).
+    pub label: Spanned<String>,
+}
+
+/// Default GitHub API base URL.
+pub const DEFAULT_GITHUB_API: &str = "https://api.github.com";
+
+/// How the scheduler talks to GitHub (only pull-request jobs do).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHubSettings {
+    /// API base URL (GitHub Enterprise: https://HOST/api/v3).
+    #[serde(default = "default_api_url")]
+    pub api_url: Spanned<String>,
+    /// Name of the environment variable holding the token (pull-requests: write, statuses: write). The token itself
+    /// never goes into the file.
+    #[serde(default = "default_token_env")]
+    pub token_env: Spanned<String>,
+    /// Context name of the commit status set on each benchmarked pull-request head.
+    #[serde(default = "default_status_context")]
+    pub status_context: String,
+    /// Attempts per GitHub request (retries on 5xx and rate limits).
+    #[serde(default = "default_gh_attempts")]
+    pub attempts: u32,
+    /// First retry delay in milliseconds (doubling).
+    #[serde(default = "default_gh_retry_ms")]
+    pub retry_delay_ms: u64,
+}
+
+fn default_api_url() -> Spanned<String> {
+    Spanned::new(0..0, DEFAULT_GITHUB_API.to_string())
+}
+fn default_token_env() -> Spanned<String> {
+    Spanned::new(0..0, "GITHUB_TOKEN".to_string())
+}
+fn default_status_context() -> String {
+    "saeperf".into()
+}
+fn default_gh_attempts() -> u32 {
+    5
+}
+fn default_gh_retry_ms() -> u64 {
+    2000
+}
+
+impl Default for GitHubSettings {
+    fn default() -> Self {
+        GitHubSettings {
+            api_url: default_api_url(),
+            token_env: default_token_env(),
+            status_context: default_status_context(),
+            attempts: default_gh_attempts(),
+            retry_delay_ms: default_gh_retry_ms(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,6 +299,8 @@ struct RawConfig {
     commands: Commands,
     #[serde(default)]
     notify: Notify,
+    #[serde(default)]
+    github: GitHubSettings,
     #[serde(default, rename = "job")]
     jobs: Vec<JobRaw>,
 }
@@ -280,7 +338,32 @@ pub struct Config {
     pub timezone: Tz,
     pub commands: Commands,
     pub notify: Notify,
+    /// GitHub API settings (used by pull-request jobs; checked at load only when there is one).
+    pub github_api: GitHubApi,
     pub jobs: Vec<Job>,
+}
+
+/// The validated GitHub settings.
+#[derive(Debug, Clone)]
+pub struct GitHubApi {
+    pub api_url: String,
+    /// The environment variable holding the token (read when a job needs it, never stored here).
+    pub token_env: String,
+    pub status_context: String,
+    pub attempts: u32,
+    pub retry_delay_ms: u64,
+}
+
+impl GitHubApi {
+    /// The token from the configured environment variable.
+    pub fn token(&self) -> Result<String> {
+        std::env::var(&self.token_env)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!("the GitHub token variable {} is not set", self.token_env)
+            })
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -290,12 +373,25 @@ fn line_of(text: &str, offset: usize) -> usize {
 impl Config {
     /// Read and validate; errors are one line: `FILE: line N: problem`.
     pub fn load(path: &Path) -> Result<Config> {
+        Config::load_with(path, true)
+    }
+
+    /// Read and validate, without requiring the GitHub token (for `runner status`, which never talks to GitHub).
+    pub fn load_for_status(path: &Path) -> Result<Config> {
+        Config::load_with(path, false)
+    }
+
+    fn load_with(path: &Path, need_token: bool) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read configuration {}: {e}", path.display()))?;
-        Config::parse(&text, path)
+        Config::parse_with(&text, path, need_token)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        Config::parse_with(text, path, true)
+    }
+
+    fn parse_with(text: &str, path: &Path, need_token: bool) -> Result<Config> {
         let file = path.display();
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let msg = e.message().trim().replace('\n', " ");
@@ -361,6 +457,7 @@ impl Config {
             bail!("{file}: no [[job]] defined: the scheduler would never run anything");
         }
         let mut jobs = Vec::new();
+        let mut has_pr_jobs = false;
         for j in &raw.jobs {
             let name = j.name.get_ref().clone();
             if name.is_empty() || name.contains(['/', ' ']) {
@@ -375,17 +472,23 @@ impl Config {
             let target = match (&j.branch, &j.pull_requests) {
                 (Some(b), None) => Target::Branch(b.clone()),
                 (None, Some(pr)) => {
+                    let label = pr.get_ref().label.get_ref().trim();
+                    if label.is_empty() {
+                        bail!(
+                            "{}: job {name:?}: pull_requests.label must not be empty",
+                            at(pr.get_ref().label.span())
+                        );
+                    }
                     if github.is_none() {
                         bail!(
                             "{}: job {name:?}: pull_requests needs repository.github = \"OWNER/NAME\"",
                             at(pr.span())
                         );
                     }
-                    bail!(
-                        "{}: job {name:?}: pull_requests targets are not available in this build yet (they need the \
-                         GitHub client to list labelled pull requests); use branch = \"...\"",
-                        at(pr.span())
-                    );
+                    has_pr_jobs = true;
+                    Target::PullRequests {
+                        label: label.to_string(),
+                    }
                 }
                 _ => bail!(
                     "{}: job {name:?}: set exactly one of branch = \"...\" or pull_requests = {{ label = \"...\" }}",
@@ -413,6 +516,47 @@ impl Config {
         if raw.notify.attempts == 0 {
             bail!("{file}: notify.attempts must be at least 1");
         }
+        let gh = &raw.github;
+        let api_url = gh.api_url.get_ref().trim_end_matches('/').to_string();
+        let where_ = |s: &Spanned<String>| {
+            if s.span().is_empty() {
+                file.to_string()
+            } else {
+                at(s.span())
+            }
+        };
+        if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
+            bail!(
+                "{}: github.api_url: {api_url:?} is not an http(s) URL",
+                where_(&gh.api_url)
+            );
+        }
+        let token_env = gh.token_env.get_ref().clone();
+        if token_env.is_empty() || token_env.contains(['=', '\0']) {
+            bail!(
+                "{}: github.token_env: {token_env:?} is not an environment variable name",
+                where_(&gh.token_env)
+            );
+        }
+        if gh.attempts == 0 {
+            bail!("{file}: github.attempts must be at least 1");
+        }
+        let github_api = GitHubApi {
+            api_url,
+            token_env,
+            status_context: gh.status_context.clone(),
+            attempts: gh.attempts,
+            retry_delay_ms: gh.retry_delay_ms,
+        };
+        if has_pr_jobs && need_token {
+            if let Err(e) = github_api.token() {
+                bail!(
+                    "{}: github.token_env: {e}; pull-request jobs need a token with pull-requests: write and \
+                     statuses: write",
+                    where_(&gh.token_env)
+                );
+            }
+        }
         let store = abs(&raw.store);
         let state_dir = raw
             .state_dir
@@ -436,6 +580,7 @@ impl Config {
             timezone: raw.timezone,
             commands: raw.commands,
             notify: raw.notify,
+            github_api,
             jobs,
         })
     }
@@ -482,6 +627,70 @@ mod tests {
         let e = parse(&OK.replace("branch = \"main\"\n", ""))
             .unwrap_err()
             .to_string();
+        assert!(e.contains("exactly one of branch"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    /// A pull-request job; `token_env` names PATH, a variable every test process has (the token's value is never
+    /// read here beyond "set and non-empty").
+    const PR: &str = "store = \"store\"\n[repository]\npath = \"repo\"\ngithub = \"octo/saeperf\"\n\
+        [github]\napi_url = \"http://127.0.0.1:9/api/\"\ntoken_env = \"PATH\"\n\
+        [[job]]\nname = \"prs\"\ncron = \"0 0 * * * *\"\npull_requests = { label = \"benchmark\" }\n";
+
+    #[test]
+    fn pull_request_jobs() {
+        let c = parse(PR).unwrap();
+        assert_eq!(
+            c.jobs[0].target,
+            Target::PullRequests {
+                label: "benchmark".into()
+            }
+        );
+        assert_eq!(c.github_api.api_url, "http://127.0.0.1:9/api");
+        assert_eq!(c.github_api.token_env, "PATH");
+        assert_eq!(c.github_api.status_context, "saeperf");
+        // Defaults: the public API and GITHUB_TOKEN (not checked without pull-request jobs).
+        let c = parse(OK).unwrap();
+        assert_eq!(c.github_api.api_url, DEFAULT_GITHUB_API);
+        assert_eq!(c.github_api.token_env, "GITHUB_TOKEN");
+
+        let e = parse(&PR.replace("label = \"benchmark\"", "label = \" \""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 11") && e.contains("pull_requests.label must not be empty"),
+            "{e}"
+        );
+        let e = parse(&PR.replace("github = \"octo/saeperf\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 10") && e.contains("needs repository.github"),
+            "{e}"
+        );
+        let e = parse(&PR.replace("\"PATH\"", "\"SAEPERF_TEST_NO_SUCH_TOKEN_VARIABLE\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 7")
+                && e.contains("github.token_env")
+                && e.contains("SAEPERF_TEST_NO_SUCH_TOKEN_VARIABLE is not set"),
+            "{e}"
+        );
+        let e = parse(&PR.replace("http://127.0.0.1:9/api/", "ftp://x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 6") && e.contains("github.api_url"), "{e}");
+        let e = parse(&PR.replace("label = \"benchmark\"", "label = \"b\", colour = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        let e = parse(&PR.replace(
+            "pull_requests = { label = \"benchmark\" }",
+            "branch = \"main\"\npull_requests = { label = \"b\" }",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("exactly one of branch"), "{e}");
         assert!(!e.contains('\n'));
     }

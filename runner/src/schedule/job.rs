@@ -55,6 +55,40 @@ pub fn resolve_branch(repo: &Path, remote: Option<&str>, branch: &str) -> Result
     .with_context(|| format!("branch {branch} not found in {}", repo.display()))
 }
 
+/// Whether the clone has `sha` as a commit.
+pub fn has_commit(repo: &Path, sha: &str) -> bool {
+    git(repo, &["cat-file", "-e", &format!("{sha}^{{commit}}")]).is_ok()
+}
+
+/// Make a pull request's head commit available in the clone: fetch `refs/pull/N/head` from the remote into
+/// `refs/saeperf/pull/N` (GitHub serves that ref for every pull request, forks included; a plain git remote can hold
+/// it too). Nothing is fetched when the commit is already here.
+pub fn fetch_pull(repo: &Path, remote: Option<&str>, number: u64, sha: &str) -> Result<()> {
+    if has_commit(repo, sha) {
+        return Ok(());
+    }
+    let Some(r) = remote else {
+        bail!(
+            "head {sha} is not in {} and the clone has no remote to fetch it from",
+            repo.display()
+        );
+    };
+    git(
+        repo,
+        &[
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            r,
+            &format!("+refs/pull/{number}/head:refs/saeperf/pull/{number}"),
+        ],
+    )?;
+    if !has_commit(repo, sha) {
+        bail!("fetched refs/pull/{number}/head from {r}, but head {sha} is not there (pushed again since the listing?)");
+    }
+    Ok(())
+}
+
 /// Remove a worktree (and whatever is left of its directory), then prune git's records.
 pub fn remove_worktree(repo: &Path, wt: &Path) {
     if wt.exists() {
@@ -97,7 +131,7 @@ pub fn expand(template: &str, vars: &[(&str, String)]) -> String {
 pub fn spawn(
     cmd: &str,
     dir: &Path,
-    env: &[(&str, &Path)],
+    env: &[(&str, std::ffi::OsString)],
     stdout: &Path,
     log: &Path,
 ) -> Result<Child> {

@@ -8,6 +8,15 @@
 //! reads the bench's JSON (run, baseline comparison), re-renders the dashboard, notifies webhooks of regressions and
 //! removes the worktree. While a child runs the loop keeps polling fires and the stop flag.
 //!
+//! A pull-request job lists the open pull requests carrying its label through the GitHub client (octocrab, API base
+//! URL from the configuration), and for each head commit not yet benchmarked with the same suite, profile and
+//! machine fetches `refs/pull/N/head` from the remote (a ref GitHub serves for every pull request, forks included,
+//! and that a plain git remote can hold too), benchmarks it like a branch commit with the pull request's base branch
+//! as the merge-base baseline, re-renders the dashboard, and runs `runner report post` (this same binary, as a child
+//! in its own process group) to update the job's sticky comment and set the commit status. A failed listing or post
+//! is recorded as a `github failed` attempt; a head whose run is stored but whose post failed is posted again at the
+//! next fire without being benchmarked again.
+//!
 //! Invariants: the state file (see [`state`]) records the newest handled fire per job, so after downtime a missed
 //! fire runs once; an attempt is in `state.current` while it runs and moves to the history with its outcome and log,
 //! so every incomplete store run the scheduler caused is named by an `interrupted`/`bench crashed` attempt;
@@ -28,8 +37,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::github::{GitHub, PullRequest, Repo, RetryPolicy};
 use crate::notify;
 use crate::store::{Store, StoreError};
 use config::{Config, Job, Target, Tz};
@@ -97,6 +107,16 @@ pub fn due_fire(
     newest.map(|f| (f, missed))
 }
 
+/// What to do with a target commit.
+enum Plan {
+    /// Build and bench it.
+    Run,
+    /// Nothing (already benchmarked, or failed for good).
+    Skip,
+    /// Its run is stored (this store run id) but this pull-request job has not posted it yet.
+    PostOnly(String),
+}
+
 /// How a waited-for child ended.
 enum ChildEnd {
     Exited(std::process::ExitStatus),
@@ -151,7 +171,9 @@ pub fn run_schedule(a: &ScheduleArgs) -> Result<i32> {
         stop,
     };
     s.startup()?;
+    s.write_status_json(Some(std::process::id()));
     s.run_loop()?;
+    s.write_status_json(None);
     tracing::info!("scheduler stopped");
     eprintln!("scheduler stopped");
     Ok(0)
@@ -255,13 +277,14 @@ impl Scheduler {
     }
 
     fn run_job(&mut self, j: &Job) {
-        let Target::Branch(branch) = &j.target else {
-            tracing::error!(
-                job = j.name,
-                "pull-request targets are not supported in this build"
-            );
-            return;
+        let branch = match &j.target {
+            Target::Branch(b) => b.clone(),
+            Target::PullRequests { label } => {
+                let label = label.clone();
+                return self.run_pr_job(j, &label);
+            }
         };
+        let branch = &branch;
         let repo = self.cfg.repo.clone();
         let remote = job::remote(&repo, self.cfg.remote.as_deref());
         if let Some(r) = &remote {
@@ -280,6 +303,20 @@ impl Scheduler {
                 return;
             }
         };
+        if !matches!(self.plan(j, &commit, false), Plan::Run) {
+            return;
+        }
+        let base_branch = match &remote {
+            Some(r) => format!("{r}/{}", j.base_branch),
+            None => j.base_branch.clone(),
+        };
+        self.attempt(j, &commit, branch, &base_branch, None, None);
+    }
+
+    /// Whether `commit` is benchmarked for job `j`: not when it already failed for good, nor when the store holds a
+    /// complete clean run of it with the same suite, profile and machine. For pull-request jobs a stored run that this
+    /// job has not yet reported successfully (its post failed, or another job benchmarked the commit) is posted.
+    fn plan(&self, j: &Job, commit: &str, pull_request: bool) -> Plan {
         if let Some(prev) = self
             .state
             .history
@@ -293,24 +330,44 @@ impl Scheduler {
                 "skipped: this commit already failed ({})",
                 prev.outcome.as_str()
             );
-            return;
+            return Plan::Skip;
         }
-        let hash = job::suite_hash_at(&repo, &commit, j.suite.as_deref(), &j.profile);
+        let hash = job::suite_hash_at(&self.cfg.repo, commit, j.suite.as_deref(), &j.profile);
         match self.open_store() {
             Ok(Some(store)) => {
                 match job::already_benchmarked(
                     &store,
-                    &commit,
+                    commit,
                     &self.fingerprint_id,
                     &j.profile,
                     hash.as_deref(),
                 ) {
                     Ok(Some(run)) => {
+                        let reported = self.state.history.iter().any(|a| {
+                            a.job == j.name
+                                && a.commit == commit
+                                && matches!(
+                                    a.outcome,
+                                    Outcome::Ok | Outcome::Regression | Outcome::BenchmarkFailed
+                                )
+                        });
+                        if pull_request && !reported {
+                            tracing::info!(
+                                job = j.name,
+                                commit,
+                                run,
+                                "benchmarked, not yet posted"
+                            );
+                            return Plan::PostOnly(run);
+                        }
                         tracing::info!(job = j.name, commit, run, "skipped: already benchmarked");
-                        return;
+                        Plan::Skip
                     }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("cannot list the store's runs: {e:#}"),
+                    Ok(None) => Plan::Run,
+                    Err(e) => {
+                        tracing::warn!("cannot list the store's runs: {e:#}");
+                        Plan::Run
+                    }
                 }
             }
             Ok(None) => {
@@ -318,19 +375,156 @@ impl Scheduler {
                     job = j.name,
                     "the store stayed busy for a minute; this fire is skipped"
                 );
-                return;
+                Plan::Skip
             }
             Err(e) => {
                 tracing::error!(job = j.name, "cannot open the store: {e:#}");
                 eprintln!("job {}: cannot open the store: {e:#}", j.name);
-                return;
+                Plan::Skip
             }
         }
-        let base_branch = match &remote {
-            Some(r) => format!("{r}/{}", j.base_branch),
-            None => j.base_branch.clone(),
+    }
+
+    /// Record an attempt that ran nothing (a failed listing or fetch), with its reason in a log file of its own.
+    fn record(
+        &mut self,
+        j: &Job,
+        commit: &str,
+        branch: &str,
+        pr: Option<u64>,
+        outcome: Outcome,
+        detail: String,
+    ) {
+        let key = if commit.is_empty() { "none" } else { commit };
+        let log = job::log_path(&self.cfg.state_dir.join("logs"), &j.name, key);
+        if let Err(e) = std::fs::write(
+            &log,
+            format!("[saeperf schedule {}] {detail}\n", Utc::now().to_rfc3339()),
+        ) {
+            tracing::warn!("cannot write {}: {e}", log.display());
+        }
+        let a = Attempt {
+            job: j.name.clone(),
+            commit: commit.to_string(),
+            branch: branch.to_string(),
+            pr,
+            started_at: Utc::now(),
+            finished_at: None,
+            outcome: Outcome::Running,
+            run_id: None,
+            log,
+            detail: String::new(),
         };
-        self.attempt(j, &commit, branch, &base_branch);
+        self.finish(a, outcome, detail);
+    }
+
+    /// The open pull requests carrying `label`, through the GitHub client; a stop request cuts retries short.
+    fn list_pulls(&self, label: &str) -> Result<Vec<PullRequest>> {
+        let repo: Repo = self
+            .cfg
+            .github
+            .as_deref()
+            .context("repository.github is not set")?
+            .parse()?;
+        let api = self.cfg.github_api.clone();
+        let token = api.token()?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let stop = Arc::clone(&self.stop);
+        rt.block_on(async move {
+            let gh = GitHub::new(
+                &api.api_url,
+                &token,
+                RetryPolicy {
+                    attempts: api.attempts,
+                    base_delay: Duration::from_millis(api.retry_delay_ms),
+                    max_delay: Duration::from_secs(120),
+                },
+            )?;
+            tokio::select! {
+                r = gh.labelled_pulls(&repo, label) => Ok(r?),
+                _ = async {
+                    while !stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                } => anyhow::bail!("stopped while listing pull requests"),
+            }
+        })
+    }
+
+    /// A pull-request job: every labelled open pull request whose head is new gets benchmarked and reported.
+    fn run_pr_job(&mut self, j: &Job, label: &str) {
+        let repo = self.cfg.repo.clone();
+        let listing = format!("pull requests labelled {label}");
+        let pulls = match self.list_pulls(label) {
+            Ok(p) => p,
+            Err(e) => {
+                if !self.stopping() {
+                    self.record(
+                        j,
+                        "",
+                        &listing,
+                        None,
+                        Outcome::GithubFailed,
+                        format!("listing {listing}: {e:#}"),
+                    );
+                }
+                return;
+            }
+        };
+        tracing::info!(
+            job = j.name,
+            label,
+            count = pulls.len(),
+            "labelled pull requests"
+        );
+        let remote = job::remote(&repo, self.cfg.remote.as_deref());
+        if let Some(r) = &remote {
+            // The base branches (for the merge base).
+            if let Err(e) = job::git(&repo, &["fetch", "--prune", "--quiet", r]) {
+                tracing::warn!(
+                    job = j.name,
+                    "fetch failed, using the refs already here: {e:#}"
+                );
+            }
+        }
+        for p in pulls {
+            if self.stopping() {
+                break;
+            }
+            self.tick();
+            let commit = p.head_sha.clone();
+            let branch = if p.head_ref.is_empty() {
+                format!("pull/{}", p.number)
+            } else {
+                p.head_ref.clone()
+            };
+            if let Err(e) = job::fetch_pull(&repo, remote.as_deref(), p.number, &commit) {
+                self.record(
+                    j,
+                    &commit,
+                    &branch,
+                    Some(p.number),
+                    Outcome::FetchFailed,
+                    format!("pull request #{}: {e:#}", p.number),
+                );
+                continue;
+            }
+            let base_branch = match &remote {
+                Some(r) => format!("{r}/{}", p.base_ref),
+                None => p.base_ref.clone(),
+            };
+            match self.plan(j, &commit, true) {
+                Plan::Skip => {}
+                Plan::Run => self.attempt(j, &commit, &branch, &base_branch, Some(p.number), None),
+                Plan::PostOnly(run) => {
+                    self.attempt(j, &commit, &branch, &base_branch, Some(p.number), Some(run))
+                }
+            }
+        }
     }
 
     /// Wait for a child, queueing fires meanwhile; kill its process group on stop or timeout.
@@ -392,33 +586,58 @@ impl Scheduler {
         self.state.current = None;
         self.state.push_history(a);
         self.save();
-        self.write_status_json();
+        self.write_status_json(Some(std::process::id()));
     }
 
-    fn attempt(&mut self, j: &Job, commit: &str, branch: &str, base_branch: &str) {
+    fn attempt(
+        &mut self,
+        j: &Job,
+        commit: &str,
+        branch: &str,
+        base_branch: &str,
+        pr: Option<u64>,
+        post_only: Option<String>,
+    ) {
         let log = job::log_path(&self.cfg.state_dir.join("logs"), &j.name, commit);
         let out = log.with_extension("json");
         let mut a = Attempt {
             job: j.name.clone(),
             commit: commit.to_string(),
             branch: branch.to_string(),
+            pr,
             started_at: Utc::now(),
             finished_at: None,
             outcome: Outcome::Running,
-            run_id: None,
+            run_id: post_only.clone(),
             log: log.clone(),
             detail: String::new(),
         };
         self.state.current = Some(a.clone());
         self.save();
         eprintln!(
-            "job {}: benchmarking {branch} at {commit} (log {})",
+            "job {}: {} {branch}{} at {commit} (log {})",
             j.name,
+            if post_only.is_some() {
+                "posting"
+            } else {
+                "benchmarking"
+            },
+            pr.map(|n| format!(" (#{n})")).unwrap_or_default(),
             log.display()
         );
         let wt = self.worktree(&j.name);
         job::remove_worktree(&self.cfg.repo, &wt);
-        let result = self.attempt_in(j, commit, branch, base_branch, &wt, &log, &out, &mut a);
+        let result = self.attempt_in(
+            j,
+            commit,
+            branch,
+            base_branch,
+            &wt,
+            &log,
+            &out,
+            &mut a,
+            post_only.is_some(),
+        );
         job::remove_worktree(&self.cfg.repo, &wt);
         let (outcome, detail) = result;
         self.finish(a, outcome, detail);
@@ -435,6 +654,7 @@ impl Scheduler {
         log: &Path,
         out: &Path,
         a: &mut Attempt,
+        post_only: bool,
     ) -> (Outcome, String) {
         let note = |msg: &str| {
             use std::io::Write;
@@ -486,9 +706,21 @@ impl Scheduler {
                     .map(|s| format!("--suite {}", job::sh_quote(s)))
                     .unwrap_or_default(),
             ),
+            (
+                "pr_args",
+                a.pr.map(|n| format!("--pr {n}")).unwrap_or_default(),
+            ),
         ];
-        let target_dir = self.cfg.target_dir.clone();
-        let env = [("CARGO_TARGET_DIR", target_dir.as_path())];
+        let env = [(
+            "CARGO_TARGET_DIR",
+            self.cfg.target_dir.clone().into_os_string(),
+        )];
+        if post_only {
+            return match a.run_id.clone() {
+                Some(run) => self.post(j, commit, base_branch, &run, wt, log, &env, a),
+                None => (Outcome::GithubFailed, "no run to post".into()),
+            };
+        }
 
         // Build.
         let cmd = job::expand(&self.cfg.commands.build, &vars);
@@ -646,7 +878,168 @@ impl Scheduler {
                 note(&format!("notify {url}: {r:?}"));
             }
         }
+
+        // The pull request's comment and commit status.
+        if let (Some(_), Some(run)) = (a.pr, a.run_id.clone()) {
+            let (posted, said) = self.post(j, commit, base_branch, &run, wt, log, &env, a);
+            return match posted {
+                Outcome::GithubFailed | Outcome::Interrupted => (
+                    posted,
+                    format!("benchmarked ({}: {detail}); {said}", outcome.as_str()),
+                ),
+                _ => (outcome, format!("{detail}; {said}")),
+            };
+        }
         (outcome, detail)
+    }
+
+    /// `runner report post` for a stored run of a pull request's head: the job's sticky comment (its marker key is
+    /// the job's name, so two jobs on one pull request keep two comments) and the commit status. Runs in the
+    /// commit's worktree (the merge base and the suite's rules are the commit's), as a child of this binary in its
+    /// own process group, so a stop kills it and fires keep being queued during GitHub's retries. Returns the
+    /// verdict the post reported, or `GithubFailed` and why.
+    #[allow(clippy::too_many_arguments)]
+    fn post(
+        &mut self,
+        j: &Job,
+        commit: &str,
+        base_branch: &str,
+        run: &str,
+        wt: &Path,
+        log: &Path,
+        env: &[(&str, std::ffi::OsString)],
+        a: &Attempt,
+    ) -> (Outcome, String) {
+        let Some(pr) = a.pr else {
+            return (Outcome::GithubFailed, "no pull request".into());
+        };
+        let Some(repo) = self.cfg.github.clone() else {
+            return (Outcome::GithubFailed, "repository.github is not set".into());
+        };
+        let api = self.cfg.github_api.clone();
+        let token = match api.token() {
+            Ok(t) => t,
+            Err(e) => return (Outcome::GithubFailed, format!("posting: {e}")),
+        };
+        if !wt.is_dir() {
+            if let Err(e) = job::git(
+                &self.cfg.repo,
+                &[
+                    "worktree",
+                    "add",
+                    "--detach",
+                    &wt.display().to_string(),
+                    commit,
+                ],
+            ) {
+                return (Outcome::GithubFailed, format!("posting: worktree: {e:#}"));
+            }
+        }
+        let mut args: Vec<String> = vec![
+            self.runner_exe.display().to_string(),
+            "--db".into(),
+            self.cfg.store.display().to_string(),
+            "report".into(),
+            "post".into(),
+            "--repo".into(),
+            repo.clone(),
+            "--pr".into(),
+            pr.to_string(),
+            "--head".into(),
+            run.to_string(),
+            "--base-branch".into(),
+            base_branch.to_string(),
+            "--verify-head".into(),
+            commit.to_string(),
+            "--key".into(),
+            j.name.clone(),
+            "--api-url".into(),
+            api.api_url.clone(),
+            "--status-context".into(),
+            api.status_context.clone(),
+            "--attempts".into(),
+            api.attempts.to_string(),
+            "--retry-delay-ms".into(),
+            api.retry_delay_ms.to_string(),
+        ];
+        if let Some(u) = &self.cfg.notify.dashboard_url {
+            args.extend(["--dashboard-url".into(), u.clone()]);
+        }
+        if let Some(s) = &j.suite {
+            args.extend(["--suite".into(), s.clone()]);
+        }
+        let cmd = args
+            .iter()
+            .map(|x| job::sh_quote(x))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let out = log.with_extension("post");
+        let _ = std::fs::remove_file(&out);
+        {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+            {
+                let _ = writeln!(
+                    f,
+                    "[saeperf schedule {}] post: {cmd}",
+                    Utc::now().to_rfc3339()
+                );
+            }
+        }
+        let mut env: Vec<(&str, std::ffi::OsString)> = env.to_vec();
+        env.push(("GITHUB_TOKEN", token.into()));
+        let mut child = match job::spawn(&cmd, wt, &env, &out, log) {
+            Ok(c) => c,
+            Err(e) => return (Outcome::GithubFailed, format!("posting: {e:#}")),
+        };
+        let end = self.wait(&mut child, Duration::from_secs(900));
+        let said = std::fs::read_to_string(&out).unwrap_or_default();
+        {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+            {
+                let _ = write!(f, "{said}");
+            }
+        }
+        let _ = std::fs::remove_file(&out);
+        match end {
+            ChildEnd::Exited(st) if st.success() => {
+                // `report post` ends its line with `(VERDICT)`.
+                let verdict = said
+                    .trim()
+                    .rsplit_once('(')
+                    .map(|(_, v)| v.trim_end_matches(')').to_string())
+                    .unwrap_or_default();
+                let outcome = match verdict.as_str() {
+                    "regression" => Outcome::Regression,
+                    "failed" => Outcome::BenchmarkFailed,
+                    _ => Outcome::Ok,
+                };
+                tracing::info!(job = j.name, pr, commit, "posted: {}", said.trim());
+                (outcome, format!("posted to #{pr} ({verdict})"))
+            }
+            ChildEnd::Exited(st) => {
+                let why = std::fs::read_to_string(log)
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("Error") || l.starts_with("error"))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("exited {st}"));
+                (
+                    Outcome::GithubFailed,
+                    format!("posting to #{pr} failed: {why}"),
+                )
+            }
+            ChildEnd::TimedOut => (Outcome::GithubFailed, format!("posting to #{pr} timed out")),
+            ChildEnd::Stopped => (Outcome::Interrupted, "stopped while posting".into()),
+        }
     }
 
     fn link(&self, commit: &str) -> Option<String> {
@@ -659,26 +1052,40 @@ impl Scheduler {
             .map(|g| format!("https://github.com/{g}/commit/{commit}"))
     }
 
-    /// `status.json` beside the dashboard, for its status page.
-    fn write_status_json(&self) {
+    /// `status.json` beside the dashboard, and the status page rendered from it (`pid`: None once stopping).
+    fn write_status_json(&self, pid: Option<u32>) {
         let Some(d) = &self.cfg.dashboard_dir else {
             return;
         };
-        let st = status_report(&self.cfg, &self.state, Some(std::process::id()));
+        let st = status_report(&self.cfg, &self.state, pid);
         let tmp = d.join("status.json.tmp");
         let r = std::fs::create_dir_all(d)
             .and_then(|_| std::fs::write(&tmp, serde_json::to_vec_pretty(&st).expect("serializes")))
             .and_then(|_| std::fs::rename(&tmp, d.join("status.json")));
         if let Err(e) = r {
             tracing::warn!("cannot write {}: {e}", d.join("status.json").display());
+            return;
+        }
+        let repo_url = self
+            .cfg
+            .github
+            .as_ref()
+            .map(|g| format!("https://github.com/{g}"));
+        if let Err(e) =
+            crate::report::status::render(&crate::report::environment(), d, repo_url.as_deref())
+        {
+            tracing::warn!("cannot render the status page: {e:#}");
         }
     }
 }
 
-/// What `runner status` shows.
-#[derive(Debug, Serialize)]
+/// What `runner status` shows (and, as status.json, the dashboard's status page).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct StatusReport {
     pub scheduler_pid: Option<u32>,
+    /// When this report was made.
+    #[serde(default)]
+    pub generated_at: Option<DateTime<Utc>>,
     pub state_dir: PathBuf,
     pub jobs: Vec<JobStatus>,
     pub current: Option<Attempt>,
@@ -686,7 +1093,7 @@ pub struct StatusReport {
     pub recent: Vec<Attempt>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct JobStatus {
     pub name: String,
     pub cron: String,
@@ -702,6 +1109,7 @@ pub fn status_report(cfg: &Config, st: &State, pid: Option<u32>) -> StatusReport
     let now = Utc::now();
     StatusReport {
         scheduler_pid: pid,
+        generated_at: Some(now),
         state_dir: cfg.state_dir.clone(),
         jobs: cfg
             .jobs
@@ -730,7 +1138,7 @@ pub fn status_report(cfg: &Config, st: &State, pid: Option<u32>) -> StatusReport
 
 /// `runner status --config FILE`.
 pub fn run_status(a: &StatusArgs) -> Result<i32> {
-    let cfg = Config::load(&a.config)?;
+    let cfg = Config::load_for_status(&a.config)?;
     let st = State::load(&cfg.state_dir)?;
     let pid = SchedulerLock::holder(&cfg.state_dir);
     let rep = status_report(&cfg, &st, pid);

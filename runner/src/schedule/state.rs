@@ -34,6 +34,11 @@ pub enum Outcome {
     BenchCrashed,
     /// Stopped by SIGTERM/SIGINT (or the scheduler died); the store run, if any, stays incomplete.
     Interrupted,
+    /// A pull-request job could not list the pull requests, or benchmarked a head but could not post its comment
+    /// and status (then `run_id` is set and the next fire posts again without benchmarking again).
+    GithubFailed,
+    /// A pull request's head could not be fetched (retried at the next fire).
+    FetchFailed,
 }
 
 impl Outcome {
@@ -46,6 +51,8 @@ impl Outcome {
             Outcome::BuildFailed => "build failed",
             Outcome::BenchCrashed => "bench crashed",
             Outcome::Interrupted => "interrupted",
+            Outcome::GithubFailed => "github failed",
+            Outcome::FetchFailed => "fetch failed",
         }
     }
 
@@ -59,8 +66,12 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     pub job: String,
+    /// Empty when nothing was resolved (a pull-request listing that failed).
     pub commit: String,
     pub branch: String,
+    /// The pull request, for pull-request jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr: Option<u64>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub outcome: Outcome,
@@ -228,6 +239,7 @@ mod tests {
             job: "a".into(),
             commit: "c".into(),
             branch: "main".into(),
+            pr: None,
             started_at: Utc::now(),
             finished_at: None,
             outcome: Outcome::Running,
