@@ -409,6 +409,31 @@ fn malformed_configurations_fail_at_start_with_one_line() {
             "exactly one of branch",
             "",
         ),
+        (
+            good.replace("branch = \"main\"", "pull_requests = { label = \"\" }"),
+            "pull_requests.label must not be empty",
+            "line 20",
+        ),
+        (
+            good.replace(
+                "branch = \"main\"",
+                "pull_requests = { label = \"benchmark\" }",
+            ),
+            "pull_requests needs repository.github",
+            "line 20",
+        ),
+        (
+            good.replace(
+                "path = \"repo\"",
+                "path = \"repo\"\ngithub = \"octo/saeperf\"",
+            )
+            .replace(
+                "branch = \"main\"",
+                "pull_requests = { label = \"benchmark\" }",
+            ) + "[github]\ntoken_env = \"SAEPERF_TEST_UNSET_TOKEN\"\n",
+            "SAEPERF_TEST_UNSET_TOKEN is not set",
+            "line 24",
+        ),
     ];
     for (text_, want, line) in cases {
         std::fs::write(&e.config, &text_).unwrap();
@@ -682,6 +707,80 @@ suite = "suite.toml"
     );
     assert!(page.contains("status-logs/"), "log links: {page}");
 
+    // A new head whose post is refused (GitHub still reports the old head: --verify-head) is recorded as a failed
+    // post; once GitHub agrees, the next fire posts it without benchmarking it again.
+    git(&origin, &["checkout", "-qb", "feature2", &c2]);
+    let c3 = commit_suite(&origin, &suite(4, 8), "four steps");
+    git(&origin, &["update-ref", "refs/pull/5/head", &c3]);
+    git(&origin, &["checkout", "-q", "main"]);
+    gh.state.lock().unwrap().pulls = vec![pull(5, &c3, &c1, &["benchmark"])];
+    let a3 = wait_for(
+        "the new head's run",
+        Duration::from_secs(60),
+        &mut child,
+        || {
+            attempts(&status(&e))
+                .into_iter()
+                .find(|a| a["commit"] == c3.as_str())
+        },
+    );
+    assert_eq!(a3["outcome"], "github_failed", "{a3}\n{}", sched_log());
+    let detail = a3["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("benchmarked (regression")
+            && detail.contains("posting to #5 failed")
+            && detail.contains("refusing to post"),
+        "{detail}"
+    );
+    let run3 = a3["run_id"].as_str().unwrap().to_string();
+    gh.state.lock().unwrap().pr_head = c3.clone();
+    let a4 = wait_for(
+        "the repeated post",
+        Duration::from_secs(30),
+        &mut child,
+        || {
+            attempts(&status(&e))
+                .into_iter()
+                .find(|a| a["commit"] == c3.as_str() && a["outcome"] != "github_failed")
+        },
+    );
+    // (A fire may come between the failure and the fix: every failed post names the same run.)
+    for a in attempts(&status(&e))
+        .iter()
+        .filter(|a| a["commit"] == c3.as_str() && a["outcome"] == "github_failed")
+    {
+        assert_eq!(a["run_id"], run3.as_str(), "{a}");
+    }
+    assert_eq!(a4["outcome"], "regression", "{a4}\n{}", sched_log());
+    assert_eq!(a4["run_id"], run3.as_str(), "posted, not benchmarked again");
+    {
+        let s = gh.state.lock().unwrap();
+        assert_eq!(
+            s.comments.len(),
+            1,
+            "the sticky comment is updated in place"
+        );
+        assert!(s.comments[0].1.contains(&c3[..7]));
+        assert_eq!(s.requests.iter().filter(|r| r.method == "PATCH").count(), 1);
+        assert_eq!(s.statuses.len(), 2);
+        assert_eq!(s.statuses[1].0, c3);
+    }
+    let o = runner(&e)
+        .arg("--db")
+        .arg(root.join("store"))
+        .args(["db", "list", "--json"])
+        .output()
+        .unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let commits: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["commit"].as_str().unwrap())
+        .collect();
+    assert_eq!(commits, vec![c1.as_str(), c2.as_str(), c3.as_str()]);
+    assert_eq!(runs[1]["pr"], 5, "{}", runs[1]);
+
     // GitHub failing: the listing is recorded as a failed attempt, and the service carries on.
     gh.state.lock().unwrap().always = Some(502);
     let af = wait_for(
@@ -691,7 +790,7 @@ suite = "suite.toml"
         || {
             attempts(&status(&e))
                 .into_iter()
-                .find(|a| a["outcome"] == "github_failed")
+                .find(|a| a["outcome"] == "github_failed" && a["commit"] == "")
         },
     );
     assert_eq!(af["job"], "prs");
