@@ -510,6 +510,86 @@ impl GitHub {
 mod tests {
     use super::*;
 
+    /// `labelled_pulls` against a real local HTTP server: 150 open pull requests on two pages, every third one
+    /// labelled; the first request answered 502 (retried).
+    #[test]
+    fn labelled_pulls_reads_every_page_and_filters_by_label() {
+        let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let srv = server.clone();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen2 = seen.clone();
+        let t = std::thread::spawn(move || {
+            while let Ok(req) = srv.recv() {
+                let u = req.url().to_string();
+                let n = {
+                    let mut s = seen2.lock().unwrap();
+                    s.push(u.clone());
+                    s.len()
+                };
+                if n == 1 {
+                    let _ =
+                        req.respond(tiny_http::Response::from_string("{}").with_status_code(502));
+                    continue;
+                }
+                let page: usize = u
+                    .split(['?', '&'])
+                    .find_map(|kv| kv.strip_prefix("page="))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let list: Vec<serde_json::Value> = (1..=150u64)
+                    .skip((page - 1) * 100)
+                    .take(100)
+                    .map(|i| {
+                        let label = if i % 3 == 0 { "Benchmark" } else { "docs" };
+                        serde_json::json!({
+                            "number": i, "title": format!("pr {i}"), "state": "open", "draft": i == 3,
+                            "labels": [ { "name": label } ],
+                            "head": { "ref": format!("f{i}"), "sha": format!("{i:040x}") },
+                            "base": { "ref": "main", "sha": "ab".repeat(20) },
+                        })
+                    })
+                    .collect();
+                let _ = req.respond(tiny_http::Response::from_string(
+                    serde_json::to_string(&list).unwrap(),
+                ));
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let repo: Repo = "o/r".parse().unwrap();
+        let pulls = rt
+            .block_on(async {
+                let gh = GitHub::new(
+                    &url,
+                    "t",
+                    RetryPolicy {
+                        attempts: 2,
+                        base_delay: Duration::from_millis(10),
+                        max_delay: Duration::from_millis(10),
+                    },
+                )
+                .unwrap();
+                gh.labelled_pulls(&repo, "benchmark").await
+            })
+            .unwrap();
+        server.unblock();
+        t.join().unwrap();
+        assert_eq!(pulls.len(), 50);
+        assert_eq!(pulls[0].number, 3);
+        assert!(pulls[0].draft);
+        assert_eq!(pulls[49].number, 150);
+        assert_eq!(pulls[49].head_sha, format!("{:040x}", 150));
+        assert_eq!(pulls[49].head_ref, "f150");
+        assert_eq!(pulls[49].base_ref, "main");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "a retry, then two pages: {seen:?}");
+        assert!(seen[2].starts_with("/repos/o/r/pulls?state=open") && seen[2].contains("page=2"));
+    }
+
     #[test]
     fn repo_names_are_checked() {
         assert_eq!(

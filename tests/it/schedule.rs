@@ -548,8 +548,9 @@ attempts = 2
 retry_delay_ms = 50
 
 [commands]
-build = "test -x {exe}"
-bench = "{exe} --db {{db}} bench --json --profile {{profile}} --commit {{commit}} --branch {{branch}} --base-branch {{base_branch}} {{suite_args}} {{pr_args}}"
+# The commit's code must not see the token (pull requests may come from forks).
+build = "test -x {exe} && test -z \"$SAEPERF_TEST_GH_TOKEN\""
+bench = "test -z \"$SAEPERF_TEST_GH_TOKEN\" && {exe} --db {{db}} bench --json --profile {{profile}} --commit {{commit}} --branch {{branch}} --base-branch {{base_branch}} {{suite_args}} {{pr_args}}"
 
 [[job]]
 name = "main"

@@ -127,10 +127,12 @@ pub fn expand(template: &str, vars: &[(&str, String)]) -> String {
     out
 }
 
-/// Start `sh -c cmd` in `dir`, in a new process group, stdout and stderr to the given files.
+/// Start `sh -c cmd` in `dir`, in a new process group, stdout and stderr to the given files, without the variables
+/// in `unset` (secrets the commit's own code must not see) and with those in `env`.
 pub fn spawn(
     cmd: &str,
     dir: &Path,
+    unset: &[&str],
     env: &[(&str, std::ffi::OsString)],
     stdout: &Path,
     log: &Path,
@@ -150,6 +152,9 @@ pub fn spawn(
         .stdout(open(stdout)?)
         .stderr(open(log)?)
         .process_group(0);
+    for k in unset {
+        c.env_remove(k);
+    }
     for (k, v) in env {
         c.env(k, v);
     }

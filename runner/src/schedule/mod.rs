@@ -715,6 +715,10 @@ impl Scheduler {
             "CARGO_TARGET_DIR",
             self.cfg.target_dir.clone().into_os_string(),
         )];
+        // The commit's own code (build scripts, the bench) never sees the GitHub token: pull requests may come from
+        // forks. Only `report post`, this binary, gets it.
+        let unset = self.secret_vars();
+        let unset: Vec<&str> = unset.iter().map(String::as_str).collect();
         if post_only {
             return match a.run_id.clone() {
                 Some(run) => self.post(j, commit, base_branch, &run, wt, log, &env, a),
@@ -725,7 +729,7 @@ impl Scheduler {
         // Build.
         let cmd = job::expand(&self.cfg.commands.build, &vars);
         note(&format!("build: {cmd}"));
-        let mut child = match job::spawn(&cmd, wt, &env, log, log) {
+        let mut child = match job::spawn(&cmd, wt, &unset, &env, log, log) {
             Ok(c) => c,
             Err(e) => return (Outcome::BuildFailed, format!("{e:#}")),
         };
@@ -749,7 +753,7 @@ impl Scheduler {
         let cmd = job::expand(&self.cfg.commands.bench, &vars);
         note(&format!("bench: {cmd}"));
         let _ = std::fs::remove_file(out);
-        let mut child = match job::spawn(&cmd, wt, &env, out, log) {
+        let mut child = match job::spawn(&cmd, wt, &unset, &env, out, log) {
             Ok(c) => c,
             Err(e) => return (Outcome::BenchCrashed, format!("{e:#}")),
         };
@@ -833,7 +837,7 @@ impl Scheduler {
             }
             let cmd = job::expand(&self.cfg.commands.dashboard, &vars);
             note(&format!("dashboard: {cmd}"));
-            match job::spawn(&cmd, wt, &env, log, log) {
+            match job::spawn(&cmd, wt, &unset, &env, log, log) {
                 Ok(mut c) => match self.wait(&mut c, Duration::from_secs(600)) {
                     ChildEnd::Exited(st) if st.success() => {}
                     _ => tracing::warn!(
@@ -891,6 +895,15 @@ impl Scheduler {
             };
         }
         (outcome, detail)
+    }
+
+    /// Environment variables that hold secrets: the configured token variable and GITHUB_TOKEN.
+    fn secret_vars(&self) -> Vec<String> {
+        let mut v = vec!["GITHUB_TOKEN".to_string()];
+        if self.cfg.github_api.token_env != "GITHUB_TOKEN" {
+            v.push(self.cfg.github_api.token_env.clone());
+        }
+        v
     }
 
     /// `runner report post` for a stored run of a pull request's head: the job's sticky comment (its marker key is
@@ -991,7 +1004,7 @@ impl Scheduler {
         }
         let mut env: Vec<(&str, std::ffi::OsString)> = env.to_vec();
         env.push(("GITHUB_TOKEN", token.into()));
-        let mut child = match job::spawn(&cmd, wt, &env, &out, log) {
+        let mut child = match job::spawn(&cmd, wt, &[], &env, &out, log) {
             Ok(c) => c,
             Err(e) => return (Outcome::GithubFailed, format!("posting: {e:#}")),
         };
