@@ -549,7 +549,7 @@ retry_delay_ms = 50
 
 [commands]
 # The commit's code must not see the token (pull requests may come from forks).
-build = "test -x {exe} && test -z \"$SAEPERF_TEST_GH_TOKEN\""
+build = "test -x {exe} && ! test -e BROKEN && test -z \"$SAEPERF_TEST_GH_TOKEN\""
 bench = "test -z \"$SAEPERF_TEST_GH_TOKEN\" && {exe} --db {{db}} bench --json --profile {{profile}} --commit {{commit}} --branch {{branch}} --base-branch {{base_branch}} {{suite_args}} {{pr_args}}"
 
 [[job]]
@@ -781,6 +781,41 @@ suite = "suite.toml"
         .collect();
     assert_eq!(commits, vec![c1.as_str(), c2.as_str(), c3.as_str()]);
     assert_eq!(runs[1]["pr"], 5, "{}", runs[1]);
+
+    // A head that fails to build: recorded with its log, and an `error` status on the commit (no run, no comment).
+    git(&origin, &["checkout", "-qb", "feature3", &c1]);
+    std::fs::write(origin.join("BROKEN"), "x").unwrap();
+    let cb = commit_suite(&origin, &suite(5, 8), "broken");
+    git(&origin, &["update-ref", "refs/pull/5/head", &cb]);
+    git(&origin, &["checkout", "-q", "main"]);
+    {
+        let mut s = gh.state.lock().unwrap();
+        s.pr_head = cb.clone();
+        s.pulls = vec![pull(5, &cb, &c1, &["benchmark"])];
+    }
+    let st = wait_for(
+        "the failure status",
+        Duration::from_secs(30),
+        &mut child,
+        || {
+            let s = gh.state.lock().unwrap();
+            s.statuses.iter().find(|x| x.0 == cb).map(|x| x.1.clone())
+        },
+    );
+    assert_eq!(st["state"], "error", "{st}");
+    assert!(
+        st["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("build failed"),
+        "{st}"
+    );
+    let ab = attempts(&status(&e))
+        .into_iter()
+        .find(|a| a["commit"] == cb.as_str())
+        .unwrap();
+    assert_eq!(ab["outcome"], "build_failed", "{ab}");
+    assert_eq!(gh.state.lock().unwrap().comments.len(), 1);
 
     // GitHub failing: the listing is recorded as a failed attempt, and the service carries on.
     gh.state.lock().unwrap().always = Some(502);

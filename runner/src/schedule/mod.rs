@@ -39,7 +39,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::github::{GitHub, PullRequest, Repo, RetryPolicy};
+use crate::github::{GitHub, PullRequest, Repo, RetryPolicy, StatusState};
 use crate::notify;
 use crate::store::{Store, StoreError};
 use config::{Config, Job, Target, Tz};
@@ -418,8 +418,17 @@ impl Scheduler {
         self.finish(a, outcome, detail);
     }
 
-    /// The open pull requests carrying `label`, through the GitHub client; a stop request cuts retries short.
-    fn list_pulls(&self, label: &str) -> Result<Vec<PullRequest>> {
+    /// Run one GitHub call through the client (octocrab, the configured API URL, token and retry policy) on a
+    /// runtime of its own; a stop request cuts retries short.
+    fn with_github<T>(
+        &self,
+        call: impl for<'a> FnOnce(
+            &'a GitHub,
+            &'a Repo,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, crate::github::GitHubError>> + 'a>,
+        >,
+    ) -> Result<T> {
         let repo: Repo = self
             .cfg
             .github
@@ -445,14 +454,55 @@ impl Scheduler {
                 },
             )?;
             tokio::select! {
-                r = gh.labelled_pulls(&repo, label) => Ok(r?),
+                r = call(&gh, &repo) => Ok(r?),
                 _ = async {
                     while !stop.load(Ordering::Relaxed) {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                } => anyhow::bail!("stopped while listing pull requests"),
+                } => anyhow::bail!("stopped while talking to GitHub"),
             }
         })
+    }
+
+    /// The open pull requests carrying `label`.
+    fn list_pulls(&self, label: &str) -> Result<Vec<PullRequest>> {
+        let label = label.to_string();
+        self.with_github(move |gh, repo| {
+            Box::pin(async move { gh.labelled_pulls(repo, &label).await })
+        })
+    }
+
+    /// A pull request's head that failed to build or whose bench crashed gets an `error` commit status (there is no
+    /// run, so no comment); a failure to set it is logged only.
+    fn report_failure(&self, sha: &str, outcome: Outcome) {
+        let context = self.cfg.github_api.status_context.clone();
+        let description = format!(
+            "{}: see the scheduler's status page and log",
+            outcome.as_str()
+        );
+        let target = self
+            .cfg
+            .notify
+            .dashboard_url
+            .as_deref()
+            .map(|u| format!("{}/status.html", u.trim_end_matches('/')));
+        let sha = sha.to_string();
+        let r = self.with_github(move |gh, repo| {
+            Box::pin(async move {
+                gh.set_status(
+                    repo,
+                    &sha,
+                    StatusState::Error,
+                    &context,
+                    &description,
+                    target.as_deref(),
+                )
+                .await
+            })
+        });
+        if let Err(e) = r {
+            tracing::warn!("cannot set the failure status: {e:#}");
+        }
     }
 
     /// A pull-request job: every labelled open pull request whose head is new gets benchmarked and reported.
@@ -519,7 +569,18 @@ impl Scheduler {
             };
             match self.plan(j, &commit, true) {
                 Plan::Skip => {}
-                Plan::Run => self.attempt(j, &commit, &branch, &base_branch, Some(p.number), None),
+                Plan::Run => {
+                    self.attempt(j, &commit, &branch, &base_branch, Some(p.number), None);
+                    let failed = self
+                        .state
+                        .history
+                        .last()
+                        .filter(|a| a.commit == commit && a.outcome.is_final_failure())
+                        .map(|a| a.outcome);
+                    if let Some(o) = failed {
+                        self.report_failure(&commit, o);
+                    }
+                }
                 Plan::PostOnly(run) => {
                     self.attempt(j, &commit, &branch, &base_branch, Some(p.number), Some(run))
                 }
