@@ -15,7 +15,9 @@
 //! as the merge-base baseline, re-renders the dashboard, and runs `runner report post` (this same binary, as a child
 //! in its own process group) to update the job's sticky comment and set the commit status. A failed listing or post
 //! is recorded as a `github failed` attempt; a head whose run is stored but whose post failed is posted again at the
-//! next fire without being benchmarked again.
+//! next fire without being benchmarked again. A head that fails to build (or whose bench crashes) gets an `error`
+//! commit status. Build and bench children run without the token variables in their environment: a labelled pull
+//! request (perhaps from a fork) runs its own code on this machine, and must not be handed the token.
 //!
 //! Invariants: the state file (see [`state`]) records the newest handled fire per job, so after downtime a missed
 //! fire runs once; an attempt is in `state.current` while it runs and moves to the history with its outcome and log,
@@ -675,6 +677,7 @@ impl Scheduler {
         };
         self.state.current = Some(a.clone());
         self.save();
+        self.write_status_json(Some(std::process::id()));
         eprintln!(
             "job {}: {} {branch}{} at {commit} (log {})",
             j.name,
@@ -1277,7 +1280,7 @@ pub fn run_status(a: &StatusArgs) -> Result<i32> {
         t.set_header([
             "finished (UTC)",
             "job",
-            "commit",
+            "commit (PR)",
             "outcome",
             "run",
             "detail",
@@ -1287,7 +1290,11 @@ pub fn run_status(a: &StatusArgs) -> Result<i32> {
             t.add_row([
                 fmt_t(a.finished_at),
                 a.job.clone(),
-                short(&a.commit),
+                format!(
+                    "{}{}",
+                    short(&a.commit),
+                    a.pr.map(|n| format!(" (#{n})")).unwrap_or_default()
+                ),
                 a.outcome.as_str().to_string(),
                 a.run_id.clone().unwrap_or_default(),
                 a.detail.clone(),
