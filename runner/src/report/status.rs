@@ -315,6 +315,18 @@ mod tests {
         );
         failed.detail = "build exited exit status: 101 (see the log)".into();
         std::fs::write(&failed.log, "error[E0425]\n").unwrap();
+        let mut running = attempt(
+            "prs",
+            "dddddddddddddddddddddddddddddddddddddddd",
+            Outcome::Running,
+            29,
+            None,
+            logs.join("20260102T032900-prs-dddddddddd.log"),
+        );
+        running.pr = Some(8);
+        running.finished_at = None;
+        running.branch = "fix/speed".into();
+        std::fs::write(&running.log, "build: cargo build --release\n").unwrap();
         let rep = StatusReport {
             scheduler_pid: Some(4242),
             generated_at: Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 30, 0).unwrap()),
@@ -341,7 +353,7 @@ mod tests {
                     last_attempt: Some(reg.clone()),
                 },
             ],
-            current: None,
+            current: Some(running),
             recent: vec![failed, reg, ok],
         };
         std::fs::write(out.join(STATUS_JSON), serde_json::to_vec(&rep).unwrap()).unwrap();
@@ -367,7 +379,8 @@ mod tests {
             copies,
             [
                 "20260102T030000-nightly-aaaaaaaaaa.log",
-                "20260102T032000-nightly-cccccccccc.log"
+                "20260102T032000-nightly-cccccccccc.log",
+                "20260102T032900-prs-dddddddddd.log"
             ]
         );
         insta::assert_snapshot!(html);
