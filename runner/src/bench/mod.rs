@@ -544,6 +544,52 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
     })
 }
 
+/// One line for a kernel benchmark, whose metrics do not fit the table's columns.
+fn kernel_summary(r: &BenchResult) -> Option<String> {
+    match r.kind {
+        BenchKind::Resources => {
+            let by = |what: &'static str| {
+                r.metrics
+                    .iter()
+                    .filter(move |(k, _)| k.ends_with(what))
+                    .map(move |(k, v)| (k.trim_end_matches(what).trim_start_matches("kernel."), *v))
+            };
+            let n = by(".registers").count();
+            let (worst, regs) = by(".registers").max_by(|a, b| a.1.total_cmp(&b.1))?;
+            let spilling: Vec<&str> = by(".spill_bytes")
+                .filter(|(_, v)| *v > 0.0)
+                .map(|(k, _)| k)
+                .collect();
+            Some(format!(
+                "{}: {n} kernel builds, most registers {regs:.0} ({worst}), {}",
+                r.name,
+                if spilling.is_empty() {
+                    "no spills".to_string()
+                } else {
+                    format!("SPILLING: {}", spilling.join(", "))
+                }
+            ))
+        }
+        BenchKind::CudaOps => {
+            let parts: Vec<String> = r
+                .metrics
+                .iter()
+                .filter_map(|(k, v)| {
+                    let op = k.strip_prefix("cuda.")?.strip_suffix(".ms")?;
+                    let vs = r
+                        .metrics
+                        .get(&format!("cuda.{op}.vs_cublas"))
+                        .map(|x| format!(", {x:.2}× cuBLAS"))
+                        .unwrap_or_default();
+                    Some(format!("{op} {v:.3} ms{vs}"))
+                })
+                .collect();
+            Some(format!("{}: {}", r.name, parts.join("; ")))
+        }
+        _ => None,
+    }
+}
+
 /// The run as a table: one line per benchmark with its status, median time and headline metrics.
 pub fn render_run(run: &Run) -> String {
     let mut t = comfy_table::Table::new();
@@ -587,8 +633,15 @@ pub fn render_run(run: &Run) -> String {
             m(r, "dense_fraction"),
         ]);
     }
+    let notes: String = run
+        .results
+        .iter()
+        .filter(|r| r.status.is_ok())
+        .filter_map(kernel_summary)
+        .map(|l| l + "\n")
+        .collect();
     format!(
-        "run {} ({}{}, {}, {}, {})\n{t}\n",
+        "run {} ({}{}, {}, {}, {})\n{t}\n{notes}",
         run.meta.id,
         run.meta.commit.as_deref().map(short).unwrap_or("no commit"),
         if run.meta.dirty { ", dirty" } else { "" },
