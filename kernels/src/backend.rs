@@ -162,7 +162,8 @@ impl CpuBackend {
     }
 }
 
-fn len_check(what: &str, got: usize, want: usize) -> Result<(), BackendError> {
+/// A buffer's length against the shape's: every backend checks its inputs the same way, with the same message.
+pub(crate) fn len_check(what: &str, got: usize, want: usize) -> Result<(), BackendError> {
     if got == want {
         Ok(())
     } else {
@@ -172,11 +173,21 @@ fn len_check(what: &str, got: usize, want: usize) -> Result<(), BackendError> {
     }
 }
 
+/// Every tensor of a parameter set (host or device buffers: `len` says how long one is) against the shape.
+pub(crate) fn params_check_with<T>(
+    s: Shape,
+    p: &Params<T>,
+    what: &str,
+    len: impl Fn(&T) -> usize,
+) -> Result<(), BackendError> {
+    len_check(&format!("{what}.W_enc"), len(&p.w_enc), s.d_in * s.d_sae)?;
+    len_check(&format!("{what}.b_enc"), len(&p.b_enc), s.d_sae)?;
+    len_check(&format!("{what}.W_dec"), len(&p.w_dec), s.d_sae * s.d_in)?;
+    len_check(&format!("{what}.b_dec"), len(&p.b_dec), s.d_in)
+}
+
 fn params_check(s: Shape, p: &Params<Vec<f32>>, what: &str) -> Result<(), BackendError> {
-    len_check(&format!("{what}.W_enc"), p.w_enc.len(), s.d_in * s.d_sae)?;
-    len_check(&format!("{what}.b_enc"), p.b_enc.len(), s.d_sae)?;
-    len_check(&format!("{what}.W_dec"), p.w_dec.len(), s.d_sae * s.d_in)?;
-    len_check(&format!("{what}.b_dec"), p.b_dec.len(), s.d_in)
+    params_check_with(s, p, what, Vec::len)
 }
 
 impl Backend for CpuBackend {

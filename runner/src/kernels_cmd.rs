@@ -130,6 +130,7 @@ fn check(a: CheckArgs, quiet: bool) -> Result<i32> {
         let out = json!({
             "backend": sel.as_ref().map(|s| s.line.clone()),
             "nvrtc": report.nvrtc,
+            "sources": report.sources,
             "ptxas": report.ptxas.as_ref().ok(),
             "ptxas_missing": report.ptxas.as_ref().err(),
             "compiled": report.compiled,
@@ -143,6 +144,9 @@ fn check(a: CheckArgs, quiet: bool) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("{}", report.nvrtc);
+        if report.sources != "embedded" {
+            println!("kernel sources from {}", report.sources);
+        }
         println!(
             "compiled {} kernel files for {} architectures",
             report.compiled.len() / cuda::compile::CHECK_ARCHS.len(),

@@ -162,9 +162,66 @@ impl Default for Rules {
         for m in ["fve", "loss_recovered", "mmcs", "recovered_fraction"] {
             metrics.insert(m.to_string(), rule(HigherIsBetter, 1e-3));
         }
+        // ptxas resources are exact integers: any new spill is a regression, registers may move a little (a
+        // compiler update), shared memory only by a deliberate tiling change.
+        let exact = |direction, rel_tol| MetricRule {
+            direction,
+            rel_tol,
+            abs_tol: 0.0,
+            seed_sigmas: 0.0,
+        };
+        metrics.insert("kernel.*.spill_bytes".into(), exact(LowerIsBetter, 0.0));
+        metrics.insert("kernel.*.registers".into(), exact(LowerIsBetter, 0.10));
+        metrics.insert("kernel.*.smem_bytes".into(), exact(LowerIsBetter, 0.25));
+        // CUDA op timings (medians of CUDA events): judged on time; the derived rates are recorded only.
+        metrics.insert("cuda.*.ms".into(), exact(LowerIsBetter, 0.10));
+        for m in [
+            "cuda.*.gflops",
+            "cuda.*.gbps",
+            "cuda.*.vs_cublas",
+            "cuda.*.tokens_per_sec",
+        ] {
+            metrics.insert(m.into(), exact(None, 0.0));
+        }
         Rules {
             speed: SpeedRule::default(),
             metrics,
+        }
+    }
+}
+
+impl Rules {
+    /// The rule for a metric: its exact name first, else the most specific matching pattern (a key with `*`,
+    /// matching any run of characters, e.g. `kernel.*.registers`; longest pattern wins).
+    pub fn rule(&self, metric: &str) -> Option<&MetricRule> {
+        if let Some(r) = self.metrics.get(metric) {
+            return Some(r);
+        }
+        self.metrics
+            .iter()
+            .filter(|(k, _)| k.contains('*') && glob_match(k, metric))
+            .max_by_key(|(k, _)| k.len())
+            .map(|(_, r)| r)
+    }
+
+    /// Whether a metric is judged at all (has a rule whose direction is not `none`).
+    pub fn judged(&self, metric: &str) -> bool {
+        self.rule(metric)
+            .is_some_and(|r| r.direction != Direction::None)
+    }
+}
+
+/// `*` matches any run of characters (dots included); everything else matches itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|&i| tail.is_char_boundary(i))
+                .any(|i| glob_match(rest, &tail[i..]))
         }
     }
 }
@@ -305,6 +362,39 @@ pub struct OpSpec {
     pub shape: String,
 }
 
+/// The CUDA kernels' ptxas resource report (registers, shared memory, spill bytes per kernel and architecture):
+/// needs NVRTC and ptxas, no GPU; skipped with a note where they are missing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    pub name: String,
+}
+
+/// The CUDA op timings next to cuBLAS SGEMM (CUDA events, median of `iters`): only with the cuda backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CudaOpsSpec {
+    pub name: String,
+    pub shape: String,
+    #[serde(default = "default_cuda_warmup")]
+    pub warmup: usize,
+    #[serde(default = "default_cuda_iters")]
+    pub iters: usize,
+    /// k of the TopK (sparse) variants.
+    #[serde(default = "default_cuda_topk")]
+    pub topk: usize,
+}
+
+fn default_cuda_warmup() -> usize {
+    5
+}
+fn default_cuda_iters() -> usize {
+    30
+}
+fn default_cuda_topk() -> usize {
+    64
+}
+
 /// The suite file as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -323,6 +413,10 @@ pub struct Suite {
     pub prune: Vec<TrainSpec>,
     #[serde(default)]
     pub op: Vec<OpSpec>,
+    #[serde(default)]
+    pub resources: Vec<ResourcesSpec>,
+    #[serde(default)]
+    pub cuda_ops: Vec<CudaOpsSpec>,
     #[serde(default)]
     pub speed: Option<SpeedRule>,
     #[serde(default)]
@@ -346,13 +440,25 @@ pub enum BenchSpec {
         samples: usize,
         warmup: usize,
     },
+    Resources {
+        name: String,
+    },
+    CudaOps {
+        name: String,
+        shape: ShapeSpec,
+        warmup: usize,
+        iters: usize,
+        topk: usize,
+    },
 }
 
 impl BenchSpec {
     pub fn name(&self) -> &str {
         match self {
             BenchSpec::Train(t) | BenchSpec::Prune(t) => &t.name,
-            BenchSpec::Op { name, .. } => name,
+            BenchSpec::Op { name, .. }
+            | BenchSpec::Resources { name }
+            | BenchSpec::CudaOps { name, .. } => name,
         }
     }
 }
@@ -488,6 +594,28 @@ impl Suite {
                 return bad(format!("benchmark name {} is used twice", o.name));
             }
         }
+        for r in &self.resources {
+            if !names.insert(r.name.clone()) {
+                return bad(format!("benchmark name {} is used twice", r.name));
+            }
+        }
+        for c in &self.cuda_ops {
+            if !self.shapes.contains_key(&c.shape) {
+                return bad(format!(
+                    "cuda_ops benchmark {}: shape {:?} is not defined in [shapes]",
+                    c.name, c.shape
+                ));
+            }
+            if c.iters == 0 || c.topk == 0 {
+                return bad(format!(
+                    "cuda_ops benchmark {}: iters and topk must be positive",
+                    c.name
+                ));
+            }
+            if !names.insert(c.name.clone()) {
+                return bad(format!("benchmark name {} is used twice", c.name));
+            }
+        }
         if !self.profiles.contains_key(&self.default_profile) {
             return bad(format!(
                 "default_profile {:?} is not defined in [profiles]",
@@ -505,6 +633,11 @@ impl Suite {
             }
         }
         for (name, r) in &self.metrics {
+            if name.is_empty() || name.chars().all(|c| c == '*') {
+                return bad(format!(
+                    "metric {name:?}: a rule needs a metric name or a pattern such as \"kernel.*.registers\""
+                ));
+            }
             if !(r.rel_tol >= 0.0 && r.abs_tol >= 0.0 && r.seed_sigmas >= 0.0) {
                 return bad(format!("metric {name}: tolerances must be >= 0"));
             }
@@ -593,6 +726,20 @@ impl Suite {
                     warmup: p.op_warmup,
                 }),
         );
+        benches.extend(self.resources.iter().filter(|r| keep(&r.name)).map(|r| {
+            BenchSpec::Resources {
+                name: r.name.clone(),
+            }
+        }));
+        benches.extend(self.cuda_ops.iter().filter(|c| keep(&c.name)).map(|c| {
+            BenchSpec::CudaOps {
+                name: c.name.clone(),
+                shape: self.shapes[&c.shape],
+                warmup: c.warmup,
+                iters: c.iters,
+                topk: c.topk,
+            }
+        }));
         if benches.is_empty() {
             return Err(SuiteError::Invalid {
                 path: self.name.clone(),
@@ -646,6 +793,48 @@ mod tests {
     }
 
     #[test]
+    fn metric_rules_match_patterns_most_specific_first() {
+        assert!(glob_match(
+            "kernel.*.registers",
+            "kernel.sm_90.encode_relu.registers"
+        ));
+        assert!(!glob_match(
+            "kernel.*.registers",
+            "kernel.sm_90.encode_relu.spill_bytes"
+        ));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("a*b*c", "a-x-b-y-c"));
+        assert!(!glob_match("a*b*c", "a-x-c"));
+        let mut rules = Rules::default();
+        assert_eq!(
+            rules
+                .rule("kernel.sm_90.encode_relu.spill_bytes")
+                .unwrap()
+                .rel_tol,
+            0.0
+        );
+        assert!(rules.judged("kernel.sm_80.adam_step.registers"));
+        assert!(!rules.judged("cuda.encode.relu.gflops"));
+        assert!(!rules.judged("no_such_metric"));
+        // An exact rule beats a pattern; a longer pattern beats a shorter one.
+        let exact = MetricRule {
+            direction: Direction::None,
+            rel_tol: 0.0,
+            abs_tol: 0.0,
+            seed_sigmas: 0.0,
+        };
+        rules
+            .metrics
+            .insert("kernel.sm_80.*.registers".into(), exact);
+        assert!(!rules.judged("kernel.sm_80.adam_step.registers"));
+        assert!(rules.judged("kernel.sm_90.adam_step.registers"));
+        rules
+            .metrics
+            .insert("kernel.sm_90.adam_step.registers".into(), exact);
+        assert!(!rules.judged("kernel.sm_90.adam_step.registers"));
+    }
+
+    #[test]
     fn bad_suites_get_clear_errors() {
         let e = Suite::parse("name = 1", "x.toml").unwrap_err().to_string();
         assert!(e.contains("x.toml"), "{e}");
@@ -654,6 +843,12 @@ mod tests {
         assert!(e.contains("unknown op \"encdoe\""), "{e}");
         text = format!("{DEFAULT_SUITE}\n[metrics.mse]\ndirection = \"sideways\"\n");
         assert!(Suite::parse(&text, "x.toml").is_err());
+        text = format!("{DEFAULT_SUITE}\n[[cuda_ops]]\nname = \"c\"\nshape = \"huge\"\n");
+        let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("shape \"huge\" is not defined"), "{e}");
+        text = format!("{DEFAULT_SUITE}\n[metrics.\"*\"]\ndirection = \"none\"\n");
+        let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("needs a metric name"), "{e}");
         let s = Suite::parse(DEFAULT_SUITE, "d").unwrap();
         assert!(s
             .resolve(Some("nope"), None)

@@ -209,3 +209,157 @@ fn training_with_auto_falls_back_to_cpu_and_cuda_fails_cleanly_without_a_driver(
         .join("sae_weights.safetensors")
         .exists());
 }
+
+/// A suite with only the kernel resource benchmark.
+const RESOURCES_SUITE: &str = r#"
+name = "resources"
+default_profile = "standard"
+
+[profiles.standard]
+steps_scale = 1.0
+op_samples = 5
+synthetic_tokens = 1024
+
+[[resources]]
+name = "kernels/resources"
+"#;
+
+/// The ptxas report is stored with each `runner bench` run, and a kernel edit that makes the encoder GEMM spill
+/// (raising its occupancy bound from 2 to 4 blocks of 256 threads caps it at 64 registers, below the 8×8 tile's
+/// needs) is a regression of the next run — on a machine with no GPU. The edited source is read through
+/// SAEPERF_CUDA_SRC, as a kernel developer would before rebuilding.
+#[test]
+fn a_kernel_that_starts_to_spill_is_a_regression_of_the_bench_run() {
+    let missing = cuda::toolkit::nvrtc().err().or_else(|| {
+        cuda::toolkit::ptxas()
+            .is_none()
+            .then(|| "ptxas not found".to_string())
+    });
+    if let Some(why) = missing {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs NVRTC and ptxas, but: {why}"
+        );
+        eprintln!("SKIP a_kernel_that_starts_to_spill_is_a_regression_of_the_bench_run: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("cuda");
+    std::fs::create_dir_all(&src).unwrap();
+    let kernels_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/cuda");
+    for e in std::fs::read_dir(&kernels_dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "cu" || x == "cuh") {
+            std::fs::copy(&p, src.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(tmp.path().join("suite.toml"), RESOURCES_SUITE).unwrap();
+    let bench = |baseline: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .current_dir(tmp.path())
+            .args(["--db", "store", "bench", "--suite", "suite.toml", "--json"])
+            .args(["--baseline", baseline])
+            .env("SAEPERF_HOME", tmp.path().join("home"))
+            .env("SAEPERF_CUDA_SRC", &src)
+            .env_remove("SAEPERF_DB")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("{}{}", text(&o.stdout), text(&o.stderr)));
+        (o.status.code(), v)
+    };
+    let rows = |v: &serde_json::Value, verdict: &str| -> Vec<String> {
+        v["comparison"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["verdict"] == verdict)
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["bench"].as_str().unwrap(),
+                    r["metric"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+
+    let (code, first) = bench("none");
+    assert_eq!(code, Some(0), "{first}");
+    let res = &first["run"]["results"][0];
+    assert_eq!(res["name"], "kernels/resources");
+    assert_eq!(res["kind"], "resources");
+    let m = res["metrics"].as_object().unwrap();
+    let n_kernels: usize = cuda::compile::FILES.iter().map(|f| f.kernels.len()).sum();
+    assert_eq!(
+        m.len(),
+        n_kernels * 2 * 3,
+        "3 metrics per kernel and architecture"
+    );
+    assert!(
+        m["kernel.sm_90.encode_gemm_relu.registers"]
+            .as_f64()
+            .unwrap()
+            > 64.0
+    );
+    assert_eq!(
+        m["kernel.sm_90.encode_gemm_relu.spill_bytes"].as_f64(),
+        Some(0.0)
+    );
+
+    // A/A: the same sources give the same report, nothing to flag.
+    let (code, same) = bench("latest");
+    assert_eq!(code, Some(0), "{same}");
+    assert!(rows(&same, "regression").is_empty(), "{same}");
+    assert!(
+        rows(&same, "noise").len() >= n_kernels * 2 * 3,
+        "every resource judged"
+    );
+
+    // The edit: the encoder GEMM now has to fit in 64 registers.
+    let enc = src.join("encode.cu");
+    let text_before = std::fs::read_to_string(&enc).unwrap();
+    let edited = text_before.replace(
+        "__launch_bounds__(GEMM_THREADS, 2)\nencode_gemm_relu",
+        "__launch_bounds__(GEMM_THREADS, 4)\nencode_gemm_relu",
+    );
+    assert_ne!(
+        edited, text_before,
+        "encode.cu's launch bounds moved; update this test"
+    );
+    std::fs::write(&enc, edited).unwrap();
+    let (code, spilled) = bench("latest");
+    let reg = rows(&spilled, "regression");
+    assert_eq!(code, Some(2), "{reg:?}");
+    for arch in ["sm_80", "sm_90"] {
+        assert!(
+            reg.contains(&format!(
+                "kernels/resources kernel.{arch}.encode_gemm_relu.spill_bytes"
+            )),
+            "{reg:?}"
+        );
+    }
+    assert!(
+        reg.iter().all(|r| r.contains(".encode_gemm_relu.")),
+        "only the edited kernel regresses: {reg:?}"
+    );
+    // fewer registers is no regression: it is the spill that counts.
+    assert!(rows(&spilled, "improvement")
+        .iter()
+        .any(|r| r.ends_with("encode_gemm_relu.registers")));
+
+    // A source directory that lacks a file is a one-line error naming it, not a panic.
+    std::fs::remove_file(src.join("reduce.cu")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["kernels", "check", "--backend", "cpu"])
+        .env("SAEPERF_CUDA_SRC", &src)
+        .output()
+        .unwrap();
+    let stderr = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("reduce.cu") && stderr.contains("SAEPERF_CUDA_SRC"),
+        "{stderr}"
+    );
+}

@@ -262,6 +262,74 @@ fn comment_shows_verdict_changes_and_environment() {
     assert!(out.lines().next().unwrap().contains("no baseline"), "{out}");
 }
 
+/// A comparison with thousands of rows (e.g. every kernel's resources regressing at once) still fits in one GitHub
+/// comment: the full table goes first, then the least important significant rows, and the comment says so.
+#[test]
+fn a_huge_comparison_is_cut_to_fit_githubs_comment_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    let store = Store::open(&db).unwrap();
+    let resources = |regs: f64| BenchResult {
+        name: "kernels/resources".into(),
+        kind: BenchKind::Resources,
+        status: BenchStatus::Ok,
+        samples: vec![],
+        yardstick: vec![],
+        metrics: (0..3000)
+            .map(|i| {
+                (
+                    format!("kernel.sm_90.kernel_number_{i:04}.registers"),
+                    regs + i as f64 % 7.0,
+                )
+            })
+            .collect(),
+        metric_seeds: BTreeMap::new(),
+        deterministic: true,
+        curve: vec![],
+        extra: serde_json::Value::Null,
+    };
+    for (id, minutes, c, regs) in [
+        ("20260101T000000-base01", 0, "a", 64.0),
+        ("20260101T010000-head01", 60, "b", 128.0),
+    ] {
+        let m = meta(id, minutes, &c.repeat(40), "main", None);
+        store.begin_run(&m).unwrap();
+        let mut results = results(Knobs::default());
+        results.push(resources(regs));
+        store.commit_run(&Run { meta: m, results }).unwrap();
+    }
+    drop(store);
+    let out = common::ok(common::runner(tmp.path()).arg("--db").arg(&db).args([
+        "report",
+        "comment",
+        "--head",
+        "20260101T010000-head01",
+        "--base",
+        "20260101T000000-base01",
+    ]));
+    assert!(
+        out.chars().count() <= 65_000,
+        "{} characters",
+        out.chars().count()
+    );
+    assert!(
+        out.lines().next().unwrap().contains("regression"),
+        "{}",
+        out.lines().next().unwrap()
+    );
+    assert!(
+        out.contains("The table of every comparison ("),
+        "full table not replaced by a note"
+    );
+    assert!(out.contains("more, left out to fit GitHub's comment size limit"));
+    // What is kept is the most important: the largest register jumps come first.
+    assert!(
+        out.contains("kernel.sm_90.kernel_number_0006.registers"),
+        "largest change kept"
+    );
+    assert!(out.trim_end().ends_with("<!-- saeperf-report:default -->"));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // A local stand-in for the GitHub REST API: real HTTP on 127.0.0.1, the endpoints `report post` uses, a record of
 // every request, and a queue of faults to answer with before serving normally.

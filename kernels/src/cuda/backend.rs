@@ -6,7 +6,7 @@
 
 use super::compile::{self, FILES};
 use super::{toolkit, CudaError};
-use crate::backend::{Backend, BackendError, Params};
+use crate::backend::{len_check, params_check_with, Backend, BackendError, Params};
 use crate::ops::{Activation, AdamHyper, BatchStats, Shape, SPARSE_DENSITY};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
@@ -50,21 +50,8 @@ fn i32_of(what: &str, v: usize) -> Result<i32, BackendError> {
     })
 }
 
-fn len_check(what: &str, got: usize, want: usize) -> Result<(), BackendError> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(BackendError::Shape(format!(
-            "{what}: {got} values, expected {want}"
-        )))
-    }
-}
-
 fn params_check(s: Shape, p: &Params<CudaSlice<f32>>, what: &str) -> Result<(), BackendError> {
-    len_check(&format!("{what}.W_enc"), p.w_enc.len(), s.d_in * s.d_sae)?;
-    len_check(&format!("{what}.b_enc"), p.b_enc.len(), s.d_sae)?;
-    len_check(&format!("{what}.W_dec"), p.w_dec.len(), s.d_sae * s.d_in)?;
-    len_check(&format!("{what}.b_dec"), p.b_dec.len(), s.d_in)
+    params_check_with(s, p, what, CudaSlice::len)
 }
 
 /// (B, d, F) as kernel arguments.

@@ -69,10 +69,34 @@ pub const FILES: &[KernelFile] = &[
 /// The architectures `runner kernels check` compiles for (Ampere A100, Hopper H100 / H200).
 pub const CHECK_ARCHS: &[u32] = &[80, 90];
 
+/// Environment variable naming a directory whose kernel files (every `.cu` of [`FILES`] and `common.cuh`) replace
+/// the copies embedded in the binary: a kernel edit can then be checked, benchmarked and compared without
+/// rebuilding the runner (`SAEPERF_CUDA_SRC=kernels/cuda runner kernels check`).
+pub const SOURCE_DIR_ENV: &str = "SAEPERF_CUDA_SRC";
+
+/// The directory of [`SOURCE_DIR_ENV`], when set (and not empty).
+pub fn source_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os(SOURCE_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+}
+
 impl KernelFile {
-    /// The self-contained source handed to NVRTC.
-    pub fn full_source(&self) -> String {
-        self.source.replace("#include \"common.cuh\"", COMMON)
+    /// The self-contained source handed to NVRTC: the embedded text, or the files of [`SOURCE_DIR_ENV`] when set.
+    pub fn full_source(&self) -> Result<String, CudaError> {
+        match source_dir() {
+            None => Ok(self.source.replace("#include \"common.cuh\"", COMMON)),
+            Some(dir) => {
+                let read = |name: &str| {
+                    let p = dir.join(name);
+                    std::fs::read_to_string(&p).map_err(|e| CudaError::Source {
+                        path: p.display().to_string(),
+                        msg: e.to_string(),
+                    })
+                };
+                Ok(read(self.name)?.replace("#include \"common.cuh\"", &read("common.cuh")?))
+            }
+        }
     }
 }
 
@@ -87,7 +111,7 @@ fn cache() -> &'static PtxCache {
 /// PTX for `file` at compute capability `arch` (80 = sm_80). Compiled once per process; later calls hit the cache.
 pub fn ptx(file: &KernelFile, arch: u32) -> Result<Arc<String>, CudaError> {
     toolkit::nvrtc().map_err(CudaError::Unavailable)?;
-    let src = file.full_source();
+    let src = file.full_source()?;
     let mut h = DefaultHasher::new();
     src.hash(&mut h);
     let key = (h.finish(), arch);
@@ -164,6 +188,8 @@ pub struct CompiledFile {
 pub struct CompileReport {
     /// Where NVRTC was loaded from, and its version.
     pub nvrtc: String,
+    /// "embedded", or the directory of SAEPERF_CUDA_SRC the sources were read from.
+    pub sources: String,
     /// The ptxas used, or why there was none.
     pub ptxas: Result<String, String>,
     pub compiled: Vec<CompiledFile>,
@@ -257,6 +283,9 @@ pub fn compile_all(mut progress: impl FnMut(&str)) -> Result<CompileReport, Cuda
     }
     Ok(CompileReport {
         nvrtc,
+        sources: source_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "embedded".into()),
         ptxas: ptxas
             .map(|p| p.display().to_string())
             .ok_or_else(|| "ptxas not found (python3 -m pip install nvidia-cuda-nvcc-cu12, or set SAEPERF_PTXAS)".into()),
@@ -378,7 +407,7 @@ ptxas info    : Used 30 registers, used 1 barriers, 1060 bytes smem, 380 bytes c
     fn every_file_names_its_kernels_and_includes_the_common_header() {
         for f in FILES {
             assert!(f.source.contains("#include \"common.cuh\""), "{}", f.name);
-            let full = f.full_source();
+            let full = f.full_source().unwrap();
             assert!(
                 !full.lines().any(|l| l.trim_start().starts_with("#include")),
                 "{}: NVRTC gets one self-contained source",

@@ -36,6 +36,9 @@ pub enum CudaError {
         arch: u32,
         log: String,
     },
+    /// A kernel source file (from SAEPERF_CUDA_SRC) could not be read.
+    #[error("cannot read kernel source {path} ({SOURCE_DIR_ENV}): {msg}", SOURCE_DIR_ENV = compile::SOURCE_DIR_ENV)]
+    Source { path: String, msg: String },
     /// ptxas failed or could not be run.
     #[error("ptxas: {0}")]
     Ptxas(String),

@@ -8,6 +8,7 @@
 //! A run that is killed stays `Incomplete` in the store and is never a baseline.
 
 pub mod auto;
+pub mod kernels;
 pub mod ops;
 pub mod train;
 
@@ -23,7 +24,7 @@ use crate::fingerprint::Fingerprint;
 use crate::store::schema::{new_run_id, BenchKind, BenchStatus};
 use crate::store::{BenchResult, Run, RunMeta, RunState, Store};
 use crate::suite::{BenchSpec, Suite};
-use saeperf_kernels::select::{select_backend, BackendChoice, Selected};
+use saeperf_kernels::select::{select_backend, BackendChoice, Selected, Selection};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -205,11 +206,20 @@ fn short(c: &str) -> &str {
     &c[..c.len().min(10)]
 }
 
-/// Run one training benchmark, never failing: errors become a `failed` / `diverged` status with the reason.
-fn run_train(spec: &BenchSpec, ctx: &train::DataCtx, backend: &str, seeds: usize) -> BenchResult {
+/// Run one benchmark other than the op micro-benchmarks, never failing: errors become a `failed` / `diverged`
+/// status with the reason.
+fn run_one(spec: &BenchSpec, ctx: &train::DataCtx, backend: &str, seeds: usize) -> BenchResult {
     match spec {
         BenchSpec::Train(t) => train::run(t, false, ctx, backend, seeds),
         BenchSpec::Prune(t) => train::run(t, true, ctx, backend, seeds),
+        BenchSpec::Resources { name } => kernels::run_resources(name),
+        BenchSpec::CudaOps {
+            name,
+            shape,
+            warmup,
+            iters,
+            topk,
+        } => kernels::run_cuda_ops(name, *shape, *warmup, *iters, *topk),
         BenchSpec::Op { .. } => unreachable!("ops run in rounds, see run_ops"),
     }
 }
@@ -242,6 +252,21 @@ pub(crate) fn run_ops(specs: &[&BenchSpec], backend: &str) -> Vec<BenchResult> {
             samples,
             warmup,
         ),
+        "cuda" => match select_backend(BackendChoice::Cuda) {
+            Ok(Selection {
+                backend: Selected::Cuda(gpu),
+                ..
+            }) => ops::time_ops(&*gpu, &list, samples, warmup),
+            other => {
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    Ok(s) => s.line,
+                };
+                list.iter()
+                    .map(|_| Err(anyhow::anyhow!("--backend cuda: {why}")))
+                    .collect()
+            }
+        },
         other => list
             .iter()
             .map(|_| {
@@ -310,9 +335,25 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
 
     let ctx = train::DataCtx::prepare(&resolved, &crate::store_cli::saeperf_home())?;
     let mut resolved = resolved;
+    let resources_missing = kernels::resources_unavailable();
     resolved.benches.retain(|b| match b {
         BenchSpec::Train(t) | BenchSpec::Prune(t) => !ctx.skipped.contains(&t.data),
         BenchSpec::Op { .. } => !a.skip_ops,
+        BenchSpec::Resources { name } => match &resources_missing {
+            None => true,
+            Some(why) => {
+                eprintln!("{name}: skipped: {why}");
+                false
+            }
+        },
+        BenchSpec::CudaOps { name, .. } => {
+            if backend != "cuda" {
+                tracing::info!(
+                    "{name}: skipped: it needs the cuda backend (this run uses {backend})"
+                );
+            }
+            backend == "cuda"
+        }
     });
     if resolved.benches.is_empty() && !a.skip_ops {
         bail!("every selected benchmark uses an activation set that is not prepared");
@@ -367,11 +408,11 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
         }
         _ => None,
     };
-    let (op_specs, train_specs): (Vec<&BenchSpec>, Vec<&BenchSpec>) = resolved
+    let (op_specs, other_specs): (Vec<&BenchSpec>, Vec<&BenchSpec>) = resolved
         .benches
         .iter()
         .partition(|b| matches!(b, BenchSpec::Op { .. }));
-    let steps = train_specs.len() + usize::from(!op_specs.is_empty());
+    let steps = other_specs.len() + usize::from(!op_specs.is_empty());
     let pb = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -391,9 +432,9 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
         results.push(r);
         Ok(())
     };
-    for spec in &train_specs {
+    for spec in &other_specs {
         pb.set_message(spec.name().to_string());
-        save(run_train(spec, &ctx, &backend, resolved.seeds), &pb)?;
+        save(run_one(spec, &ctx, &backend, resolved.seeds), &pb)?;
         pb.inc(1);
     }
     let mut auto_base_run = None;
@@ -503,6 +544,52 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
     })
 }
 
+/// One line for a kernel benchmark, whose metrics do not fit the table's columns.
+fn kernel_summary(r: &BenchResult) -> Option<String> {
+    match r.kind {
+        BenchKind::Resources => {
+            let by = |what: &'static str| {
+                r.metrics
+                    .iter()
+                    .filter(move |(k, _)| k.ends_with(what))
+                    .map(move |(k, v)| (k.trim_end_matches(what).trim_start_matches("kernel."), *v))
+            };
+            let n = by(".registers").count();
+            let (worst, regs) = by(".registers").max_by(|a, b| a.1.total_cmp(&b.1))?;
+            let spilling: Vec<&str> = by(".spill_bytes")
+                .filter(|(_, v)| *v > 0.0)
+                .map(|(k, _)| k)
+                .collect();
+            Some(format!(
+                "{}: {n} kernel builds, most registers {regs:.0} ({worst}), {}",
+                r.name,
+                if spilling.is_empty() {
+                    "no spills".to_string()
+                } else {
+                    format!("SPILLING: {}", spilling.join(", "))
+                }
+            ))
+        }
+        BenchKind::CudaOps => {
+            let parts: Vec<String> = r
+                .metrics
+                .iter()
+                .filter_map(|(k, v)| {
+                    let op = k.strip_prefix("cuda.")?.strip_suffix(".ms")?;
+                    let vs = r
+                        .metrics
+                        .get(&format!("cuda.{op}.vs_cublas"))
+                        .map(|x| format!(", {x:.2}× cuBLAS"))
+                        .unwrap_or_default();
+                    Some(format!("{op} {v:.3} ms{vs}"))
+                })
+                .collect();
+            Some(format!("{}: {}", r.name, parts.join("; ")))
+        }
+        _ => None,
+    }
+}
+
 /// The run as a table: one line per benchmark with its status, median time and headline metrics.
 pub fn render_run(run: &Run) -> String {
     let mut t = comfy_table::Table::new();
@@ -546,8 +633,15 @@ pub fn render_run(run: &Run) -> String {
             m(r, "dense_fraction"),
         ]);
     }
+    let notes: String = run
+        .results
+        .iter()
+        .filter(|r| r.status.is_ok())
+        .filter_map(kernel_summary)
+        .map(|l| l + "\n")
+        .collect();
     format!(
-        "run {} ({}{}, {}, {}, {})\n{t}\n",
+        "run {} ({}{}, {}, {}, {})\n{t}\n{notes}",
         run.meta.id,
         run.meta.commit.as_deref().map(short).unwrap_or("no commit"),
         if run.meta.dirty { ", dirty" } else { "" },

@@ -419,7 +419,7 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
         let names: std::collections::BTreeSet<&String> =
             b.metrics.keys().chain(h.metrics.keys()).collect();
         for m in names {
-            if let Some(rule) = rules.metrics.get(m.as_str()) {
+            if let Some(rule) = rules.rule(m.as_str()) {
                 if rule.direction != Direction::None {
                     rows.push(judge_metric(&h.name, m, b, h, rule));
                 }

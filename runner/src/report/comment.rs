@@ -116,6 +116,10 @@ struct CommentView {
     significant: Vec<RowView>,
     failed: Vec<FailedView>,
     all_rows: Vec<RowView>,
+    /// Rows of "every comparison" left out to fit GitHub's size limit.
+    omitted_all_rows: usize,
+    /// Significant rows left out to fit GitHub's size limit (the least important ones).
+    omitted_significant: usize,
     quality_metrics: Vec<&'static str>,
     quality: Vec<QualityView>,
     train_speed: Vec<TrainSpeedView>,
@@ -492,6 +496,8 @@ pub fn render(
         significant: significant.into_iter().map(row_view).collect(),
         failed,
         all_rows: rows.iter().map(row_view).collect(),
+        omitted_all_rows: 0,
+        omitted_significant: 0,
         quality_metrics: QUALITY_METRICS.to_vec(),
         quality,
         train_speed,
@@ -502,10 +508,39 @@ pub fn render(
         links,
         marker: super::marker(&opt.key),
     };
+    let mut view = view;
+    let mut text = render_view(&view)?;
+    // GitHub refuses longer bodies: drop the table of every comparison first, then the least important significant
+    // rows (they are sorted, regressions and large changes first), saying what was left out and where to see it.
+    if text.chars().count() > MAX_COMMENT_CHARS && !view.all_rows.is_empty() {
+        view.omitted_all_rows = view.all_rows.len();
+        view.all_rows.clear();
+        text = render_view(&view)?;
+    }
+    while text.chars().count() > MAX_COMMENT_CHARS && !view.significant.is_empty() {
+        let keep = view.significant.len() / 2;
+        view.omitted_significant += view.significant.len() - keep;
+        view.significant.truncate(keep);
+        text = render_view(&view)?;
+    }
+    if text.chars().count() > MAX_COMMENT_CHARS {
+        let cut: String = text.chars().take(MAX_COMMENT_CHARS - 200).collect();
+        text = format!(
+            "{cut}\n\n… (cut at GitHub's comment size limit; see the dashboard)\n{}\n",
+            view.marker
+        );
+    }
+    Ok(text)
+}
+
+/// GitHub rejects comment bodies over 65,536 characters; stay below with room to spare.
+pub const MAX_COMMENT_CHARS: usize = 65_000;
+
+fn render_view(view: &CommentView) -> Result<String> {
     let env = super::environment();
     let out = env
         .get_template("comment.md")
-        .and_then(|t| t.render(minijinja::Value::from_serialize(&view)))
+        .and_then(|t| t.render(minijinja::Value::from_serialize(view)))
         .context("rendering the pull-request comment")?;
     // Collapse the blank lines the template's control blocks leave behind.
     let mut text = String::with_capacity(out.len());

@@ -334,7 +334,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             ms.sort_by_key(|m| {
                 (
                     m.as_str() != "time",
-                    !rules.metrics.contains_key(m.as_str()),
+                    rules.rule(m.as_str()).is_none(),
                     m.to_string(),
                 )
             });
@@ -583,7 +583,7 @@ fn series_page(
             )
         })
         .collect();
-    let rule = rules.metrics.get(metric);
+    let rule = rules.rule(metric);
     let sp = &rules.speed;
     let mut pts = Vec::new();
     let mut views = Vec::new();
@@ -807,7 +807,7 @@ fn run_page(
                 names.push("time".into());
             }
             let mut ms: Vec<&String> = r.metrics.keys().collect();
-            ms.sort_by_key(|m| (!rules.metrics.contains_key(m.as_str()), m.to_string()));
+            ms.sort_by_key(|m| (rules.rule(m.as_str()).is_none(), m.to_string()));
             names.extend(ms.into_iter().cloned());
             let metrics = names
                 .iter()
@@ -899,6 +899,8 @@ fn run_page(
                     BenchKind::Train => "training",
                     BenchKind::Prune => "training + pruning",
                     BenchKind::Op => "op",
+                    BenchKind::Resources => "kernel resources (ptxas)",
+                    BenchKind::CudaOps => "CUDA ops vs cuBLAS",
                 }
                 .into(),
                 status: match &r.status {

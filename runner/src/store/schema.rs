@@ -65,6 +65,10 @@ pub enum BenchKind {
     Prune,
     /// Times one op at fixed shapes.
     Op,
+    /// The CUDA kernels' ptxas resource report (registers, shared memory, spills); no GPU involved.
+    Resources,
+    /// The CUDA ops timed with CUDA events next to cuBLAS SGEMM (GPU only); one median per metric.
+    CudaOps,
 }
 
 /// Outcome of one benchmark.
