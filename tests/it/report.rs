@@ -324,8 +324,16 @@ fn a_huge_comparison_is_cut_to_fit_githubs_comment_limit() {
     assert!(out.contains("more, left out to fit GitHub's comment size limit"));
     // What is kept is the most important: the largest register jumps come first.
     assert!(
-        out.contains("kernel.sm_90.kernel_number_0006.registers"),
+        out.contains(r"kernel.sm\_90.kernel\_number\_0000.registers"),
         "largest change kept"
+    );
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .contains("3000 kernel resources worse"),
+        "resource regressions are not quality: {}",
+        out.lines().next().unwrap()
     );
     assert!(out.trim_end().ends_with("<!-- saeperf-report:default -->"));
 }

@@ -298,11 +298,14 @@ pub fn render(
         *counts.entry(r.verdict).or_default() += 1;
     }
     let n = |v| counts.get(&v).copied().unwrap_or(0);
-    let speed_regr = rows
-        .iter()
-        .filter(|r| r.verdict == Verdict::Regression && r.metric == "time")
-        .count();
-    let qual_regr = n(Verdict::Regression) - speed_regr;
+    let regr = |f: &dyn Fn(&str) -> bool| {
+        rows.iter()
+            .filter(|r| r.verdict == Verdict::Regression && f(&r.metric))
+            .count()
+    };
+    let speed_regr = regr(&|m| m == "time" || m.starts_with("cuda."));
+    let res_regr = regr(&|m| m.starts_with("kernel."));
+    let qual_regr = n(Verdict::Regression) - speed_regr - res_regr;
     let failed: Vec<FailedView> = head
         .results
         .iter()
@@ -320,8 +323,14 @@ pub fn render(
             if failed.len() == 1 { "" } else { "s" }
         ),
         Verdict::Regression => format!(
-            "saeperf: regression — {} slower, {} worse in quality",
-            speed_regr, qual_regr
+            "saeperf: regression — {} slower, {} worse in quality{}",
+            speed_regr,
+            qual_regr,
+            if res_regr > 0 {
+                format!(", {res_regr} kernel resources worse")
+            } else {
+                String::new()
+            }
         ),
         Verdict::Improvement => format!(
             "saeperf: improvement — {} better, nothing worse",
