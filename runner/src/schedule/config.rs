@@ -265,7 +265,8 @@ pub struct JobRaw {
     /// Suite file inside the repository (default: what the bench picks, bench/suite.toml).
     #[serde(default)]
     pub suite: Option<String>,
-    /// The branch pull requests merge into (baseline selection); default `main`.
+    /// The main branch: the baseline's branch for branch jobs and the history branch of the dashboard; default
+    /// `main`. Pull-request jobs take each pull request's own base branch for the merge-base baseline.
     #[serde(default)]
     pub base_branch: Option<String>,
 }
