@@ -430,6 +430,25 @@ fn browse(chrome: &Path, site: &Path) {
     assert_eq!(v["scripts"], 0);
     shot("index.png");
 
+    // The scheduler's status page: the hostile branch and detail shown as text, the run and log linked.
+    open("status.html");
+    let v = eval_json(
+        &tab,
+        "return { branch: document.querySelector('table.attempts td.branch').textContent,
+                  links: Array.from(document.querySelectorAll('table.attempts a')).map(a => a.textContent) };",
+    );
+    assert_eq!(v["branch"], "<script>alert(3)</script>", "{v}");
+    assert!(
+        v["links"].as_array().unwrap().iter().any(|l| l == "log")
+            && v["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l == "20260101T070000-main07"),
+        "{v}"
+    );
+    shot("status.png");
+
     // The op/encode time series: history chart, noise band, the flagged regression.
     let series = walk(&site.join("series"))
         .into_iter()
