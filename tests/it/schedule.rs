@@ -653,7 +653,7 @@ suite = "suite.toml"
         assert_eq!(s.comments.len(), 1, "{:?}", s.comments);
         let body = &s.comments[0].1;
         assert!(
-            body.contains("saeperf-report:prs"),
+            body.contains("saeperf-report:saeperf/prs"),
             "the job's marker: {body}"
         );
         assert!(body.contains(&c2[..7]), "{body}");
@@ -665,7 +665,7 @@ suite = "suite.toml"
         assert_eq!(s.statuses.len(), 1);
         assert_eq!(s.statuses[0].0, c2);
         assert_eq!(s.statuses[0].1["state"], "failure");
-        assert_eq!(s.statuses[0].1["context"], "saeperf");
+        assert_eq!(s.statuses[0].1["context"], "saeperf/prs");
         assert!(s
             .requests
             .iter()
@@ -803,6 +803,7 @@ suite = "suite.toml"
         },
     );
     assert_eq!(st["state"], "error", "{st}");
+    assert_eq!(st["context"], "saeperf/prs", "{st}");
     assert!(
         st["description"]
             .as_str()

@@ -209,7 +209,8 @@ pub struct GitHubSettings {
     /// never goes into the file.
     #[serde(default = "default_token_env")]
     pub token_env: Spanned<String>,
-    /// Context name of the commit status set on each benchmarked pull-request head.
+    /// Prefix of the commit status context and of the sticky comment's key: each job uses `{status_context}/{job}`.
+    /// Schedulers on two machines commenting on the same repository need different values.
     #[serde(default = "default_status_context")]
     pub status_context: String,
     /// Attempts per GitHub request (retries on 5xx and rate limits).

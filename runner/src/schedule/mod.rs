@@ -476,8 +476,8 @@ impl Scheduler {
 
     /// A pull request's head that failed to build or whose bench crashed gets an `error` commit status (there is no
     /// run, so no comment); a failure to set it is logged only.
-    fn report_failure(&self, sha: &str, outcome: Outcome) {
-        let context = self.cfg.github_api.status_context.clone();
+    fn report_failure(&self, job: &str, sha: &str, outcome: Outcome) {
+        let context = self.status_context(job);
         let description = format!(
             "{}: see the scheduler's status page and log",
             outcome.as_str()
@@ -580,7 +580,7 @@ impl Scheduler {
                         .filter(|a| a.commit == commit && a.outcome.is_final_failure())
                         .map(|a| a.outcome);
                     if let Some(o) = failed {
-                        self.report_failure(&commit, o);
+                        self.report_failure(&j.name, &commit, o);
                     }
                 }
                 Plan::PostOnly(run) => {
@@ -961,6 +961,13 @@ impl Scheduler {
         (outcome, detail)
     }
 
+    /// The commit status context and the sticky comment's key of a job: `{github.status_context}/{job}`, so two
+    /// jobs keep two comments and two statuses on one pull request (two machines: give each its own
+    /// `status_context`).
+    fn status_context(&self, job: &str) -> String {
+        format!("{}/{job}", self.cfg.github_api.status_context)
+    }
+
     /// Environment variables that hold secrets: the configured token variable and GITHUB_TOKEN.
     fn secret_vars(&self) -> Vec<String> {
         let mut v = vec!["GITHUB_TOKEN".to_string()];
@@ -970,8 +977,8 @@ impl Scheduler {
         v
     }
 
-    /// `runner report post` for a stored run of a pull request's head: the job's sticky comment (its marker key is
-    /// the job's name, so two jobs on one pull request keep two comments) and the commit status. Runs in the
+    /// `runner report post` for a stored run of a pull request's head: the job's sticky comment and commit status
+    /// (both named by [`Scheduler::status_context`]). Runs in the
     /// commit's worktree (the merge base and the suite's rules are the commit's), as a child of this binary in its
     /// own process group, so a stop kills it and fires keep being queued during GitHub's retries. Returns the
     /// verdict the post reported, or `GithubFailed` and why.
@@ -1029,11 +1036,11 @@ impl Scheduler {
             "--verify-head".into(),
             commit.to_string(),
             "--key".into(),
-            j.name.clone(),
+            self.status_context(&j.name),
             "--api-url".into(),
             api.api_url.clone(),
             "--status-context".into(),
-            api.status_context.clone(),
+            self.status_context(&j.name),
             "--attempts".into(),
             api.attempts.to_string(),
             "--retry-delay-ms".into(),
