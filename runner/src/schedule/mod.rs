@@ -305,7 +305,7 @@ impl Scheduler {
                 return;
             }
         };
-        if !matches!(self.plan(j, &commit, false), Plan::Run) {
+        if !matches!(self.plan(j, &commit, None), Plan::Run) {
             return;
         }
         let base_branch = match &remote {
@@ -317,8 +317,9 @@ impl Scheduler {
 
     /// Whether `commit` is benchmarked for job `j`: not when it already failed for good, nor when the store holds a
     /// complete clean run of it with the same suite, profile and machine. For pull-request jobs a stored run that this
-    /// job has not yet reported successfully (its post failed, or another job benchmarked the commit) is posted.
-    fn plan(&self, j: &Job, commit: &str, pull_request: bool) -> Plan {
+    /// job has not yet reported successfully on pull request `pr` (its post failed, another job benchmarked the
+    /// commit, or another pull request has the same head) is posted.
+    fn plan(&self, j: &Job, commit: &str, pr: Option<u64>) -> Plan {
         if let Some(prev) = self
             .state
             .history
@@ -348,12 +349,13 @@ impl Scheduler {
                         let reported = self.state.history.iter().any(|a| {
                             a.job == j.name
                                 && a.commit == commit
+                                && a.pr == pr
                                 && matches!(
                                     a.outcome,
                                     Outcome::Ok | Outcome::Regression | Outcome::BenchmarkFailed
                                 )
                         });
-                        if pull_request && !reported {
+                        if pr.is_some() && !reported {
                             tracing::info!(
                                 job = j.name,
                                 commit,
@@ -569,7 +571,7 @@ impl Scheduler {
                 Some(r) => format!("{r}/{}", p.base_ref),
                 None => p.base_ref.clone(),
             };
-            match self.plan(j, &commit, true) {
+            match self.plan(j, &commit, Some(p.number)) {
                 Plan::Skip => {}
                 Plan::Run => {
                     self.attempt(j, &commit, &branch, &base_branch, Some(p.number), None);
