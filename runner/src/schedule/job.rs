@@ -89,6 +89,41 @@ pub fn fetch_pull(repo: &Path, remote: Option<&str>, number: u64, sha: &str) -> 
     Ok(())
 }
 
+/// Delete the `refs/saeperf/pull/N` refs [`fetch_pull`] made for pull requests no longer in `open` (closed, merged
+/// or unlabelled), so their commits can be garbage-collected. Returns how many were deleted.
+pub fn prune_pull_refs(repo: &Path, open: &[u64]) -> Result<usize> {
+    let refs = git(
+        repo,
+        &["for-each-ref", "--format=%(refname)", "refs/saeperf/pull/"],
+    )?;
+    let mut deleted = 0;
+    for r in refs.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let n = r
+            .strip_prefix("refs/saeperf/pull/")
+            .and_then(|n| n.parse::<u64>().ok());
+        if n.is_some_and(|n| !open.contains(&n)) {
+            git(repo, &["update-ref", "-d", r])?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Check `commit` out, detached, into a new worktree at `wt`.
+pub fn add_worktree(repo: &Path, wt: &Path, commit: &str) -> Result<()> {
+    git(
+        repo,
+        &[
+            "worktree",
+            "add",
+            "--detach",
+            &wt.display().to_string(),
+            commit,
+        ],
+    )
+    .map(|_| ())
+}
+
 /// Remove a worktree (and whatever is left of its directory), then prune git's records.
 pub fn remove_worktree(repo: &Path, wt: &Path) {
     if wt.exists() {
@@ -286,6 +321,32 @@ mod tests {
         );
         assert_eq!(s, "'/a b/runner' --db /x --suite 's.toml'");
         assert_eq!(sh_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn pull_refs_of_closed_pull_requests_are_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path();
+        let run = |args: &[&str]| git(repo, args).unwrap();
+        run(&["init", "-q", "-b", "main"]);
+        run(&[
+            "-c",
+            "user.email=t@example.invalid",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "c",
+        ]);
+        for n in [3, 5, 12] {
+            run(&["update-ref", &format!("refs/saeperf/pull/{n}"), "HEAD"]);
+        }
+        assert_eq!(prune_pull_refs(repo, &[5]).unwrap(), 2);
+        let left = run(&["for-each-ref", "--format=%(refname)", "refs/saeperf/"]);
+        assert_eq!(left, "refs/saeperf/pull/5");
+        assert_eq!(prune_pull_refs(repo, &[5]).unwrap(), 0);
     }
 
     #[test]

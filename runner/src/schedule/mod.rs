@@ -535,6 +535,16 @@ impl Scheduler {
             count = pulls.len(),
             "labelled pull requests"
         );
+        let open: Vec<u64> = pulls.iter().map(|p| p.number).collect();
+        match job::prune_pull_refs(&repo, &open) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                job = j.name,
+                n,
+                "removed the refs of pull requests no longer listed"
+            ),
+            Err(e) => tracing::warn!(job = j.name, "pruning pull-request refs: {e:#}"),
+        }
         let remote = job::remote(&repo, self.cfg.remote.as_deref());
         if let Some(r) = &remote {
             // The base branches (for the merge base).
@@ -733,16 +743,7 @@ impl Scheduler {
             }
         };
         note(&format!("job {} commit {commit} branch {branch}", j.name));
-        if let Err(e) = job::git(
-            &self.cfg.repo,
-            &[
-                "worktree",
-                "add",
-                "--detach",
-                &wt.display().to_string(),
-                commit,
-            ],
-        ) {
+        if let Err(e) = job::add_worktree(&self.cfg.repo, wt, commit) {
             note(&format!("{e:#}"));
             return (Outcome::BuildFailed, format!("worktree: {e:#}"));
         }
@@ -1008,16 +1009,7 @@ impl Scheduler {
             Err(e) => return (Outcome::GithubFailed, format!("posting: {e}")),
         };
         if !wt.is_dir() {
-            if let Err(e) = job::git(
-                &self.cfg.repo,
-                &[
-                    "worktree",
-                    "add",
-                    "--detach",
-                    &wt.display().to_string(),
-                    commit,
-                ],
-            ) {
+            if let Err(e) = job::add_worktree(&self.cfg.repo, wt, commit) {
                 return (Outcome::GithubFailed, format!("posting: worktree: {e:#}"));
             }
         }
