@@ -262,24 +262,19 @@ fn comment_shows_verdict_changes_and_environment() {
     assert!(out.lines().next().unwrap().contains("no baseline"), "{out}");
 }
 
-/// A comparison with thousands of rows (e.g. every kernel's resources regressing at once) still fits in one GitHub
-/// comment: the full table goes first, then the least important significant rows, and the comment says so.
-#[test]
-fn a_huge_comparison_is_cut_to_fit_githubs_comment_limit() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("store");
-    let store = Store::open(&db).unwrap();
-    let resources = |regs: f64| BenchResult {
+/// A `kernels/resources` result with `n` register metrics, kernel i having `regs(i)` registers.
+fn resources_result(n: usize, regs: impl Fn(usize) -> f64) -> BenchResult {
+    BenchResult {
         name: "kernels/resources".into(),
         kind: BenchKind::Resources,
         status: BenchStatus::Ok,
         samples: vec![],
         yardstick: vec![],
-        metrics: (0..3000)
+        metrics: (0..n)
             .map(|i| {
                 (
                     format!("kernel.sm_90.kernel_number_{i:04}.registers"),
-                    regs + i as f64 % 7.0,
+                    regs(i),
                 )
             })
             .collect(),
@@ -287,7 +282,62 @@ fn a_huge_comparison_is_cut_to_fit_githubs_comment_limit() {
         deterministic: true,
         curve: vec![],
         extra: serde_json::Value::Null,
-    };
+    }
+}
+
+/// The dashboard index folds a benchmark with many series (every kernel's resources) under one line, but a series
+/// of it that regressed stays in the main table where people look.
+#[test]
+fn dashboard_index_folds_quiet_series_of_a_large_benchmark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    let store = Store::open(&db).unwrap();
+    for (id, minutes, c, bump) in [
+        ("20260101T000000-base01", 0, "a", 0.0),
+        ("20260101T010000-head01", 60, "b", 64.0),
+    ] {
+        let m = meta(id, minutes, &c.repeat(40), "main", None);
+        store.begin_run(&m).unwrap();
+        let mut results = results(Knobs::default());
+        results.push(resources_result(20, |i| {
+            64.0 + if i == 3 { bump } else { 0.0 }
+        }));
+        store.commit_run(&Run { meta: m, results }).unwrap();
+    }
+    drop(store);
+    let site = tmp.path().join("site");
+    common::ok(
+        common::runner(tmp.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["dashboard", "--out"])
+            .arg(&site),
+    );
+    let index = std::fs::read_to_string(site.join("index.html")).unwrap();
+    let fold = index
+        .find("<details class=\"folded\">")
+        .expect("a folded section");
+    let loud = index
+        .find("kernel.sm_90.kernel_number_0003.registers")
+        .expect("the regressed series is listed");
+    assert!(loud < fold, "the regressed series is in the main table");
+    assert!(
+        index.contains("kernels&#x2f;resources: 19 more series with nothing to flag"),
+        "{}",
+        &index[fold..fold + 300]
+    );
+    // Folded series are still linked (their pages exist).
+    assert!(index[fold..].contains("kernel.sm_90.kernel_number_0004.registers"));
+}
+
+/// A comparison with thousands of rows (e.g. every kernel's resources regressing at once) still fits in one GitHub
+/// comment: the full table goes first, then the least important significant rows, and the comment says so.
+#[test]
+fn a_huge_comparison_is_cut_to_fit_githubs_comment_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    let store = Store::open(&db).unwrap();
+    let resources = |regs: f64| resources_result(3000, |i| regs + i as f64 % 7.0);
     for (id, minutes, c, regs) in [
         ("20260101T000000-base01", 0, "a", 64.0),
         ("20260101T010000-head01", 60, "b", 128.0),

@@ -84,6 +84,17 @@ struct IndexRow {
     points: usize,
 }
 
+/// A benchmark's quiet series, folded on the index so one benchmark with many metrics (e.g. the ptxas report's
+/// registers, shared memory and spills of every kernel) does not bury the others.
+#[derive(Debug, Serialize)]
+struct FoldedView {
+    bench: String,
+    rows: Vec<IndexRow>,
+}
+
+/// A benchmark with more series than this shows only those that need attention; the rest are folded.
+const FOLD_ABOVE: usize = 12;
+
 #[derive(Debug, Serialize)]
 struct GroupView {
     name: String,
@@ -92,6 +103,7 @@ struct GroupView {
     profile: String,
     fingerprint: String,
     rows: Vec<IndexRow>,
+    folded: Vec<FoldedView>,
     runs: usize,
 }
 
@@ -328,7 +340,9 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             }
         }
         let mut rows = Vec::new();
+        let mut folded = Vec::new();
         for b in &benches {
+            let mut bench_rows = Vec::new();
             let mut ms: Vec<&String> = metrics_of[b].iter().collect();
             // time first, then metrics with a rule, then the rest.
             ms.sort_by_key(|m| {
@@ -346,7 +360,20 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
                     minijinja::Value::from_serialize(&page),
                 )?;
                 n_series += 1;
-                rows.push(row);
+                bench_rows.push(row);
+            }
+            if bench_rows.len() > FOLD_ABOVE {
+                let (loud, quiet): (Vec<IndexRow>, Vec<IndexRow>) =
+                    bench_rows.into_iter().partition(|r| {
+                        matches!(r.status.as_str(), "regression" | "improvement" | "failed")
+                    });
+                rows.extend(loud);
+                folded.push(FoldedView {
+                    bench: b.clone(),
+                    rows: quiet,
+                });
+            } else {
+                rows.extend(bench_rows);
             }
         }
         groups_view.push(GroupView {
@@ -356,6 +383,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             profile: first.profile.clone(),
             fingerprint: first.fingerprint_id.clone(),
             rows,
+            folded,
             runs: infos.iter().filter(|x| &x.group == g).count(),
         });
     }
