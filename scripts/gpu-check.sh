@@ -5,6 +5,8 @@
 #   1. runner kernels check --backend cuda   every kernel against its CPU reference (+ NVRTC / ptxas resources)
 #   2. runner kernels bench --backend cuda   CUDA-event timings of every op, cuBLAS SGEMM yardstick, train step
 #   3. scripts/torch_baseline.py             the PyTorch float32 peer (ReLU + L1, and TopK), same shape, same GPU
+#   4. runner bench --backend cuda           the suite's op micro-benchmarks (quick profile) timed on the GPU and
+#                                            stored in a throw-away store, as a GPU machine's `runner bench` does
 # and prints a short table last. Full JSON and the log go under $OUT (a fresh temporary folder when unset).
 #
 # Usage:  scripts/gpu-check.sh [RUNNER]      RUNNER defaults to target/gpu/runner, then target/release/runner.
@@ -74,10 +76,12 @@ run() {  # run NAME TIMEOUT OUTFILE CMD...
   return 0
 }
 
-run check 150 "$OUT/kernels-check.json" "$RUNNER" kernels check --backend cuda --json
-run bench 180 "$OUT/bench.json" "$RUNNER" kernels bench --backend cuda --json --shape "$SHAPE" --topk "$TOPK"
+run check 120 "$OUT/kernels-check.json" "$RUNNER" kernels check --backend cuda --json
+run bench 150 "$OUT/bench.json" "$RUNNER" kernels bench --backend cuda --json --shape "$SHAPE" --topk "$TOPK"
 run torch-relu 75 "$OUT/torch-relu.json" python3 scripts/torch_baseline.py --batch "$BATCH" --d-in "$DIN" --d-sae "$DSAE"
 run torch-topk 75 "$OUT/torch-topk.json" python3 scripts/torch_baseline.py --batch "$BATCH" --d-in "$DIN" --d-sae "$DSAE" --topk "$TOPK"
+run suite-ops 60 "$OUT/suite-ops.json" env SAEPERF_HOME="$OUT/home" "$RUNNER" --db "$OUT/store" bench --backend cuda \
+  --profile quick --filter op/ --baseline none --json --quiet
 
 OUT="$OUT" TOPK="$TOPK" python3 - <<'PY' 2>> "$LOG" | tee -a "$LOG"
 import json, os
@@ -88,7 +92,7 @@ def load(n):
             return json.load(fh)
     except Exception as e:
         return {"_error": f"{n}: no result (see gpu-check.log)"}
-check, bench, tr, tk = (load(n) for n in ("kernels-check.json", "bench.json", "torch-relu.json", "torch-topk.json"))
+check, bench, tr, tk, so = (load(n) for n in ("kernels-check.json", "bench.json", "torch-relu.json", "torch-topk.json", "suite-ops.json"))
 rows, summary = [], {}
 def row(k, v, target=""):
     rows.append((k, v, target)); summary[k] = v
@@ -121,8 +125,11 @@ def ratio(a, b):
     return f"{a:,.0f} vs torch {b:,.0f} tokens/s = {a / b:.2f}x" if a and b else f"ours {a}, torch {b}"
 row("train step relu", ratio(ours_r, th_r), ">= 1.5x torch")
 row(f"train step topk k={topk}", ratio(ours_k, th_k), ">= 1.5x torch")
+res = so.get("run", {}).get("results", [])
+ok = [r for r in res if r.get("status") == "ok"]
+row("runner bench --backend cuda (ops)", f"{len(ok)}/{len(res)} ok" if res else so.get("_error", "no result"), "all ok")
 with open(os.path.join(out, "summary.json"), "w") as fh:
-    json.dump({"summary": summary, "check": check, "bench": bench, "torch_relu": tr, "torch_topk": tk}, fh, indent=2)
+    json.dump({"summary": summary, "check": check, "bench": bench, "torch_relu": tr, "torch_topk": tk, "suite_ops": so}, fh, indent=2)
 w = max(len(r[0]) for r in rows)
 print("\n== saeperf gpu-check summary (full JSON: %s/summary.json)" % out)
 for k, v, tgt in rows:
