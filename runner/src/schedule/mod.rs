@@ -575,6 +575,9 @@ impl Scheduler {
                     Outcome::FetchFailed,
                     format!("pull request #{}: {e:#}", p.number),
                 );
+                // Say so on the pull request too (the fetch is tried again at the next fire; a later success
+                // replaces this status).
+                self.report_failure(&j.name, &commit, Outcome::FetchFailed);
                 continue;
             }
             let base_branch = match &remote {
