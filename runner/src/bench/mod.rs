@@ -426,7 +426,11 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
     let mut results = Vec::with_capacity(resolved.benches.len());
     let mut save = |r: BenchResult, pb: &indicatif::ProgressBar| -> Result<()> {
         if !r.status.is_ok() {
-            pb.suspend(|| eprintln!("{}: {:?}", r.name, r.status));
+            pb.suspend(|| match &r.status {
+                BenchStatus::Failed(why) => eprintln!("{}: failed: {why}", r.name),
+                BenchStatus::Diverged(why) => eprintln!("{}: diverged: {why}", r.name),
+                BenchStatus::Ok => {}
+            });
         }
         store.add_partial_result(&meta.id, &r)?;
         results.push(r);
@@ -523,6 +527,7 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
         None => None,
     };
     let run = store.load_run(&meta.id)?;
+    let failed = run.results.iter().any(|r| !r.status.is_ok());
     if a.json {
         let v = serde_json::json!({ "run": run, "baseline": choice, "comparison": comparison });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -533,10 +538,14 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
                 println!("baseline: {}", choice.why);
                 print!("{}", compare::render(c, a.all));
             }
+            None if failed => println!(
+                "no baseline: {}\noverall: failed (exit code {})",
+                choice.why,
+                compare::EXIT_FAILED
+            ),
             None => println!("no baseline: {}\noverall: new (exit code 0)", choice.why),
         }
     }
-    let failed = run.results.iter().any(|r| !r.status.is_ok());
     Ok(match &comparison {
         Some(c) => c.exit_code(),
         None if failed => compare::EXIT_FAILED,
