@@ -173,21 +173,98 @@ pub(crate) fn len_check(what: &str, got: usize, want: usize) -> Result<(), Backe
     }
 }
 
-/// Every tensor of a parameter set (host or device buffers: `len` says how long one is) against the shape.
-pub(crate) fn params_check_with<T>(
-    s: Shape,
-    p: &Params<T>,
-    what: &str,
-    len: impl Fn(&T) -> usize,
-) -> Result<(), BackendError> {
-    len_check(&format!("{what}.W_enc"), len(&p.w_enc), s.d_in * s.d_sae)?;
-    len_check(&format!("{what}.b_enc"), len(&p.b_enc), s.d_sae)?;
-    len_check(&format!("{what}.W_dec"), len(&p.w_dec), s.d_sae * s.d_in)?;
-    len_check(&format!("{what}.b_dec"), len(&p.b_dec), s.d_in)
+/// The argument checks every backend runs before an op, so that all of them refuse the same bad input with the
+/// same message. `len` says how long one of the backend's buffers is (host vectors, device slices).
+pub(crate) struct ArgCheck<T> {
+    pub s: Shape,
+    pub len: fn(&T) -> usize,
 }
 
-fn params_check(s: Shape, p: &Params<Vec<f32>>, what: &str) -> Result<(), BackendError> {
-    params_check_with(s, p, what, Vec::len)
+impl<T> ArgCheck<T> {
+    fn buf(&self, what: &str, b: &T, want: usize) -> Result<(), BackendError> {
+        len_check(what, (self.len)(b), want)
+    }
+    /// Every tensor of a parameter set (parameters, gradients or Adam moments).
+    pub fn params(&self, p: &Params<T>, what: &str) -> Result<(), BackendError> {
+        let s = self.s;
+        self.buf(&format!("{what}.W_enc"), &p.w_enc, s.d_in * s.d_sae)?;
+        self.buf(&format!("{what}.b_enc"), &p.b_enc, s.d_sae)?;
+        self.buf(&format!("{what}.W_dec"), &p.w_dec, s.d_sae * s.d_in)?;
+        self.buf(&format!("{what}.b_dec"), &p.b_dec, s.d_in)
+    }
+    fn x(&self, what: &str, x: &T) -> Result<(), BackendError> {
+        self.buf(what, x, self.s.batch * self.s.d_in)
+    }
+    fn f(&self, f: &T) -> Result<(), BackendError> {
+        self.buf("f", f, self.s.batch * self.s.d_sae)
+    }
+    pub fn encode(&self, p: &Params<T>, x: &T, f: &T) -> Result<(), BackendError> {
+        self.params(p, "params")?;
+        self.x("x", x)?;
+        self.f(f)
+    }
+    pub fn decode(&self, p: &Params<T>, f: &T, xhat: &T) -> Result<(), BackendError> {
+        self.params(p, "params")?;
+        self.f(f)?;
+        self.x("x̂", xhat)
+    }
+    pub fn backward(
+        &self,
+        p: &Params<T>,
+        g: &Params<T>,
+        [x, f, xhat]: [&T; 3],
+    ) -> Result<(), BackendError> {
+        self.params(p, "params")?;
+        self.params(g, "grads")?;
+        self.x("x", x)?;
+        self.f(f)?;
+        self.x("x̂", xhat)
+    }
+    pub fn adam(&self, [p, g, m, v]: [&Params<T>; 4]) -> Result<(), BackendError> {
+        for (what, q) in [("params", p), ("grads", g), ("m", m), ("v", v)] {
+            self.params(q, what)?;
+        }
+        Ok(())
+    }
+    pub fn batch_stats(
+        &self,
+        x: &T,
+        xhat: &T,
+        f: &T,
+        fire_counts: usize,
+    ) -> Result<(), BackendError> {
+        self.x("x", x)?;
+        self.x("x̂", xhat)?;
+        self.f(f)?;
+        len_check("fire counts", fire_counts, self.s.d_sae)
+    }
+    pub fn per_token_sq_err(&self, x: &T, xhat: &T) -> Result<(), BackendError> {
+        self.x("x", x)?;
+        self.x("x̂", xhat)
+    }
+    /// Resampling: parameters, moments, one direction per dead feature, and dead indices inside the dictionary.
+    pub fn resample(
+        &self,
+        [p, m, v]: [&Params<T>; 3],
+        dead: &[usize],
+        dirs: usize,
+    ) -> Result<(), BackendError> {
+        self.params(p, "params")?;
+        self.params(m, "m")?;
+        self.params(v, "v")?;
+        len_check("directions", dirs, dead.len() * self.s.d_in)?;
+        match dead.iter().find(|&&i| i >= self.s.d_sae) {
+            Some(&bad) => Err(BackendError::Shape(format!(
+                "dead feature {bad} ≥ d_sae {}",
+                self.s.d_sae
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn check(s: Shape) -> ArgCheck<Vec<f32>> {
+    ArgCheck { s, len: Vec::len }
 }
 
 impl Backend for CpuBackend {
@@ -221,9 +298,7 @@ impl Backend for CpuBackend {
         p: &Params<Vec<f32>>,
         f: &mut Vec<f32>,
     ) -> Result<(), BackendError> {
-        params_check(s, p, "params")?;
-        len_check("x", x.len(), s.batch * s.d_in)?;
-        len_check("f", f.len(), s.batch * s.d_sae)?;
+        check(s).encode(p, x, f)?;
         match self.mode {
             CpuMode::Fast => ops::encode::fast(s, act, x, &p.w_enc, &p.b_enc, &p.b_dec, f),
             CpuMode::Reference => {
@@ -239,9 +314,7 @@ impl Backend for CpuBackend {
         p: &Params<Vec<f32>>,
         xhat: &mut Vec<f32>,
     ) -> Result<(), BackendError> {
-        params_check(s, p, "params")?;
-        len_check("f", f.len(), s.batch * s.d_sae)?;
-        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        check(s).decode(p, f, xhat)?;
         match self.mode {
             CpuMode::Fast => ops::decode::fast(s, f, &p.w_dec, &p.b_dec, xhat),
             CpuMode::Reference => ops::decode::reference(s, f, &p.w_dec, &p.b_dec, xhat),
@@ -258,11 +331,7 @@ impl Backend for CpuBackend {
         p: &Params<Vec<f32>>,
         g: &mut Params<Vec<f32>>,
     ) -> Result<(), BackendError> {
-        params_check(s, p, "params")?;
-        params_check(s, g, "grads")?;
-        len_check("x", x.len(), s.batch * s.d_in)?;
-        len_check("f", f.len(), s.batch * s.d_sae)?;
-        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        check(s).backward(p, g, [x, f, xhat])?;
         let w = backward::Weights {
             w_enc: &p.w_enc,
             b_enc: &p.b_enc,
@@ -290,9 +359,7 @@ impl Backend for CpuBackend {
         m: &mut Params<Vec<f32>>,
         v: &mut Params<Vec<f32>>,
     ) -> Result<(), BackendError> {
-        for (what, q) in [("params", &*p), ("grads", &*g), ("m", &*m), ("v", &*v)] {
-            params_check(s, q, what)?;
-        }
+        check(s).adam([p, g, m, v])?;
         let (step, dec): (AdamFn, DecoderAdamFn) = match self.mode {
             CpuMode::Fast => (ops::adam::fast, ops::adam::decoder_fast),
             CpuMode::Reference => (ops::adam::reference, ops::adam::decoder_reference),
@@ -318,10 +385,7 @@ impl Backend for CpuBackend {
         f: &Vec<f32>,
         fire_counts: &mut [u32],
     ) -> Result<BatchStats, BackendError> {
-        len_check("x", x.len(), s.batch * s.d_in)?;
-        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
-        len_check("f", f.len(), s.batch * s.d_sae)?;
-        len_check("fire counts", fire_counts.len(), s.d_sae)?;
+        check(s).batch_stats(x, xhat, f, fire_counts.len())?;
         Ok(match self.mode {
             CpuMode::Fast => ops::reduce::fast(s, x, xhat, f, fire_counts),
             CpuMode::Reference => ops::reduce::reference(s, x, xhat, f, fire_counts),
@@ -333,8 +397,7 @@ impl Backend for CpuBackend {
         x: &Vec<f32>,
         xhat: &Vec<f32>,
     ) -> Result<Vec<f32>, BackendError> {
-        len_check("x", x.len(), s.batch * s.d_in)?;
-        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        check(s).per_token_sq_err(x, xhat)?;
         let mut out = vec![0.0; s.batch];
         ops::reduce::per_token_sq_err(s, x, xhat, &mut out);
         Ok(out)
@@ -348,14 +411,7 @@ impl Backend for CpuBackend {
         m: &mut Params<Vec<f32>>,
         v: &mut Params<Vec<f32>>,
     ) -> Result<(), BackendError> {
-        params_check(s, p, "params")?;
-        len_check("directions", dirs.len(), dead.len() * s.d_in)?;
-        if let Some(&bad) = dead.iter().find(|&&i| i >= s.d_sae) {
-            return Err(BackendError::Shape(format!(
-                "dead feature {bad} ≥ d_sae {}",
-                s.d_sae
-            )));
-        }
+        check(s).resample([p, m, v], dead, dirs.len())?;
         let scale = 0.2 * resample::mean_alive_encoder_norm(s, &p.w_enc, dead);
         let t = resample::ResampleTargets {
             w_enc: &mut p.w_enc,

@@ -6,7 +6,7 @@
 
 use super::compile::{self, FILES};
 use super::{toolkit, CudaError};
-use crate::backend::{len_check, params_check_with, Backend, BackendError, Params};
+use crate::backend::{len_check, ArgCheck, Backend, BackendError, Params};
 use crate::ops::{Activation, AdamHyper, BatchStats, Shape, SPARSE_DENSITY};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
@@ -50,8 +50,11 @@ fn i32_of(what: &str, v: usize) -> Result<i32, BackendError> {
     })
 }
 
-fn params_check(s: Shape, p: &Params<CudaSlice<f32>>, what: &str) -> Result<(), BackendError> {
-    params_check_with(s, p, what, CudaSlice::len)
+fn check(s: Shape) -> ArgCheck<CudaSlice<f32>> {
+    ArgCheck {
+        s,
+        len: CudaSlice::len,
+    }
 }
 
 /// (B, d, F) as kernel arguments.
@@ -302,9 +305,7 @@ impl Backend for CudaBackend {
         p: &Params<Self::Buf>,
         f: &mut Self::Buf,
     ) -> Result<(), BackendError> {
-        params_check(s, p, "params")?;
-        len_check("x", x.len(), s.batch * s.d_in)?;
-        len_check("f", f.len(), s.batch * s.d_sae)?;
+        check(s).encode(p, x, f)?;
         let (b, d, fs) = dims(s)?;
         if s.batch == 0 || s.d_sae == 0 {
             return Ok(());
@@ -344,9 +345,7 @@ impl Backend for CudaBackend {
         p: &Params<Self::Buf>,
         xhat: &mut Self::Buf,
     ) -> Result<(), BackendError> {
-        params_check(s, p, "params")?;
-        len_check("f", f.len(), s.batch * s.d_sae)?;
-        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        check(s).decode(p, f, xhat)?;
         let (b, d, fs) = dims(s)?;
         if s.batch == 0 || s.d_in == 0 {
             return Ok(());
@@ -394,11 +393,7 @@ impl Backend for CudaBackend {
         p: &Params<Self::Buf>,
         g: &mut Params<Self::Buf>,
     ) -> Result<(), BackendError> {
-        params_check(s, p, "params")?;
-        params_check(s, g, "grads")?;
-        len_check("x", x.len(), s.batch * s.d_in)?;
-        len_check("f", f.len(), s.batch * s.d_sae)?;
-        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        check(s).backward(p, g, [x, f, xhat])?;
         let (b, d, fs) = dims(s)?;
         let st = &self.stream;
         if s.batch == 0 || s.d_in == 0 || s.d_sae == 0 {
@@ -517,9 +512,7 @@ impl Backend for CudaBackend {
         m: &mut Params<Self::Buf>,
         v: &mut Params<Self::Buf>,
     ) -> Result<(), BackendError> {
-        for (what, q) in [("params", &*p), ("grads", &*g), ("m", &*m), ("v", &*v)] {
-            params_check(s, q, what)?;
-        }
+        check(s).adam([p, g, m, v])?;
         let c = corrections(&h);
         if s.d_in * s.d_sae > 0 {
             self.adam_flat(h, c, &mut p.w_enc, &g.w_enc, &mut m.w_enc, &mut v.w_enc)?;
@@ -560,10 +553,7 @@ impl Backend for CudaBackend {
         f: &Self::Buf,
         fire_counts: &mut [u32],
     ) -> Result<BatchStats, BackendError> {
-        len_check("x", x.len(), s.batch * s.d_in)?;
-        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
-        len_check("f", f.len(), s.batch * s.d_sae)?;
-        len_check("fire counts", fire_counts.len(), s.d_sae)?;
+        check(s).batch_stats(x, xhat, f, fire_counts.len())?;
         let (b, d, fs) = dims(s)?;
         let mut st = BatchStats::default();
         if s.batch == 0 {
@@ -614,8 +604,7 @@ impl Backend for CudaBackend {
         x: &Self::Buf,
         xhat: &Self::Buf,
     ) -> Result<Vec<f32>, BackendError> {
-        len_check("x", x.len(), s.batch * s.d_in)?;
-        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        check(s).per_token_sq_err(x, xhat)?;
         if s.batch == 0 {
             return Ok(Vec::new());
         }
@@ -641,16 +630,7 @@ impl Backend for CudaBackend {
         m: &mut Params<Self::Buf>,
         v: &mut Params<Self::Buf>,
     ) -> Result<(), BackendError> {
-        params_check(s, p, "params")?;
-        params_check(s, m, "m")?;
-        params_check(s, v, "v")?;
-        len_check("directions", dirs.len(), dead.len() * s.d_in)?;
-        if let Some(&bad) = dead.iter().find(|&&i| i >= s.d_sae) {
-            return Err(BackendError::Shape(format!(
-                "dead feature {bad} ≥ d_sae {}",
-                s.d_sae
-            )));
-        }
+        check(s).resample([p, m, v], dead, dirs.len())?;
         if dead.is_empty() || s.d_in == 0 {
             return Ok(());
         }
