@@ -205,6 +205,7 @@ impl Rules {
     }
 
     /// Whether a metric is judged at all (has a rule whose direction is not `none`).
+    #[cfg(test)]
     pub fn judged(&self, metric: &str) -> bool {
         self.rule(metric)
             .is_some_and(|r| r.direction != Direction::None)

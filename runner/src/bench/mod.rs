@@ -335,17 +335,20 @@ pub fn run_bench(db: Option<&Path>, a: &BenchArgs, quiet: bool) -> Result<i32> {
 
     let ctx = train::DataCtx::prepare(&resolved, &crate::store_cli::saeperf_home())?;
     let mut resolved = resolved;
-    let resources_missing = kernels::resources_unavailable();
+    // Looked for only when the suite has a resources benchmark (it loads NVRTC).
+    let mut resources_missing: Option<Option<String>> = None;
     resolved.benches.retain(|b| match b {
         BenchSpec::Train(t) | BenchSpec::Prune(t) => !ctx.skipped.contains(&t.data),
         BenchSpec::Op { .. } => !a.skip_ops,
-        BenchSpec::Resources { name } => match &resources_missing {
-            None => true,
-            Some(why) => {
-                eprintln!("{name}: skipped: {why}");
-                false
+        BenchSpec::Resources { name } => {
+            match resources_missing.get_or_insert_with(kernels::resources_unavailable) {
+                None => true,
+                Some(why) => {
+                    eprintln!("{name}: skipped: {why}");
+                    false
+                }
             }
-        },
+        }
         BenchSpec::CudaOps { name, .. } => {
             if backend != "cuda" {
                 tracing::info!(

@@ -79,6 +79,8 @@ struct IndexRow {
     latest: String,
     change: String,
     status: String,
+    /// The newest point changed significantly or its benchmark failed: never folded away on the index.
+    attention: bool,
     href: String,
     spark: svg::Spark,
     points: usize,
@@ -364,9 +366,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             }
             if bench_rows.len() > FOLD_ABOVE {
                 let (loud, quiet): (Vec<IndexRow>, Vec<IndexRow>) =
-                    bench_rows.into_iter().partition(|r| {
-                        matches!(r.status.as_str(), "regression" | "improvement" | "failed")
-                    });
+                    bench_rows.into_iter().partition(|r| r.attention);
                 rows.extend(loud);
                 folded.push(FoldedView {
                     bench: b.clone(),
@@ -617,6 +617,8 @@ fn series_page(
     let mut views = Vec::new();
     let mut xlabels = Vec::new();
     let mut prev: Option<f64> = None;
+    // Whether the newest point needs a person's attention (a significant change, or a failed benchmark).
+    let mut attention = false;
     let mut hist: Vec<f64> = Vec::new();
     for (k, (i, v, r)) in values.iter().enumerate() {
         let verdict = infos[*i]
@@ -644,6 +646,8 @@ fn series_page(
             }),
             _ => None,
         };
+        attention =
+            verdict.is_some_and(Verdict::needs_attention) || r.is_some_and(|r| !r.status.is_ok());
         let status = match (r, verdict) {
             (None, _) => "missing".to_string(),
             (Some(r), _) if !r.status.is_ok() => match &r.status {
@@ -740,6 +744,7 @@ fn series_page(
         latest: last.map(|v| v.value.clone()).unwrap_or_default(),
         change: last.map(|v| v.change.clone()).unwrap_or_default(),
         status: last.map(|v| v.verdict.clone()).unwrap_or_default(),
+        attention,
         href: series_href("", group, bench, metric),
         spark: svg::sparkline(&finite, 120.0, 24.0),
         points: finite.len(),
