@@ -51,28 +51,25 @@ fn result(
     }
 }
 
+fn failed(name: &str, kind: BenchKind, why: String) -> BenchResult {
+    result(
+        name,
+        kind,
+        BenchStatus::Failed(why),
+        vec![],
+        serde_json::Value::Null,
+    )
+}
+
 /// Compile every kernel for every checked architecture and record its ptxas resources.
 pub fn run_resources(name: &str) -> BenchResult {
+    let fail = |m: String| failed(name, BenchKind::Resources, m);
     let report = match cuda::compile_all(|_| {}) {
         Ok(r) => r,
-        Err(e) => {
-            return result(
-                name,
-                BenchKind::Resources,
-                BenchStatus::Failed(format!("compiling the CUDA kernels: {e}")),
-                vec![],
-                serde_json::Value::Null,
-            )
-        }
+        Err(e) => return fail(format!("compiling the CUDA kernels: {e}")),
     };
     if let Err(why) = &report.ptxas {
-        return result(
-            name,
-            BenchKind::Resources,
-            BenchStatus::Failed(format!("no resource report: {why}")),
-            vec![],
-            serde_json::Value::Null,
-        );
+        return fail(format!("no resource report: {why}"));
     }
     let spilling: Vec<String> = report
         .spills()
@@ -107,15 +104,7 @@ pub fn run_cuda_ops(
     iters: usize,
     topk: usize,
 ) -> BenchResult {
-    let fail = |m: String| {
-        result(
-            name,
-            BenchKind::CudaOps,
-            BenchStatus::Failed(m),
-            vec![],
-            serde_json::Value::Null,
-        )
-    };
+    let fail = |m: String| failed(name, BenchKind::CudaOps, m);
     let sel = match select_backend(BackendChoice::Cuda) {
         Ok(s) => s,
         Err(e) => return fail(format!("--backend cuda: {e}")),
