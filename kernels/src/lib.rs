@@ -16,5 +16,5 @@ pub mod sae;
 pub mod select;
 
 pub use backend::{Backend, BackendError, CpuBackend, CpuMode, Params};
-pub use ops::{Activation, AdamHyper, BatchStats, Shape};
+pub use ops::{Activation, AdamHyper, BatchStats, CurvePoint, Op, Shape};
 pub use sae::{Arch, Sae, SaeCfg, SaeError};

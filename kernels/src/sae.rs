@@ -177,6 +177,42 @@ impl Sae {
         xh
     }
 
+    /// For each of the `n` directions in `dirs` ([n, d_in], row-major), the largest cosine similarity with any
+    /// decoder row: the building block of MMCS against a ground truth.
+    pub fn max_cosine(&self, dirs: &[f32], n: usize) -> Vec<f64> {
+        let (d, fsz) = (self.cfg.d_in, self.cfg.d_sae);
+        let unit = |v: &[f32]| -> Vec<f32> {
+            v.chunks(d.max(1))
+                .flat_map(|r| {
+                    let norm = r
+                        .iter()
+                        .map(|x| x * x)
+                        .sum::<f32>()
+                        .sqrt()
+                        .max(f32::MIN_POSITIVE);
+                    r.iter().map(move |x| x / norm)
+                })
+                .collect()
+        };
+        let g = unit(dirs);
+        let w = unit(&self.w_dec);
+        let mut cos = vec![0.0f32; n * fsz];
+        ops::gemm::sgemm(
+            n,
+            fsz,
+            d,
+            &g,
+            ops::gemm::Trans::N,
+            &w,
+            ops::gemm::Trans::T,
+            &mut cos,
+            false,
+        );
+        cos.chunks(fsz.max(1))
+            .map(|r| r.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b)) as f64)
+            .collect()
+    }
+
     /// A dictionary with only the features in `keep` (in that order).
     pub fn select_features(&self, keep: &[usize]) -> Sae {
         let (d, fsz) = (self.cfg.d_in, self.cfg.d_sae);

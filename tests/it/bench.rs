@@ -424,3 +424,112 @@ fn baseline_auto_times_the_merge_base_interleaved() {
     );
     assert_eq!(next["comparison"]["base"]["id"], base["id"]);
 }
+
+/// One home for every command: with SAEPERF_HOME unset, a set placed where `runner data prepare` puts it (under the
+/// user's cache directory, the `sets/...` name of the default suite's language-model set) is the one `runner bench`
+/// trains on. Before, `data prepare` wrote under the cache directory and `bench` looked under `~/.saeperf`.
+#[test]
+fn bench_finds_a_set_prepared_with_saeperf_home_unset() {
+    use saeperf_sae::lm::harvest;
+    let dir = tempfile::tempdir().unwrap();
+    let home_dir = dir.path().join("user");
+    std::fs::create_dir_all(&home_dir).unwrap();
+    // Where `runner data prepare` writes with its defaults and SAEPERF_HOME unset, and where the default suite
+    // expects its language-model set: the same path.
+    let cache_home = home_dir.join(".cache").join("saeperf");
+    let prepared = harvest::default_set_dir(
+        &cache_home,
+        harvest::DEFAULT_LAYER,
+        harvest::DEFAULT_CONTEXT,
+        harvest::DEFAULT_TRAIN_TOKENS,
+        harvest::DEFAULT_EVAL_TOKENS,
+    );
+    let default_suite: toml::Table = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/suite.toml"),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let lm_path = default_suite["data"]["lm"]["path"].as_str().unwrap();
+    assert_eq!(cache_home.join(lm_path), prepared);
+
+    let runner = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+        c.current_dir(dir.path())
+            .env("HOME", &home_dir)
+            .env_remove("SAEPERF_HOME")
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("SAEPERF_DB")
+            .env_remove("RUST_LOG")
+            .args(args);
+        c
+    };
+    // A small stand-in for the harvested set, written at that path.
+    let o = runner(&[
+        "data",
+        "synth",
+        "--out",
+        prepared.to_str().unwrap(),
+        "--d-in",
+        "16",
+        "--features",
+        "32",
+        "--train-tokens",
+        "2048",
+        "--eval-tokens",
+        "256",
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let suite = dir.path().join("suite.toml");
+    std::fs::write(
+        &suite,
+        format!(
+            r#"
+name = "home"
+[profiles.standard]
+steps_scale = 1.0
+op_samples = 3
+synthetic_tokens = 1024
+[data.lm]
+kind = "prepared"
+path = "{lm_path}"
+optional = true
+[[train]]
+name = "lm-relu"
+data = "lm"
+arch = "relu"
+d_sae = 32
+l1 = 1e-3
+steps = 20
+batch = 32
+"#
+        ),
+    )
+    .unwrap();
+    let o = runner(&[
+        "--quiet",
+        "bench",
+        "--suite",
+        "suite.toml",
+        "--json",
+        "--backend",
+        "cpu",
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("is not prepared"),
+        "{}",
+        text(&o)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["run"]["meta"]["activation_sets"]["lm"].is_string(), "{v}");
+    assert_eq!(v["run"]["results"][0]["name"], "lm-relu");
+    assert_eq!(v["run"]["results"][0]["status"], "ok");
+    // And the store is under the same home.
+    assert!(cache_home.join("store").is_dir());
+    assert!(!home_dir.join(".saeperf").exists());
+}

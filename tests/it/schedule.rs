@@ -841,3 +841,77 @@ suite = "suite.toml"
     assert!(page.contains("No scheduler is running"), "{page}");
     assert_eq!(gh.state.lock().unwrap().comments.len(), 1);
 }
+
+/// The scheduler reads a bench's result only through its document: a bench that exits "regression" but prints
+/// something that is not a bench document is recorded as `bench crashed` with the reader's one line, and nothing is
+/// notified or stored on its account.
+#[test]
+fn a_malformed_bench_document_is_one_line_and_nothing_follows() {
+    let (hook, received) = webhook_server();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let repo = root.join("repo");
+    init_repo(&repo);
+    commit_suite(&repo, &suite(10, 2), "first");
+    let config = root.join("saeperf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"store = "store"
+[repository]
+path = "repo"
+[commands]
+build = "true"
+bench = "echo '{{\"document\": \"bench\", \"version\": 1, \"run\": 3}}'; exit 2"
+[notify]
+webhooks = ["{hook}"]
+retry_delay_ms = 100
+[[job]]
+name = "main"
+cron = "* * * * * *"
+branch = "main"
+"#
+        ),
+    )
+    .unwrap();
+    let e = Env {
+        _dir: dir,
+        root,
+        repo,
+        config,
+    };
+    let log = std::fs::File::create(e.root.join("scheduler.log")).unwrap();
+    let mut child = runner(&e)
+        .args(["schedule", "--config"])
+        .arg(&e.config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sched_log = || std::fs::read_to_string(e.root.join("scheduler.log")).unwrap_or_default();
+    let a = wait_for(
+        "the attempt with a malformed document",
+        Duration::from_secs(30),
+        &mut child,
+        || attempts(&status(&e)).into_iter().next(),
+    );
+    stop(&mut child, &sched_log);
+    assert_eq!(a["outcome"], "bench_crashed", "{a}");
+    let detail = a["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("the bench printed no result: not a saeperf bench document: "),
+        "{detail}"
+    );
+    assert!(!detail.contains('\n'));
+    assert!(a["run_id"].is_null(), "{a}");
+    assert!(received.lock().unwrap().is_empty(), "nothing is notified");
+    let o = runner(&e)
+        .arg("--db")
+        .arg(e.root.join("store"))
+        .args(["db", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(runs, serde_json::json!([]), "nothing is stored");
+}

@@ -5,16 +5,14 @@
 
 use super::backend::{CudaBackend, OpPath};
 use crate::backend::{Backend, BackendError, CpuBackend, Params};
-use crate::ops::{Activation, AdamHyper, Shape};
-use rand::{Rng, SeedableRng};
+use crate::ops::inputs::{rel_err, sparse_codes, uniform as randv};
+use crate::ops::{Activation, AdamHyper, Op, Shape};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 /// The largest relative error (norm of the difference over norm of the reference) a float32 kernel may have.
 pub const TOLERANCE: f64 = 1e-4;
-
-/// The op families `--op` accepts.
-pub const OPS: &[&str] = &["encode", "decode", "backward", "adam", "resample", "reduce"];
 
 /// Shapes (batch, d_in, d_sae): tile multiples (128) and not, down to one element.
 pub const SHAPES: &[(usize, usize, usize)] = &[
@@ -35,54 +33,6 @@ pub struct CheckRow {
     pub shape: Shape,
     pub rel_err: f64,
     pub pass: bool,
-}
-
-/// ‖a − b‖ / ‖b‖ in f64 (‖a − b‖ when b is zero; infinite when the lengths differ or anything is NaN).
-pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() {
-        return f64::INFINITY;
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += ((*x as f64) - (*y as f64)).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    let e = if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    };
-    if e.is_nan() {
-        f64::INFINITY
-    } else {
-        e
-    }
-}
-
-fn randv(r: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    // Uniform in ±scale but never exactly zero, so a kernel that forgets to write cannot match by accident.
-    (0..n)
-        .map(|_| {
-            let v = (r.random::<f32>() * 2.0 - 1.0) * scale;
-            if v == 0.0 {
-                scale * 0.5
-            } else {
-                v
-            }
-        })
-        .collect()
-}
-
-fn sparse_codes(r: &mut ChaCha8Rng, n: usize, density: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            if r.random::<f32>() < density {
-                0.1 + r.random::<f32>()
-            } else {
-                0.0
-            }
-        })
-        .collect()
 }
 
 struct Ctx<'a> {
@@ -139,19 +89,13 @@ fn params_vec(p: &Params<Vec<f32>>) -> [&Vec<f32>; 4] {
     [&p.w_enc, &p.b_enc, &p.w_dec, &p.b_dec]
 }
 
-/// Runs the checks of the op families in `ops` (all of [`OPS`] when empty) on every shape of [`SHAPES`].
+/// Runs the checks of the op families in `ops` (all of [`Op::ALL`] when empty) on every shape of [`SHAPES`].
 pub fn verify(
     gpu: &CudaBackend,
-    ops: &[String],
+    ops: &[Op],
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<CheckRow>, BackendError> {
-    let want = |o: &str| ops.is_empty() || ops.iter().any(|x| x == o);
-    if let Some(bad) = ops.iter().find(|o| !OPS.contains(&o.as_str())) {
-        return Err(BackendError::Shape(format!(
-            "unknown op {bad} (known: {})",
-            OPS.join(", ")
-        )));
-    }
+    let want = |o: &str| ops.is_empty() || ops.iter().any(|x| x.as_str() == o);
     let mut c = Ctx {
         gpu,
         cpu: CpuBackend::reference(),
@@ -180,7 +124,7 @@ pub fn verify(
         // Codes for the ops downstream: a real ReLU encoding (dense, ~half fire) and a sparse one (~2%).
         let mut f_dense = vec![0.0; b * fs];
         c.cpu.encode(s, Activation::Relu, &x, &p, &mut f_dense)?;
-        let f_sparse = sparse_codes(&mut r, b * fs, 0.02);
+        let f_sparse = sparse_codes(&mut r, s, ((fs as f32 * 0.02).round() as usize).max(1));
         for (label, f) in [("dense f", &f_dense), ("sparse f", &f_sparse)] {
             let fg = gpu.upload(f)?;
             let mut xhat = vec![f32::NAN; b * d];

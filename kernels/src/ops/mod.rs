@@ -13,7 +13,7 @@ pub mod resample;
 pub mod sparse;
 
 pub use adam::AdamHyper;
-pub use reduce::BatchStats;
+pub use reduce::{BatchStats, CurvePoint};
 
 use serde::{Deserialize, Serialize};
 
@@ -59,34 +59,125 @@ pub fn prefers_sparse(s: Shape, f: &[f32]) -> bool {
     (count_nonzero(f) as f64) / (total as f64) < SPARSE_DENSITY
 }
 
-#[cfg(test)]
-pub(crate) mod testutil {
+/// The op families, by the name the suite, the benchmarks and the GPU check use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Encode,
+    Decode,
+    Backward,
+    Adam,
+    Resample,
+    Reduce,
+}
+
+impl Op {
+    pub const ALL: [Op; 6] = [
+        Op::Encode,
+        Op::Decode,
+        Op::Backward,
+        Op::Adam,
+        Op::Resample,
+        Op::Reduce,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Encode => "encode",
+            Op::Decode => "decode",
+            Op::Backward => "backward",
+            Op::Adam => "adam",
+            Op::Resample => "resample",
+            Op::Reduce => "reduce",
+        }
+    }
+
+    /// "encode, decode, …" for error messages.
+    pub fn list() -> String {
+        Op::ALL.map(Op::as_str).join(", ")
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Op {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Op, String> {
+        Op::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown op {s:?} (one of {})", Op::list()))
+    }
+}
+
+/// Seeded inputs for checks and benchmarks (the unit tests here, the GPU check, the op benchmarks), and the error
+/// measure every check uses.
+pub mod inputs {
+    use super::Shape;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     pub fn rng(seed: u64) -> ChaCha8Rng {
         ChaCha8Rng::seed_from_u64(seed)
     }
-    pub fn randn(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+
+    /// Uniform in ±scale, never exactly zero (so a kernel that forgets to write cannot match by accident).
+    pub fn uniform(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
         (0..n)
-            .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+            .map(|_| {
+                let v = (rng.random::<f32>() * 2.0 - 1.0) * scale;
+                if v == 0.0 {
+                    scale * 0.5
+                } else {
+                    v
+                }
+            })
             .collect()
     }
-    /// ‖a − b‖ / ‖b‖ (0 when both are zero).
+
+    /// Codes of shape `s` with `per_row` firing features per token (values in [0.1, 1.1); a feature drawn twice
+    /// fires once), the sparse path a trained dictionary takes.
+    pub fn sparse_codes(rng: &mut ChaCha8Rng, s: Shape, per_row: usize) -> Vec<f32> {
+        let mut f = vec![0.0; s.batch * s.d_sae];
+        for row in f.chunks_mut(s.d_sae.max(1)) {
+            for _ in 0..per_row.min(s.d_sae) {
+                row[rng.random_range(0..s.d_sae)] = rng.random::<f32>() + 0.1;
+            }
+        }
+        f
+    }
+
+    /// ‖a − b‖ / ‖b‖ in f64 (‖a − b‖ when b is zero; infinite when the lengths differ or anything is NaN).
     pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-        assert_eq!(a.len(), b.len());
-        let mut num = 0.0f64;
-        let mut den = 0.0f64;
+        if a.len() != b.len() {
+            return f64::INFINITY;
+        }
+        let (mut num, mut den) = (0.0f64, 0.0f64);
         for (x, y) in a.iter().zip(b) {
-            num += ((*x - *y) as f64).powi(2);
+            num += ((*x as f64) - (*y as f64)).powi(2);
             den += (*y as f64).powi(2);
         }
-        if den == 0.0 {
+        let e = if den == 0.0 {
             num.sqrt()
         } else {
             (num / den).sqrt()
+        };
+        if e.is_nan() {
+            f64::INFINITY
+        } else {
+            e
         }
     }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    pub use super::inputs::{rel_err, rng, uniform as randn};
+
     /// Shapes that are and are not multiples of common tile sizes.
     pub const SHAPES: &[(usize, usize, usize)] = &[
         (1, 1, 1),

@@ -23,6 +23,29 @@ impl BatchStats {
     pub fn loss(&self, batch: usize, l1_coeff: f32) -> f64 {
         (self.sse + l1_coeff as f64 * self.l1) / batch.max(1) as f64
     }
+
+    /// The training-curve point of this batch at `step` (shape `s`, penalty `l1_coeff`).
+    pub fn curve_point(&self, step: usize, s: Shape, l1_coeff: f32) -> CurvePoint {
+        CurvePoint {
+            step,
+            loss: self.loss(s.batch, l1_coeff),
+            mse: self.sse / (s.batch * s.d_in).max(1) as f64,
+            l0: self.l0 / s.batch.max(1) as f64,
+        }
+    }
+}
+
+/// One point of a training curve: the batch's values at that step. The training loop records it, runs store it,
+/// the dashboard draws it; this is the one type for all three.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CurvePoint {
+    pub step: usize,
+    /// The batch's training loss ([`BatchStats::loss`]).
+    pub loss: f64,
+    /// Mean squared error per element.
+    pub mse: f64,
+    /// Mean features firing per token.
+    pub l0: f64,
 }
 
 fn check(s: Shape, x: &[f32], xhat: &[f32], f: &[f32], counts: &[u32]) {

@@ -1,0 +1,134 @@
+//! The CUDA kernel benchmarks of a run: the ptxas resource report (registers, shared memory and spill bytes of every
+//! kernel at sm_80 and sm_90 — needs NVRTC and ptxas, never a GPU) and the CUDA op timings next to cuBLAS SGEMM
+//! (needs the cuda backend). Both become metrics of one [`BenchResult`] each, so the store keeps them per run and
+//! `compare` judges them with the suite's `kernel.*` and `cuda.*` rules: a new spill or a jump in registers is a
+//! regression even on a machine without a GPU.
+//!
+//! Like every benchmark, these never fail the run: an error becomes a `failed` status with the reason.
+
+use std::collections::BTreeMap;
+
+use saeperf_kernels::cuda::{self, bench as cuda_bench, CudaBackend};
+use saeperf_kernels::Shape;
+use saeperf_store::{BenchKind, BenchResult, BenchStatus};
+
+use crate::suite::ShapeSpec;
+
+/// Why the resource report cannot be made on this machine (None: NVRTC and ptxas are both there).
+pub fn resources_unavailable() -> Option<String> {
+    if let Err(m) = cuda::toolkit::nvrtc() {
+        return Some(format!("NVRTC not found ({m})"));
+    }
+    if cuda::toolkit::ptxas().is_none() {
+        return Some(
+            "ptxas not found (python3 -m pip install nvidia-cuda-nvcc-cu12, or set SAEPERF_PTXAS)"
+                .into(),
+        );
+    }
+    None
+}
+
+fn result(
+    name: &str,
+    kind: BenchKind,
+    status: BenchStatus,
+    metrics: Vec<(String, f64)>,
+    extra: serde_json::Value,
+) -> BenchResult {
+    BenchResult {
+        name: name.to_string(),
+        kind,
+        status,
+        samples: vec![],
+        yardstick: vec![],
+        metrics: metrics.into_iter().collect::<BTreeMap<_, _>>(),
+        metric_seeds: BTreeMap::new(),
+        deterministic: true,
+        curve: vec![],
+        extra,
+    }
+}
+
+fn failed(name: &str, kind: BenchKind, why: String) -> BenchResult {
+    result(
+        name,
+        kind,
+        BenchStatus::Failed(why),
+        vec![],
+        serde_json::Value::Null,
+    )
+}
+
+/// Compile every kernel for every checked architecture and record its ptxas resources.
+pub fn run_resources(name: &str) -> BenchResult {
+    let fail = |m: String| failed(name, BenchKind::Resources, m);
+    let report = match cuda::compile_all(|_| {}) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("compiling the CUDA kernels: {e}")),
+    };
+    if let Err(why) = &report.ptxas {
+        return fail(format!("no resource report: {why}"));
+    }
+    let spilling: Vec<String> = report
+        .spills()
+        .iter()
+        .map(|r| format!("{} {}", r.arch, r.kernel))
+        .collect();
+    if !spilling.is_empty() {
+        tracing::warn!("kernels spill registers: {}", spilling.join(", "));
+    }
+    let extra = serde_json::json!({
+        "nvrtc": report.nvrtc,
+        "sources": report.sources,
+        "ptxas": report.ptxas.as_ref().ok(),
+        "kernels": report.resources.len(),
+        "spilling": spilling,
+        "compile_ms": report.compiled.iter().map(|c| c.compile_ms).sum::<f64>(),
+    });
+    result(
+        name,
+        BenchKind::Resources,
+        BenchStatus::Ok,
+        report.metrics(),
+        extra,
+    )
+}
+
+/// Time the CUDA ops at `shape` (CUDA events, median of `iters` after `warmup`) next to cuBLAS SGEMM, on the run's
+/// GPU (None: the run's backend is not CUDA, and the benchmark fails with that reason).
+pub fn run_cuda_ops(
+    name: &str,
+    gpu: Option<&CudaBackend>,
+    shape: ShapeSpec,
+    warmup: usize,
+    iters: usize,
+    topk: usize,
+) -> BenchResult {
+    let fail = |m: String| failed(name, BenchKind::CudaOps, m);
+    let Some(gpu) = gpu else {
+        return fail("the CUDA op timings need the cuda backend".into());
+    };
+    let opts = cuda_bench::BenchOpts {
+        warmup,
+        iters,
+        topk,
+    };
+    let shape = Shape::new(shape.batch, shape.d_in, shape.d_sae);
+    match cuda_bench::bench(gpu, shape, opts, |m| tracing::debug!("timing {m}")) {
+        Ok(rep) => {
+            let extra = serde_json::json!({
+                "device": rep.device,
+                "shape": shape,
+                "cublas_note": rep.cublas_note,
+            });
+            result(
+                name,
+                BenchKind::CudaOps,
+                BenchStatus::Ok,
+                rep.metrics(),
+                extra,
+            )
+        }
+        Err(e) => fail(format!("timing the CUDA ops: {e}")),
+    }
+}

@@ -1,0 +1,25 @@
+//! saeperf-bench: the benchmark suite and running it into a run.
+//!
+//! - [`suite`]: the suite file (bench/suite.toml) → the benchmarks a profile runs, with their rules;
+//! - [`run`]: `runner bench` in named steps, prepare → execute → judge, on a backend opened once per run;
+//! - [`ops`], [`train`], [`kernels`]: the op micro-benchmarks (timed in rounds next to a yardstick), the training
+//!   benchmarks (reference dictionaries and the pruning variant), the kernel benchmarks (ptxas resources, CUDA ops);
+//! - [`auto`]: `--baseline auto`, the merge base built in a worktree and timed interleaved with the head;
+//! - [`document`]: the versioned documents `runner bench --json` and `runner bench-ops` write and their readers;
+//! - [`table`]: the run as a table for people; [`synthetic`]: synthetic stores for measuring compare on big histories.
+//!
+//! The store is handed in by the caller; this crate never chooses where it lives.
+
+pub mod auto;
+pub mod document;
+pub mod kernels;
+pub mod ops;
+pub mod run;
+pub mod suite;
+pub mod synthetic;
+pub mod table;
+pub mod train;
+
+pub use document::{BenchDocument, OpsDocument};
+pub use run::{execute, judge, prepare, BenchRequest, Device, Executed, Prepared};
+pub use suite::Suite;

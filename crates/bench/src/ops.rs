@@ -1,0 +1,258 @@
+//! Op micro-benchmarks: each op of the chosen backend at fixed shapes, warm-up iterations, then one raw timing
+//! sample per iteration.
+//!
+//! Inputs are deterministic (seeded) and realistic: codes for decode/backward/reduce have 32 firing features per
+//! token (the sparse path a trained dictionary takes), resample replaces 1/8 of the features.
+//!
+//! Every op sample is paired with a yardstick sample taken just before it: a fixed multi-threaded workload that does
+//! not depend on saeperf's code ([`yardstick`]). The comparison divides one by the other, so load from other processes
+//! (the main noise on shared machines) cancels out (docs/verdicts.md, "Speed").
+//!
+//! `SAEPERF_INJECT_SLOWDOWN=<fraction>` (e.g. 0.1) makes every timed iteration busy-wait for that fraction of its own
+//! duration inside the timed region. It exists only to measure the detector (tests and the false-alarm / power
+//! numbers); it is read here and nowhere else, and never affects training or metrics.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rand::SeedableRng;
+use saeperf_kernels::ops::inputs::{sparse_codes, uniform as randn};
+use saeperf_kernels::{Activation, AdamHyper, Backend, Op, Params, Shape};
+
+/// The environment variable read by the timing loop (see the module doc).
+pub const INJECT_ENV: &str = "SAEPERF_INJECT_SLOWDOWN";
+
+fn injected_slowdown() -> Result<f64> {
+    match std::env::var(INJECT_ENV) {
+        Err(_) => Ok(0.0),
+        Ok(v) => match v.parse::<f64>() {
+            Ok(f) if f.is_finite() && f >= 0.0 => Ok(f),
+            _ => bail!("{INJECT_ENV}={v:?} is not a non-negative number"),
+        },
+    }
+}
+
+/// One op at one shape on one backend, with its inputs and outputs allocated once.
+pub struct OpBench<'a, B: Backend> {
+    be: &'a B,
+    op: Op,
+    s: Shape,
+    p: Params<B::Buf>,
+    g: Params<B::Buf>,
+    m: Params<B::Buf>,
+    v: Params<B::Buf>,
+    x: B::Buf,
+    f: B::Buf,
+    xhat: B::Buf,
+    out_f: B::Buf,
+    out_x: B::Buf,
+    counts: Vec<u32>,
+    dead: Vec<usize>,
+    dirs: Vec<f32>,
+    step: u64,
+    slow: f64,
+}
+
+impl<'a, B: Backend> OpBench<'a, B> {
+    /// Allocate deterministic inputs for `op` at `s`.
+    pub fn new(be: &'a B, op: Op, s: Shape) -> Result<Self> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5ae);
+        let up = |v: &[f32]| {
+            be.upload(v)
+                .with_context(|| format!("uploading inputs of {op}"))
+        };
+        let host = Params {
+            w_enc: randn(&mut rng, s.d_in * s.d_sae, 0.05),
+            b_enc: randn(&mut rng, s.d_sae, 0.01),
+            w_dec: randn(&mut rng, s.d_sae * s.d_in, 0.05),
+            b_dec: randn(&mut rng, s.d_in, 0.01),
+        };
+        let zeros = || -> Result<Params<B::Buf>> {
+            Ok(Params {
+                w_enc: be.zeros(s.d_in * s.d_sae)?,
+                b_enc: be.zeros(s.d_sae)?,
+                w_dec: be.zeros(s.d_sae * s.d_in)?,
+                b_dec: be.zeros(s.d_in)?,
+            })
+        };
+        let dead: Vec<usize> = (0..s.d_sae).step_by(8).collect();
+        let mut dirs = randn(&mut rng, dead.len() * s.d_in, 1.0);
+        for d in dirs.chunks_mut(s.d_in.max(1)) {
+            let n = d.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            d.iter_mut().for_each(|x| *x /= n);
+        }
+        Ok(OpBench {
+            be,
+            op,
+            s,
+            p: host.try_map(|v| up(v))?,
+            g: zeros()?,
+            m: zeros()?,
+            v: zeros()?,
+            x: up(&randn(&mut rng, s.batch * s.d_in, 1.0))?,
+            f: up(&sparse_codes(&mut rng, s, 32))?,
+            xhat: up(&randn(&mut rng, s.batch * s.d_in, 1.0))?,
+            out_f: be.zeros(s.batch * s.d_sae)?,
+            out_x: be.zeros(s.batch * s.d_in)?,
+            counts: vec![0u32; s.d_sae],
+            dead,
+            dirs,
+            step: 0,
+            slow: injected_slowdown()?,
+        })
+    }
+
+    fn call(&mut self) -> Result<()> {
+        let (be, s) = (self.be, self.s);
+        match self.op {
+            Op::Encode => be.encode(s, Activation::Relu, &self.x, &self.p, &mut self.out_f)?,
+            Op::Decode => be.decode(s, &self.f, &self.p, &mut self.out_x)?,
+            Op::Backward => {
+                be.backward(s, 1e-3, &self.x, &self.f, &self.xhat, &self.p, &mut self.g)?
+            }
+            Op::Adam => {
+                self.step += 1;
+                be.adam(
+                    s,
+                    AdamHyper::new(1e-4, self.step),
+                    &mut self.p,
+                    &mut self.g,
+                    &mut self.m,
+                    &mut self.v,
+                )?
+            }
+            Op::Resample => be.resample(
+                s,
+                &self.dead,
+                &self.dirs,
+                &mut self.p,
+                &mut self.m,
+                &mut self.v,
+            )?,
+            Op::Reduce => {
+                be.batch_stats(s, &self.x, &self.xhat, &self.f, &mut self.counts)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One timed iteration, in seconds.
+    pub fn sample(&mut self) -> Result<f64> {
+        let t = Instant::now();
+        self.call()
+            .with_context(|| format!("op {} at {:?}", self.op, self.s))?;
+        if self.slow > 0.0 {
+            let target = t.elapsed().mul_f64(1.0 + self.slow);
+            while t.elapsed() < target {
+                std::hint::spin_loop();
+            }
+        }
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
+/// The yardstick: one pass of a fixed FMA workload over 4 MiB per thread, on every core, timed (seconds).
+pub fn yardstick(buf: &mut [Vec<f32>]) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|sc| {
+        for chunk in buf.iter_mut() {
+            sc.spawn(move || {
+                for pass in 0..4 {
+                    let a = 1.0 + pass as f32 * 1e-7;
+                    for v in chunk.iter_mut() {
+                        *v = v.mul_add(a, 1e-7);
+                    }
+                }
+                std::hint::black_box(&chunk);
+            });
+        }
+    });
+    t.elapsed().as_secs_f64()
+}
+
+/// Timing of one op: its samples and the paired yardstick samples.
+pub struct OpTiming {
+    pub samples: Vec<f64>,
+    pub yardstick: Vec<f64>,
+}
+
+/// Time several ops in rounds (op 1, op 2, ..., op 1, op 2, ...) so that a burst of load from other processes spreads
+/// over every op's samples instead of landing on all samples of one op; each sample is preceded by a yardstick
+/// sample. Returns, per op, its timing or its error.
+pub fn time_ops<B: Backend>(
+    be: &B,
+    ops: &[(Op, Shape)],
+    samples: usize,
+    warmup: usize,
+) -> Vec<Result<OpTiming>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut yard_buf: Vec<Vec<f32>> = (0..threads).map(|_| vec![1.0f32; 1 << 20]).collect();
+    let mut benches: Vec<Result<OpBench<B>>> = ops
+        .iter()
+        .map(|(op, s)| OpBench::new(be, *op, *s))
+        .collect();
+    let mut out: Vec<Result<OpTiming>> = (0..ops.len())
+        .map(|_| {
+            Ok(OpTiming {
+                samples: Vec::with_capacity(samples),
+                yardstick: Vec::with_capacity(samples),
+            })
+        })
+        .collect();
+    for round in 0..warmup + samples {
+        for (b, o) in benches.iter_mut().zip(out.iter_mut()) {
+            let (Ok(b), Ok(v)) = (b, o.as_mut()) else {
+                continue;
+            };
+            let y = yardstick(&mut yard_buf);
+            match b.sample() {
+                Ok(t) if round >= warmup => {
+                    v.samples.push(t);
+                    v.yardstick.push(y);
+                }
+                Ok(_) => {}
+                Err(e) => *o = Err(e),
+            }
+        }
+    }
+    benches
+        .into_iter()
+        .zip(out)
+        .map(|(b, o)| b.and(o))
+        .collect()
+}
+
+#[cfg(test)]
+/// Time one op: `warmup` untimed iterations, then `samples` timed ones.
+pub fn time_op<B: Backend>(
+    be: &B,
+    op: &str,
+    s: Shape,
+    samples: usize,
+    warmup: usize,
+) -> Result<Vec<f64>> {
+    let op: Op = op.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    time_ops(be, &[(op, s)], samples, warmup)
+        .pop()
+        .expect("one result")
+        .map(|t| t.samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use saeperf_kernels::CpuBackend;
+
+    #[test]
+    fn every_op_times_at_a_small_shape() {
+        let s = Shape::new(8, 16, 64);
+        for op in Op::ALL.map(Op::as_str) {
+            let t = time_op(&CpuBackend::fast(), op, s, 3, 1).unwrap();
+            assert_eq!(t.len(), 3);
+            assert!(t.iter().all(|x| x.is_finite() && *x > 0.0), "{op}: {t:?}");
+        }
+        assert!(time_op(&CpuBackend::fast(), "nope", s, 1, 0).is_err());
+    }
+}

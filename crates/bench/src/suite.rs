@@ -1,0 +1,629 @@
+//! The benchmark suite: a TOML file (bench/suite.toml by default, `--suite` for another) naming the reference
+//! dictionaries to train, the dense-feature pruning variant, the op micro-benchmarks and their shapes, the profiles
+//! that scale them (quick / standard / full), and the regression rules (speed test settings, per-metric directions
+//! and tolerances).
+//!
+//! Parsing is two-stage: [`Suite`] mirrors the file (unknown keys are errors), [`Suite::resolve`] applies a profile
+//! and a name filter and gives the [`ResolvedSuite`] that `runner bench` runs and whose hash is recorded in the run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use saeperf_compare::rules::{MetricRule, Rules, SpeedRule};
+use saeperf_kernels::{Arch, Op};
+
+/// The suite shipped in the repository, used when bench/suite.toml is not found (e.g. an installed binary).
+pub const DEFAULT_SUITE: &str = include_str!("../../../bench/suite.toml");
+pub const DEFAULT_SUITE_PATH: &str = "bench/suite.toml";
+
+#[derive(Debug, Error)]
+pub enum SuiteError {
+    #[error("cannot read suite {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("suite {path} is not a valid suite: {msg}")]
+    Parse { path: String, msg: String },
+    #[error("suite {path}: {msg}")]
+    Invalid { path: String, msg: String },
+}
+
+/// A profile scales the same suite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Multiplies every training benchmark's steps (and resampling steps).
+    pub steps_scale: f64,
+    /// Timed iterations per op micro-benchmark (the raw samples).
+    pub op_samples: usize,
+    /// Untimed warm-up iterations per op.
+    #[serde(default = "default_warmup")]
+    pub op_warmup: usize,
+    /// Seeds per training benchmark (more than one only helps non-deterministic backends).
+    #[serde(default = "default_seeds")]
+    pub seeds: usize,
+    /// If set, only these benchmarks run in this profile.
+    #[serde(default)]
+    pub only: Option<Vec<String>>,
+    /// Token count of the synthetic activation set (train + eval).
+    pub synthetic_tokens: usize,
+}
+
+fn default_warmup() -> usize {
+    2
+}
+fn default_seeds() -> usize {
+    1
+}
+
+/// An activation set a benchmark trains on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataSpec {
+    /// Generated on the spot (cached under $SAEPERF_HOME/data); needs no download.
+    Synthetic {
+        d_in: usize,
+        /// Ground-truth features.
+        n_features: usize,
+        /// Mean number of active ground-truth features per token.
+        #[serde(default = "default_active")]
+        active: f64,
+        #[serde(default)]
+        seed: u64,
+        #[serde(default = "default_eval_fraction")]
+        eval_fraction: f64,
+        /// Feature i fires with probability proportional to (i + 1)^-zipf_exponent.
+        #[serde(default = "default_zipf")]
+        zipf_exponent: f64,
+        /// Standard deviation of Gaussian noise added to every coordinate.
+        #[serde(default)]
+        noise: f32,
+    },
+    /// A prepared activation set (e.g. from `runner data prepare`); a relative path is under $SAEPERF_HOME.
+    /// Benchmarks on it fail with the reason when it is absent.
+    Prepared {
+        path: String,
+        /// When the set is not there, its benchmarks are skipped (not failed): for sets that need a download.
+        #[serde(default)]
+        optional: bool,
+    },
+}
+
+fn default_active() -> f64 {
+    8.0
+}
+fn default_zipf() -> f64 {
+    0.5
+}
+fn default_eval_fraction() -> f64 {
+    0.1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resample {
+    pub at_steps: Vec<usize>,
+    pub window: usize,
+    pub sample: usize,
+}
+
+/// A reference dictionary to train and evaluate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    pub name: String,
+    pub data: String,
+    /// "relu" or "topk".
+    pub arch: String,
+    #[serde(default)]
+    pub k: Option<usize>,
+    pub d_sae: usize,
+    #[serde(default)]
+    pub l1: f32,
+    pub steps: usize,
+    pub batch: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f32,
+    #[serde(default)]
+    pub lr_warmup: usize,
+    #[serde(default)]
+    pub l1_warmup: usize,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub resample: Option<Resample>,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Pruning variant only: remove features firing on more than this fraction of evaluation tokens.
+    #[serde(default)]
+    pub prune_above: Option<f64>,
+}
+
+impl TrainSpec {
+    /// The architecture (`arch`, checked when the suite was parsed).
+    pub fn arch(&self) -> Arch {
+        if self.arch == "topk" {
+            Arch::TopK
+        } else {
+            Arch::Relu
+        }
+    }
+}
+
+fn default_lr() -> f32 {
+    1e-3
+}
+fn default_log_every() -> usize {
+    50
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapeSpec {
+    pub batch: usize,
+    pub d_in: usize,
+    pub d_sae: usize,
+}
+
+/// An op micro-benchmark.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpSpec {
+    pub name: String,
+    /// encode, decode, backward, adam, resample, reduce.
+    pub op: String,
+    pub shape: String,
+}
+
+/// The CUDA kernels' ptxas resource report (registers, shared memory, spill bytes per kernel and architecture):
+/// needs NVRTC and ptxas, no GPU; skipped with a note where they are missing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    pub name: String,
+}
+
+/// The CUDA op timings next to cuBLAS SGEMM (CUDA events, median of `iters`): only with the cuda backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CudaOpsSpec {
+    pub name: String,
+    pub shape: String,
+    #[serde(default = "default_cuda_warmup")]
+    pub warmup: usize,
+    #[serde(default = "default_cuda_iters")]
+    pub iters: usize,
+    /// k of the TopK (sparse) variants.
+    #[serde(default = "default_cuda_topk")]
+    pub topk: usize,
+}
+
+fn default_cuda_warmup() -> usize {
+    5
+}
+fn default_cuda_iters() -> usize {
+    30
+}
+fn default_cuda_topk() -> usize {
+    64
+}
+
+/// The suite file as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    pub name: String,
+    #[serde(default = "default_profile")]
+    pub default_profile: String,
+    pub profiles: BTreeMap<String, Profile>,
+    #[serde(default)]
+    pub data: BTreeMap<String, DataSpec>,
+    #[serde(default)]
+    pub shapes: BTreeMap<String, ShapeSpec>,
+    #[serde(default)]
+    pub train: Vec<TrainSpec>,
+    #[serde(default)]
+    pub prune: Vec<TrainSpec>,
+    #[serde(default)]
+    pub op: Vec<OpSpec>,
+    #[serde(default)]
+    pub resources: Vec<ResourcesSpec>,
+    #[serde(default)]
+    pub cuda_ops: Vec<CudaOpsSpec>,
+    #[serde(default)]
+    pub speed: Option<SpeedRule>,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, MetricRule>,
+}
+
+fn default_profile() -> String {
+    "standard".into()
+}
+
+/// One benchmark, ready to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BenchSpec {
+    Train(TrainSpec),
+    Prune(TrainSpec),
+    Op {
+        name: String,
+        op: Op,
+        shape: ShapeSpec,
+        samples: usize,
+        warmup: usize,
+    },
+    Resources {
+        name: String,
+    },
+    CudaOps {
+        name: String,
+        shape: ShapeSpec,
+        warmup: usize,
+        iters: usize,
+        topk: usize,
+    },
+}
+
+impl BenchSpec {
+    pub fn name(&self) -> &str {
+        match self {
+            BenchSpec::Train(t) | BenchSpec::Prune(t) => &t.name,
+            BenchSpec::Op { name, .. }
+            | BenchSpec::Resources { name }
+            | BenchSpec::CudaOps { name, .. } => name,
+        }
+    }
+}
+
+/// The suite after applying a profile and a filter: exactly what runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedSuite {
+    pub suite: String,
+    pub profile: String,
+    pub seeds: usize,
+    pub synthetic_tokens: usize,
+    pub data: BTreeMap<String, DataSpec>,
+    pub benches: Vec<BenchSpec>,
+}
+
+impl ResolvedSuite {
+    /// SHA-256 of the resolved suite's canonical JSON: equal hashes mean the same work was run.
+    pub fn hash(&self) -> String {
+        let v = serde_json::to_vec(self).expect("suite serializes");
+        hex::encode(Sha256::digest(&v))
+    }
+}
+
+impl Suite {
+    /// Parse a suite file's text; `path` names it in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Suite, SuiteError> {
+        let s: Suite = toml::from_str(text).map_err(|e| SuiteError::Parse {
+            path: path.to_string(),
+            msg: e.to_string().lines().collect::<Vec<_>>().join(" "),
+        })?;
+        s.validate(path)?;
+        Ok(s)
+    }
+
+    /// Load `path`, or the repository's bench/suite.toml (falling back to the copy built into the binary).
+    pub fn load(path: Option<&Path>) -> Result<(Suite, String), SuiteError> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| SuiteError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                Ok((
+                    Suite::parse(&text, &p.display().to_string())?,
+                    p.display().to_string(),
+                ))
+            }
+            None => match std::fs::read_to_string(DEFAULT_SUITE_PATH) {
+                Ok(text) => Ok((
+                    Suite::parse(&text, DEFAULT_SUITE_PATH)?,
+                    DEFAULT_SUITE_PATH.to_string(),
+                )),
+                Err(_) => Ok((
+                    Suite::parse(DEFAULT_SUITE, "<built-in suite>")?,
+                    "<built-in suite>".to_string(),
+                )),
+            },
+        }
+    }
+
+    fn validate(&self, path: &str) -> Result<(), SuiteError> {
+        let bad = |msg: String| {
+            Err(SuiteError::Invalid {
+                path: path.to_string(),
+                msg,
+            })
+        };
+        let mut names = std::collections::BTreeSet::new();
+        for t in self.train.iter().chain(&self.prune) {
+            if !self.data.contains_key(&t.data) {
+                return bad(format!(
+                    "benchmark {} uses data {:?}, which [data] does not define",
+                    t.name, t.data
+                ));
+            }
+            match t.arch.as_str() {
+                "relu" => {}
+                "topk" if t.k.is_some_and(|k| k > 0 && k <= t.d_sae) => {}
+                "topk" => {
+                    return bad(format!(
+                        "benchmark {}: arch topk needs 0 < k <= d_sae",
+                        t.name
+                    ))
+                }
+                other => {
+                    return bad(format!(
+                        "benchmark {}: unknown arch {other:?} (relu or topk)",
+                        t.name
+                    ))
+                }
+            }
+            if t.steps == 0 || t.batch == 0 || t.d_sae == 0 {
+                return bad(format!(
+                    "benchmark {}: steps, batch and d_sae must be positive",
+                    t.name
+                ));
+            }
+            if !(t.l1.is_finite() && t.l1 >= 0.0 && t.lr.is_finite() && t.lr > 0.0) {
+                return bad(format!(
+                    "benchmark {}: l1 must be finite and >= 0, lr finite and > 0",
+                    t.name
+                ));
+            }
+            if !names.insert(t.name.clone()) {
+                return bad(format!("benchmark name {} is used twice", t.name));
+            }
+        }
+        for t in &self.prune {
+            if !t.prune_above.is_some_and(|p| p > 0.0 && p < 1.0) {
+                return bad(format!(
+                    "pruning benchmark {} needs prune_above in (0, 1)",
+                    t.name
+                ));
+            }
+        }
+        for o in &self.op {
+            if let Err(e) = o.op.parse::<Op>() {
+                return bad(format!("op benchmark {}: {e}", o.name));
+            }
+            if !self.shapes.contains_key(&o.shape) {
+                return bad(format!(
+                    "op benchmark {}: shape {:?} is not defined in [shapes]",
+                    o.name, o.shape
+                ));
+            }
+            if !names.insert(o.name.clone()) {
+                return bad(format!("benchmark name {} is used twice", o.name));
+            }
+        }
+        for r in &self.resources {
+            if !names.insert(r.name.clone()) {
+                return bad(format!("benchmark name {} is used twice", r.name));
+            }
+        }
+        for c in &self.cuda_ops {
+            if !self.shapes.contains_key(&c.shape) {
+                return bad(format!(
+                    "cuda_ops benchmark {}: shape {:?} is not defined in [shapes]",
+                    c.name, c.shape
+                ));
+            }
+            if c.iters == 0 || c.topk == 0 {
+                return bad(format!(
+                    "cuda_ops benchmark {}: iters and topk must be positive",
+                    c.name
+                ));
+            }
+            if !names.insert(c.name.clone()) {
+                return bad(format!("benchmark name {} is used twice", c.name));
+            }
+        }
+        if !self.profiles.contains_key(&self.default_profile) {
+            return bad(format!(
+                "default_profile {:?} is not defined in [profiles]",
+                self.default_profile
+            ));
+        }
+        for (name, p) in &self.profiles {
+            if !(p.steps_scale.is_finite() && p.steps_scale > 0.0)
+                || p.op_samples == 0
+                || p.seeds == 0
+            {
+                return bad(format!(
+                    "profile {name}: steps_scale, op_samples and seeds must be positive"
+                ));
+            }
+        }
+        for (name, r) in &self.metrics {
+            if name.is_empty() || name.chars().all(|c| c == '*') {
+                return bad(format!(
+                    "metric {name:?}: a rule needs a metric name or a pattern such as \"kernel.*.registers\""
+                ));
+            }
+            if !(r.rel_tol >= 0.0 && r.abs_tol >= 0.0 && r.seed_sigmas >= 0.0) {
+                return bad(format!("metric {name}: tolerances must be >= 0"));
+            }
+        }
+        if let Some(s) = &self.speed {
+            if !(s.alpha > 0.0 && s.alpha < 1.0) {
+                return bad("speed.alpha must be in (0, 1)".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The regression rules: built-in defaults overridden by the suite.
+    pub fn rules(&self) -> Rules {
+        let mut r = Rules::default();
+        if let Some(s) = self.speed {
+            r.speed = s;
+        }
+        for (k, v) in &self.metrics {
+            r.metrics.insert(k.clone(), *v);
+        }
+        r
+    }
+
+    /// Apply a profile (None: the suite's default) and an optional name filter (substring match).
+    pub fn resolve(
+        &self,
+        profile: Option<&str>,
+        filter: Option<&str>,
+    ) -> Result<ResolvedSuite, SuiteError> {
+        let pname = profile.unwrap_or(&self.default_profile);
+        let p = self
+            .profiles
+            .get(pname)
+            .ok_or_else(|| SuiteError::Invalid {
+                path: self.name.clone(),
+                msg: format!(
+                    "no profile {pname:?} (have: {})",
+                    self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            })?;
+        let keep = |name: &str| {
+            p.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name))
+                && filter.is_none_or(|f| name.contains(f))
+        };
+        let scale = |s: usize| ((s as f64 * p.steps_scale).round() as usize).max(1);
+        let scale_train = |t: &TrainSpec| {
+            let mut t = t.clone();
+            t.steps = scale(t.steps);
+            t.lr_warmup = (t.lr_warmup as f64 * p.steps_scale).round() as usize;
+            t.l1_warmup = (t.l1_warmup as f64 * p.steps_scale).round() as usize;
+            t.log_every = t.log_every.min(t.steps).max(1);
+            if let Some(r) = &mut t.resample {
+                r.at_steps = r
+                    .at_steps
+                    .iter()
+                    .map(|&s| scale(s))
+                    .filter(|&s| s < t.steps)
+                    .collect();
+                r.window = scale(r.window);
+            }
+            t
+        };
+        let mut benches = Vec::new();
+        benches.extend(
+            self.train
+                .iter()
+                .filter(|t| keep(&t.name))
+                .map(|t| BenchSpec::Train(scale_train(t))),
+        );
+        benches.extend(
+            self.prune
+                .iter()
+                .filter(|t| keep(&t.name))
+                .map(|t| BenchSpec::Prune(scale_train(t))),
+        );
+        benches.extend(
+            self.op
+                .iter()
+                .filter(|o| keep(&o.name))
+                .map(|o| BenchSpec::Op {
+                    name: o.name.clone(),
+                    op: o.op.parse().expect("validated when the suite was parsed"),
+                    shape: self.shapes[&o.shape],
+                    samples: p.op_samples,
+                    warmup: p.op_warmup,
+                }),
+        );
+        benches.extend(self.resources.iter().filter(|r| keep(&r.name)).map(|r| {
+            BenchSpec::Resources {
+                name: r.name.clone(),
+            }
+        }));
+        benches.extend(self.cuda_ops.iter().filter(|c| keep(&c.name)).map(|c| {
+            BenchSpec::CudaOps {
+                name: c.name.clone(),
+                shape: self.shapes[&c.shape],
+                warmup: c.warmup,
+                iters: c.iters,
+                topk: c.topk,
+            }
+        }));
+        if benches.is_empty() {
+            return Err(SuiteError::Invalid {
+                path: self.name.clone(),
+                msg: format!("profile {pname} with filter {filter:?} selects no benchmark"),
+            });
+        }
+        let used: std::collections::BTreeSet<&str> = benches
+            .iter()
+            .filter_map(|b| match b {
+                BenchSpec::Train(t) | BenchSpec::Prune(t) => Some(t.data.as_str()),
+                _ => None,
+            })
+            .collect();
+        let data = self
+            .data
+            .iter()
+            .filter(|(k, _)| used.contains(k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        Ok(ResolvedSuite {
+            suite: self.name.clone(),
+            profile: pname.to_string(),
+            seeds: p.seeds,
+            synthetic_tokens: p.synthetic_tokens,
+            data: data.collect(),
+            benches,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_suite_parses_and_resolves_every_profile() {
+        let s = Suite::parse(DEFAULT_SUITE, "default").unwrap();
+        for p in ["quick", "standard", "full"] {
+            let r = s.resolve(Some(p), None).unwrap();
+            assert!(!r.benches.is_empty());
+        }
+        let q = s.resolve(Some("quick"), None).unwrap();
+        let st = s.resolve(Some("standard"), None).unwrap();
+        assert_ne!(q.hash(), st.hash());
+        assert_eq!(st.hash(), s.resolve(None, None).unwrap().hash());
+        let only_ops = s.resolve(None, Some("op/")).unwrap();
+        assert!(only_ops
+            .benches
+            .iter()
+            .all(|b| matches!(b, BenchSpec::Op { .. })));
+        assert!(only_ops.data.is_empty());
+    }
+
+    #[test]
+    fn bad_suites_get_clear_errors() {
+        let e = Suite::parse("name = 1", "x.toml").unwrap_err().to_string();
+        assert!(e.contains("x.toml"), "{e}");
+        let mut text = DEFAULT_SUITE.replace("op = \"encode\"", "op = \"encdoe\"");
+        let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("unknown op \"encdoe\""), "{e}");
+        text = format!("{DEFAULT_SUITE}\n[metrics.mse]\ndirection = \"sideways\"\n");
+        assert!(Suite::parse(&text, "x.toml").is_err());
+        text = format!("{DEFAULT_SUITE}\n[[cuda_ops]]\nname = \"c\"\nshape = \"huge\"\n");
+        let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("shape \"huge\" is not defined"), "{e}");
+        text = format!("{DEFAULT_SUITE}\n[metrics.\"*\"]\ndirection = \"none\"\n");
+        let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("needs a metric name"), "{e}");
+        let s = Suite::parse(DEFAULT_SUITE, "d").unwrap();
+        assert!(s
+            .resolve(Some("nope"), None)
+            .unwrap_err()
+            .to_string()
+            .contains("no profile"));
+    }
+}

@@ -1,0 +1,112 @@
+//! The run as a table for people: one line per benchmark with its status, median time and headline metrics, and a
+//! summary line per kernel benchmark (whose metrics do not fit the columns).
+
+use saeperf_git::short;
+use saeperf_store::{BenchKind, BenchResult, BenchStatus, Run};
+
+/// One line for a kernel benchmark, whose metrics do not fit the table's columns.
+fn kernel_summary(r: &BenchResult) -> Option<String> {
+    match r.kind {
+        BenchKind::Resources => {
+            let by = |what: &'static str| {
+                r.metrics
+                    .iter()
+                    .filter(move |(k, _)| k.ends_with(what))
+                    .map(move |(k, v)| (k.trim_end_matches(what).trim_start_matches("kernel."), *v))
+            };
+            let n = by(".registers").count();
+            let (worst, regs) = by(".registers").max_by(|a, b| a.1.total_cmp(&b.1))?;
+            let spilling: Vec<&str> = by(".spill_bytes")
+                .filter(|(_, v)| *v > 0.0)
+                .map(|(k, _)| k)
+                .collect();
+            Some(format!(
+                "{}: {n} kernel builds, most registers {regs:.0} ({worst}), {}",
+                r.name,
+                if spilling.is_empty() {
+                    "no spills".to_string()
+                } else {
+                    format!("SPILLING: {}", spilling.join(", "))
+                }
+            ))
+        }
+        BenchKind::CudaOps => {
+            let parts: Vec<String> = r
+                .metrics
+                .iter()
+                .filter_map(|(k, v)| {
+                    let op = k.strip_prefix("cuda.")?.strip_suffix(".ms")?;
+                    let vs = r
+                        .metrics
+                        .get(&format!("cuda.{op}.vs_cublas"))
+                        .map(|x| format!(", {x:.2}× cuBLAS"))
+                        .unwrap_or_default();
+                    Some(format!("{op} {v:.3} ms{vs}"))
+                })
+                .collect();
+            Some(format!("{}: {}", r.name, parts.join("; ")))
+        }
+        _ => None,
+    }
+}
+
+/// The run as a table: one line per benchmark with its status, median time and headline metrics.
+pub fn render_run(run: &Run) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header([
+        "benchmark",
+        "status",
+        "median time",
+        "n",
+        "mse",
+        "l0",
+        "fve",
+        "mmcs",
+        "dead",
+        "dense",
+    ]);
+    let m = |r: &BenchResult, k: &str| {
+        r.metrics
+            .get(k)
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for r in &run.results {
+        let status = match &r.status {
+            BenchStatus::Ok => "ok".to_string(),
+            BenchStatus::Failed(_) => "failed".into(),
+            BenchStatus::Diverged(_) => "diverged".into(),
+        };
+        t.add_row([
+            r.name.clone(),
+            status,
+            r.median_time()
+                .map(|s| format!("{:.3} ms", s * 1e3))
+                .unwrap_or_else(|| "-".into()),
+            r.samples.len().to_string(),
+            m(r, "mse"),
+            m(r, "l0"),
+            m(r, "fve"),
+            m(r, "mmcs"),
+            m(r, "dead_fraction"),
+            m(r, "dense_fraction"),
+        ]);
+    }
+    let notes: String = run
+        .results
+        .iter()
+        .filter(|r| r.status.is_ok())
+        .filter_map(kernel_summary)
+        .map(|l| l + "\n")
+        .collect();
+    format!(
+        "run {} ({}{}, {}, {}, {})\n{t}\n{notes}",
+        run.meta.id,
+        run.meta.commit.as_deref().map(short).unwrap_or("no commit"),
+        if run.meta.dirty { ", dirty" } else { "" },
+        run.meta.fingerprint.summary(),
+        run.meta.backend,
+        run.meta.profile
+    )
+}

@@ -1,0 +1,186 @@
+//! Statistics for the regression detector: medians and quantiles, the Mann–Whitney rank test (exact distribution
+//! when the samples are small and untied, normal approximation with tie and continuity correction otherwise, via
+//! statrs), and rustc-perf's noise fence T = Q3 + 3·IQR over relative changes between neighbouring history points.
+
+use statrs::distribution::{ContinuousCDF, Normal};
+
+pub use saeperf_store::samples::{median, quantile};
+
+/// Result of a two-sided Mann–Whitney U test.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MannWhitney {
+    /// U statistic of the first sample.
+    pub u: f64,
+    /// Two-sided p-value.
+    pub p: f64,
+    /// Whether the exact null distribution was used (no ties, small samples).
+    pub exact: bool,
+}
+
+/// Largest n1 + n2 for which the exact distribution is computed.
+const EXACT_MAX_TOTAL: usize = 60;
+
+/// Two-sided Mann–Whitney U test of `a` against `b`. Returns None when either side is empty.
+pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<MannWhitney> {
+    let (n1, n2) = (a.len(), b.len());
+    if n1 == 0 || n2 == 0 {
+        return None;
+    }
+    let n = n1 + n2;
+    let mut all: Vec<(f64, usize)> = a
+        .iter()
+        .map(|&x| (x, 0))
+        .chain(b.iter().map(|&x| (x, 1)))
+        .collect();
+    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    // Average ranks over ties; collect tie-group sizes for the variance correction.
+    let mut ranks = vec![0.0; n];
+    let mut tie_term = 0.0;
+    let mut has_ties = false;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let t = (j - i + 1) as f64;
+        if t > 1.0 {
+            has_ties = true;
+            tie_term += t * t * t - t;
+        }
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        ranks[i..=j].iter_mut().for_each(|x| *x = r);
+        i = j + 1;
+    }
+    let r1: f64 = all
+        .iter()
+        .zip(&ranks)
+        .filter(|(x, _)| x.1 == 0)
+        .map(|(_, r)| r)
+        .sum();
+    let u = r1 - (n1 * (n1 + 1)) as f64 / 2.0;
+    let (n1f, n2f) = (n1 as f64, n2 as f64);
+    if !has_ties && n <= EXACT_MAX_TOTAL {
+        let dist = exact_u_distribution(n1, n2);
+        let total: f64 = dist.iter().sum();
+        let k = u.round() as usize;
+        let lower: f64 = dist[..=k].iter().sum::<f64>() / total;
+        let upper: f64 = dist[k..].iter().sum::<f64>() / total;
+        let p = (2.0 * lower.min(upper)).min(1.0);
+        return Some(MannWhitney { u, p, exact: true });
+    }
+    let mean = n1f * n2f / 2.0;
+    let nf = n as f64;
+    let var = n1f * n2f / 12.0 * ((nf + 1.0) - tie_term / (nf * (nf - 1.0)));
+    if var <= 0.0 {
+        return Some(MannWhitney {
+            u,
+            p: 1.0,
+            exact: false,
+        });
+    }
+    let z = ((u - mean).abs() - 0.5).max(0.0) / var.sqrt();
+    let normal = Normal::new(0.0, 1.0).expect("standard normal");
+    let p = (2.0 * (1.0 - normal.cdf(z))).min(1.0);
+    Some(MannWhitney { u, p, exact: false })
+}
+
+/// Number of arrangements giving each U = 0..=n1·n2 under the null (no ties), as f64 counts.
+fn exact_u_distribution(n1: usize, n2: usize) -> Vec<f64> {
+    // f[m][n] is the distribution for sizes (m, n); f(m, n, u) = f(m-1, n, u-n) + f(m, n-1, u).
+    let mut prev: Vec<Vec<f64>> = (0..=n2).map(|_| vec![1.0]).collect(); // m = 0: U is always 0.
+    for m in 1..=n1 {
+        let mut cur: Vec<Vec<f64>> = Vec::with_capacity(n2 + 1);
+        cur.push(vec![1.0]); // n = 0
+        for nn in 1..=n2 {
+            let mut d = vec![0.0; m * nn + 1];
+            for (u, c) in prev[nn].iter().enumerate() {
+                d[u + nn] += c;
+            }
+            for (u, c) in cur[nn - 1].iter().enumerate() {
+                d[u] += c;
+            }
+            cur.push(d);
+        }
+        prev = cur;
+    }
+    prev.swap_remove(n2)
+}
+
+/// rustc-perf's significance threshold from a time-ordered series: relative changes between neighbours over the last
+/// `window` of them, T = Q3 + 3·IQR. None when there are fewer than `min_points` changes.
+pub fn fence(series: &[f64], window: usize, min_points: usize) -> Option<f64> {
+    let d: Vec<f64> = series
+        .windows(2)
+        .filter(|w| w[0].is_finite() && w[1].is_finite() && w[0] != 0.0)
+        .map(|w| ((w[0] - w[1]) / w[0]).abs())
+        .collect();
+    let d = &d[d.len().saturating_sub(window)..];
+    if d.len() < min_points.max(1) {
+        return None;
+    }
+    let q1 = quantile(d, 0.25)?;
+    let q3 = quantile(d, 0.75)?;
+    Some(q3 + 3.0 * (q3 - q1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.75), Some(4.0));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn exact_matches_known_values() {
+        // Completely separated samples of 7 and 7: p = 2 / C(14, 7) = 2 / 3432.
+        let a: Vec<f64> = (0..7).map(|i| i as f64).collect();
+        let b: Vec<f64> = (10..17).map(|i| i as f64).collect();
+        let t = mann_whitney(&a, &b).unwrap();
+        assert!(t.exact);
+        assert_eq!(t.u, 0.0);
+        assert!((t.p - 2.0 / 3432.0).abs() < 1e-12, "{}", t.p);
+        // Separated 5 and 5: p = 2 / C(10, 5) = 2 / 252.
+        let t = mann_whitney(&[1., 2., 3., 4., 5.], &[6., 7., 8., 9., 10.]).unwrap();
+        assert!((t.p - 0.007936507936507936).abs() < 1e-12);
+        // Identical samples: p = 1.
+        let t = mann_whitney(&[1., 2., 3.], &[1., 2., 3.]).unwrap();
+        assert_eq!(t.p, 1.0);
+    }
+
+    #[test]
+    fn normal_approximation_with_ties() {
+        // Worked by hand: U = 3.5 (pairs a > b, ties half), tie-corrected variance n1 n2/12 ((N+1) - Σ(t³-t)/(N(N-1)))
+        // with tie groups 2,4,3,2 -> z = (|3.5 - 24.5| - 0.5)/sd, p = erfc(z/√2) = 0.0076599885867...
+        let t = mann_whitney(&[1., 2., 2., 3., 3., 3., 4.], &[3., 4., 4., 5., 5., 6., 7.]).unwrap();
+        assert!(!t.exact);
+        assert_eq!(t.u, 3.5);
+        assert!((t.p - 0.007659988586736329).abs() < 1e-9, "{}", t.p);
+        // All values equal: variance 0 -> p = 1, not NaN.
+        assert_eq!(mann_whitney(&[1.0; 40], &[1.0; 40]).unwrap().p, 1.0);
+    }
+
+    #[test]
+    fn fence_follows_rustc_perf() {
+        assert_eq!(fence(&[1.0, 1.0], 30, 5), None);
+        // Relative changes 0.01, 0.02, ... : the fence is Q3 + 3 IQR of them.
+        let series = [1.0, 1.01, 1.0, 1.02, 1.0, 1.01, 1.0];
+        let t = fence(&series, 30, 3).unwrap();
+        let d: Vec<f64> = series
+            .windows(2)
+            .map(|w| ((w[0] - w[1]) / w[0]).abs())
+            .collect();
+        let q1 = quantile(&d, 0.25).unwrap();
+        let q3 = quantile(&d, 0.75).unwrap();
+        assert!((t - (q3 + 3.0 * (q3 - q1))).abs() < 1e-15);
+        // Only the last `window` changes count.
+        let mut long = vec![1.0, 2.0, 1.0, 2.0];
+        long.extend(std::iter::repeat_n(1.0, 40));
+        assert_eq!(fence(&long, 30, 3), Some(0.0));
+    }
+}

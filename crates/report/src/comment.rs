@@ -1,0 +1,620 @@
+//! The pull-request comment: one Markdown document rendered from a head run, its base run and their comparison
+//! (dashboards/comment.md).
+//!
+//! Its first line is the overall verdict; then the significant changes (benchmark, metric, base, head, change,
+//! threshold, verdict), the quality of each reference dictionary, the speed (tokens/s, each op's time, share of the
+//! hardware peak, ratio to the yardstick), the environment of both runs and links to the dashboard, with the long
+//! tables folded in `<details>`. It ends with a hidden marker so `runner report post` finds and updates the same
+//! comment. Everything here is plain data; escaping happens in the template.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use saeperf_compare::baseline::{self, Baseline};
+use saeperf_compare::rules::Rules;
+use saeperf_git::Repo;
+use saeperf_store::{RunState, Store};
+use serde::Serialize;
+
+use saeperf_compare::{Comparison, Row, Verdict};
+use saeperf_store::{BenchKind, BenchResult, BenchStatus, Run, RunBackend, RunMeta};
+
+use crate::view::{icon, RowView};
+use crate::{fmt_change, fmt_value, short_sha, slug};
+
+/// Quality metrics shown per reference dictionary, in this order.
+pub const QUALITY_METRICS: &[&str] = &[
+    "mse",
+    "l0",
+    "fve",
+    "loss_recovered",
+    "dead_fraction",
+    "dense_fraction",
+];
+
+/// How the comment is put together.
+#[derive(Debug, Clone, Default)]
+pub struct CommentOptions {
+    /// Where the dashboard is published (e.g. https://owner.github.io/repo); links are omitted without it.
+    pub dashboard_url: Option<String>,
+    /// Key of the hidden marker (one sticky comment per key).
+    pub key: String,
+    /// Peak FP32 GFLOP/s of the machine, when known better than the built-in GPU table (CPUs have none built in).
+    pub peak_gflops: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct QualityView {
+    bench: String,
+    kind: String,
+    cells: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TrainSpeedView {
+    bench: String,
+    base: String,
+    head: String,
+    change: String,
+    wall: String,
+}
+
+#[derive(Debug, Serialize)]
+struct OpSpeedView {
+    bench: String,
+    base: String,
+    head: String,
+    change: String,
+    gflops: String,
+    peak_share: String,
+    yardstick: String,
+    verdict: String,
+}
+
+#[derive(Debug, Serialize)]
+struct EnvRow {
+    field: &'static str,
+    base: String,
+    head: String,
+    differs: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Links {
+    head_run: String,
+    base_run: Option<String>,
+    compare: Option<String>,
+    index: String,
+    regressions: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FailedView {
+    bench: String,
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct CommentView {
+    headline: String,
+    icon: &'static str,
+    overall: String,
+    summary: String,
+    head_id: String,
+    head_commit: String,
+    base_id: Option<String>,
+    base_commit: Option<String>,
+    baseline_why: Option<String>,
+    significant: Vec<RowView>,
+    failed: Vec<FailedView>,
+    all_rows: Vec<RowView>,
+    /// Rows of "every comparison" left out to fit GitHub's size limit.
+    omitted_all_rows: usize,
+    /// Significant rows left out to fit GitHub's size limit (the least important ones).
+    omitted_significant: usize,
+    quality_metrics: Vec<&'static str>,
+    quality: Vec<QualityView>,
+    train_speed: Vec<TrainSpeedView>,
+    op_speed: Vec<OpSpeedView>,
+    peak_note: String,
+    env: Vec<EnvRow>,
+    notes: Vec<String>,
+    links: Option<Links>,
+    marker: String,
+}
+
+fn tokens_per_sec(r: &BenchResult) -> Option<f64> {
+    r.extra
+        .get("tokens_per_sec")
+        .and_then(|v| v.as_f64())
+        .or_else(|| r.metrics.get("tokens_per_sec").copied())
+}
+
+fn status_reason(r: &BenchResult) -> Option<String> {
+    match &r.status {
+        BenchStatus::Ok => None,
+        BenchStatus::Failed(m) => Some(format!("failed: {m}")),
+        BenchStatus::Diverged(m) => Some(format!("diverged: {m}")),
+    }
+}
+
+/// Median of samples ÷ yardstick, when the result has paired yardstick samples.
+pub fn yardstick_ratio(r: &BenchResult) -> Option<f64> {
+    r.normalized()
+        .and_then(|n| saeperf_compare::stats::median(&n))
+}
+
+/// Achieved GFLOP/s of an op result (dense FLOPs recorded in `extra.dense_flops` ÷ median time).
+pub fn gflops(r: &BenchResult) -> Option<f64> {
+    let f = r.extra.get("dense_flops")?.as_f64()?;
+    let t = r.median_time()?;
+    (t > 0.0).then(|| f / t / 1e9)
+}
+
+/// Peak GFLOP/s for a run: the option, else the built-in GPU table when the run used a GPU backend.
+pub fn peak_for(meta: &RunMeta, opt: Option<f64>) -> Option<(f64, String)> {
+    if let Some(p) = opt {
+        return Some((p, "given with --peak-gflops".into()));
+    }
+    if meta.backend == RunBackend::Cuda {
+        let g = meta.fingerprint.gpus.first()?;
+        return crate::gpu_peak_gflops(&g.name).map(|p| (p, format!("FP32 peak of {}", g.name)));
+    }
+    None
+}
+
+fn env_rows(base: Option<&RunMeta>, head: &RunMeta) -> Vec<EnvRow> {
+    type F = fn(&RunMeta) -> String;
+    let fields: Vec<(&'static str, F)> = vec![
+        ("run", |m| m.id.clone()),
+        ("commit", |m| {
+            format!(
+                "{}{}",
+                m.commit.as_deref().unwrap_or("none"),
+                if m.dirty { " (dirty tree)" } else { "" }
+            )
+        }),
+        ("branch", |m| m.branch.clone().unwrap_or_else(|| "–".into())),
+        ("pull request", |m| {
+            m.pr.map(|p| format!("#{p}")).unwrap_or_else(|| "–".into())
+        }),
+        ("started", |m| {
+            m.started_at.format("%Y-%m-%d %H:%M UTC").to_string()
+        }),
+        ("machine", |m| m.fingerprint.summary()),
+        ("fingerprint", |m| m.fingerprint_id.clone()),
+        ("GPU clocks", |m| {
+            let c: Vec<String> = m
+                .fingerprint
+                .gpus
+                .iter()
+                .map(|g| match (g.sm_clock_mhz, g.sm_clock_max_mhz) {
+                    (Some(a), Some(b)) => format!("{a}/{b} MHz"),
+                    (Some(a), None) => format!("{a} MHz"),
+                    _ => "?".into(),
+                })
+                .collect();
+            if c.is_empty() {
+                "–".into()
+            } else {
+                c.join(", ")
+            }
+        }),
+        ("kernel", |m| {
+            m.fingerprint.kernel.clone().unwrap_or_else(|| "–".into())
+        }),
+        ("rustc", |m| m.fingerprint.rustc.clone()),
+        ("backend", |m| m.backend.to_string()),
+        ("profile", |m| format!("{} ({})", m.profile, m.suite)),
+        ("suite hash", |m| {
+            m.suite_hash[..m.suite_hash.len().min(16)].to_string()
+        }),
+        ("activation sets", |m| {
+            if m.activation_sets.is_empty() {
+                "–".into()
+            } else {
+                m.activation_sets
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", &v[..v.len().min(12)]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        }),
+        ("runner", |m| m.runner_version.clone()),
+    ];
+    fields
+        .into_iter()
+        .map(|(field, f)| {
+            let h = f(head);
+            let b = base.map(f).unwrap_or_else(|| "–".into());
+            EnvRow {
+                field,
+                differs: base.is_some()
+                    && b != h
+                    && !matches!(field, "run" | "started" | "GPU clocks"),
+                base: b,
+                head: h,
+            }
+        })
+        .collect()
+}
+
+/// A rendered comment and what it says, for the commit status and the post document.
+#[derive(Debug, Clone)]
+pub struct Comment {
+    /// The Markdown body, ending with the hidden marker.
+    pub body: String,
+    /// The overall verdict the comment reports.
+    pub verdict: Verdict,
+    /// One line for the commit status: the headline, the commits and the counts (plain text, not Markdown).
+    pub status_line: String,
+}
+
+/// Render the comment for `head` compared with `base` (None: no baseline was found; `why` says why).
+pub fn render(
+    head: &Run,
+    base: Option<&Run>,
+    cmp: Option<&Comparison>,
+    why: Option<&str>,
+    opt: &CommentOptions,
+) -> Result<Comment> {
+    let overall = cmp.map(|c| c.overall).unwrap_or_else(|| {
+        if head.results.iter().any(|r| !r.status.is_ok()) {
+            Verdict::Failed
+        } else {
+            Verdict::New
+        }
+    });
+    let rows: &[Row] = cmp.map(|c| c.rows.as_slice()).unwrap_or(&[]);
+    let mut counts: BTreeMap<Verdict, usize> = BTreeMap::new();
+    for r in rows {
+        *counts.entry(r.verdict).or_default() += 1;
+    }
+    let n = |v| counts.get(&v).copied().unwrap_or(0);
+    let regr = |f: &dyn Fn(&str) -> bool| {
+        rows.iter()
+            .filter(|r| r.verdict == Verdict::Regression && f(&r.metric))
+            .count()
+    };
+    let speed_regr = regr(&|m| m == "time" || m.starts_with("cuda."));
+    let res_regr = regr(&|m| m.starts_with("kernel."));
+    let qual_regr = n(Verdict::Regression) - speed_regr - res_regr;
+    let failed: Vec<FailedView> = head
+        .results
+        .iter()
+        .filter_map(|r| {
+            status_reason(r).map(|reason| FailedView {
+                bench: r.name.clone(),
+                reason,
+            })
+        })
+        .collect();
+    let headline = match overall {
+        Verdict::Failed => format!(
+            "saeperf: {} benchmark{} failed",
+            failed.len().max(1),
+            if failed.len() == 1 { "" } else { "s" }
+        ),
+        Verdict::Regression => format!(
+            "saeperf: regression — {} slower, {} worse in quality{}",
+            speed_regr,
+            qual_regr,
+            if res_regr > 0 {
+                format!(", {res_regr} kernel resources worse")
+            } else {
+                String::new()
+            }
+        ),
+        Verdict::Improvement => format!(
+            "saeperf: improvement — {} better, nothing worse",
+            n(Verdict::Improvement)
+        ),
+        Verdict::Noise => "saeperf: no significant change".to_string(),
+        Verdict::New | Verdict::Missing => "saeperf: no baseline to compare with".to_string(),
+    };
+    let summary = if cmp.is_some() {
+        let parts: Vec<String> = [
+            Verdict::Regression,
+            Verdict::Failed,
+            Verdict::Improvement,
+            Verdict::Noise,
+            Verdict::New,
+            Verdict::Missing,
+        ]
+        .iter()
+        .filter(|v| n(**v) > 0)
+        .map(|v| {
+            let k = n(*v);
+            match v {
+                Verdict::Regression | Verdict::Improvement if k != 1 => {
+                    format!("{k} {}s", v.as_str())
+                }
+                Verdict::Noise => format!("{k} within noise"),
+                _ => format!("{k} {}", v.as_str()),
+            }
+        })
+        .collect();
+        parts.join(", ")
+    } else {
+        format!("{} benchmarks ran", head.results.len())
+    };
+
+    let mut significant: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.verdict.needs_attention())
+        .collect();
+    // Regressions and failures first, then improvements; larger changes first.
+    significant.sort_by(|a, b| {
+        b.verdict.cmp(&a.verdict).then_with(|| {
+            let ca = a.change.map(f64::abs).unwrap_or(0.0);
+            let cb = b.change.map(f64::abs).unwrap_or(0.0);
+            cb.total_cmp(&ca)
+        })
+    });
+
+    let verdict_of: BTreeMap<(&str, &str), Verdict> = rows
+        .iter()
+        .map(|r| ((r.bench.as_str(), r.metric.as_str()), r.verdict))
+        .collect();
+    let quality = head
+        .results
+        .iter()
+        .filter(|r| matches!(r.kind, BenchKind::Train | BenchKind::Prune))
+        .map(|h| {
+            let b = base.and_then(|b| b.result(&h.name));
+            let cells = QUALITY_METRICS
+                .iter()
+                .map(|m| {
+                    let hv = h.metrics.get(*m).copied();
+                    let bv = b.and_then(|b| b.metrics.get(*m).copied());
+                    if hv.is_none() {
+                        return "–".to_string();
+                    }
+                    let mut s = fmt_value(m, hv);
+                    if let (Some(bv), Some(hv)) = (bv, hv) {
+                        if bv != 0.0 && bv != hv {
+                            s.push_str(&format!(" ({})", fmt_change(Some((hv - bv) / bv.abs()))));
+                        }
+                    }
+                    match verdict_of.get(&(h.name.as_str(), *m)) {
+                        Some(Verdict::Regression) => s.push_str(" 🔴"),
+                        Some(Verdict::Improvement) => s.push_str(" 🟢"),
+                        _ => {}
+                    }
+                    s
+                })
+                .collect();
+            QualityView {
+                bench: h.name.clone(),
+                kind: if h.kind == BenchKind::Prune {
+                    "pruned".into()
+                } else {
+                    "trained".into()
+                },
+                cells,
+            }
+        })
+        .collect();
+    let train_speed = head
+        .results
+        .iter()
+        .filter(|r| matches!(r.kind, BenchKind::Train | BenchKind::Prune) && r.status.is_ok())
+        .map(|h| {
+            let b = base.and_then(|b| b.result(&h.name));
+            let (tb, th) = (b.and_then(tokens_per_sec), tokens_per_sec(h));
+            TrainSpeedView {
+                bench: h.name.clone(),
+                base: fmt_value("tokens_per_sec", tb),
+                head: fmt_value("tokens_per_sec", th),
+                change: match (tb, th) {
+                    (Some(b), Some(h)) if b > 0.0 => fmt_change(Some((h - b) / b)),
+                    _ => "–".into(),
+                },
+                wall: fmt_value("time", h.median_time()),
+            }
+        })
+        .collect();
+    let peak = peak_for(&head.meta, opt.peak_gflops);
+    let op_speed = head
+        .results
+        .iter()
+        .filter(|r| r.kind == BenchKind::Op)
+        .map(|h| {
+            let b = base.and_then(|b| b.result(&h.name));
+            let g = gflops(h);
+            OpSpeedView {
+                bench: h.name.clone(),
+                base: fmt_value("time", b.and_then(|b| b.median_time())),
+                head: fmt_value("time", h.median_time()),
+                change: match (b.and_then(|b| b.median_time()), h.median_time()) {
+                    (Some(b), Some(h)) if b > 0.0 => fmt_change(Some((h - b) / b)),
+                    _ => "–".into(),
+                },
+                gflops: g.map(|g| format!("{g:.1}")).unwrap_or_else(|| "–".into()),
+                peak_share: match (g, &peak) {
+                    (Some(g), Some((p, _))) => format!("{:.1}%", g / p * 100.0),
+                    _ => "–".into(),
+                },
+                yardstick: yardstick_ratio(h)
+                    .map(|r| format!("{r:.3}×"))
+                    .unwrap_or_else(|| "–".into()),
+                verdict: verdict_of
+                    .get(&(h.name.as_str(), "time"))
+                    .map(|v| format!("{} {}", icon(*v), v.as_str()))
+                    .unwrap_or_else(|| status_reason(h).unwrap_or_else(|| "–".into())),
+            }
+        })
+        .collect();
+    let peak_note = match &peak {
+        Some((p, src)) => format!("share of peak: achieved dense GFLOP/s ÷ {p:.0} GFLOP/s ({src})"),
+        None => "share of peak: no known peak for this machine (pass --peak-gflops)".into(),
+    };
+    let links = opt.dashboard_url.as_ref().map(|u| {
+        let u = u.trim_end_matches('/');
+        Links {
+            head_run: format!("{u}/runs/{}.html", slug(&head.meta.id)),
+            base_run: base.map(|b| format!("{u}/runs/{}.html", slug(&b.meta.id))),
+            compare: base.map(|b| {
+                format!(
+                    "{u}/compare.html#base={}&head={}",
+                    slug(&b.meta.id),
+                    slug(&head.meta.id)
+                )
+            }),
+            index: format!("{u}/index.html"),
+            regressions: format!("{u}/regressions.html"),
+        }
+    });
+    let view = CommentView {
+        headline,
+        icon: icon(overall),
+        overall: overall.as_str().to_string(),
+        summary,
+        head_id: head.meta.id.clone(),
+        head_commit: short_sha(head.meta.commit.as_deref()),
+        base_id: base.map(|b| b.meta.id.clone()),
+        base_commit: base.map(|b| short_sha(b.meta.commit.as_deref())),
+        baseline_why: why.map(str::to_string),
+        significant: significant.into_iter().map(RowView::of).collect(),
+        failed,
+        all_rows: rows.iter().map(RowView::of).collect(),
+        omitted_all_rows: 0,
+        omitted_significant: 0,
+        quality_metrics: QUALITY_METRICS.to_vec(),
+        quality,
+        train_speed,
+        op_speed,
+        peak_note,
+        env: env_rows(base.map(|b| &b.meta), &head.meta),
+        notes: cmp.map(|c| c.notes.clone()).unwrap_or_default(),
+        links,
+        marker: crate::marker(&opt.key),
+    };
+    let mut view = view;
+    let status_line = format!(
+        "{} · head {}{} · {}",
+        view.headline,
+        view.head_commit,
+        view.base_commit
+            .as_deref()
+            .map(|b| format!(" vs base {b}"))
+            .unwrap_or_default(),
+        view.summary
+    );
+    let mut text = render_view(&view)?;
+    // GitHub refuses longer bodies: drop the table of every comparison first, then the least important significant
+    // rows (they are sorted, regressions and large changes first), saying what was left out and where to see it.
+    if text.chars().count() > MAX_COMMENT_CHARS && !view.all_rows.is_empty() {
+        view.omitted_all_rows = view.all_rows.len();
+        view.all_rows.clear();
+        text = render_view(&view)?;
+    }
+    while text.chars().count() > MAX_COMMENT_CHARS && !view.significant.is_empty() {
+        let keep = view.significant.len() / 2;
+        view.omitted_significant += view.significant.len() - keep;
+        view.significant.truncate(keep);
+        text = render_view(&view)?;
+    }
+    if text.chars().count() > MAX_COMMENT_CHARS {
+        let cut: String = text.chars().take(MAX_COMMENT_CHARS - 200).collect();
+        text = format!(
+            "{cut}\n\n… (cut at GitHub's comment size limit; see the dashboard)\n{}\n",
+            view.marker
+        );
+    }
+    Ok(Comment {
+        body: text,
+        verdict: overall,
+        status_line,
+    })
+}
+
+/// The comment on a stored run: which run, compared with what.
+#[derive(Debug, Clone)]
+pub struct CommentRequest {
+    /// The head run: a run id (or prefix), a commit SHA prefix, or `latest`.
+    pub head: String,
+    /// [`Baseline::MergeBase`]: the baseline `runner bench` would pick, else the newest earlier run of the base
+    /// branch in the same series; [`Baseline::None`]: no comparison; [`Baseline::Run`]: that run.
+    pub base: Baseline,
+    /// The branch pull requests merge into.
+    pub base_branch: String,
+    pub options: CommentOptions,
+}
+
+/// Read the head run, choose its baseline, compare and render the comment. Only reads the store.
+pub fn for_stored_run(
+    store: &Store,
+    repo: &Repo,
+    rules: &Rules,
+    req: &CommentRequest,
+) -> Result<(Comment, RunMeta)> {
+    let head_meta = store.resolve(&req.head, &|_| true)?;
+    if head_meta.state != RunState::Complete {
+        bail!(
+            "run {} is incomplete (cut off before it finished); there is nothing to report",
+            head_meta.id
+        );
+    }
+    let (base_meta, why) = match &req.base {
+        Baseline::None => (None, Some("--base none".to_string())),
+        Baseline::Run(spec) => (Some(baseline::resolve_base(store, spec, &head_meta)?), None),
+        Baseline::Auto => {
+            bail!("--base auto is for `runner bench`; a comment compares stored runs")
+        }
+        Baseline::MergeBase => {
+            let choice = baseline::find_report_baseline(store, repo, &head_meta, &req.base_branch)?;
+            let meta = match &choice.run {
+                Some(id) => store.run_meta(id)?,
+                None => None,
+            };
+            (meta, Some(choice.why))
+        }
+    };
+    let head = store.load_run(&head_meta.id)?;
+    let (base, cmp) = match &base_meta {
+        Some(b) => (
+            Some(store.load_run(&b.id)?),
+            Some(saeperf_compare::compare_stored(
+                store, b, &head_meta, rules, true,
+            )?),
+        ),
+        None => (None, None),
+    };
+    let comment = render(
+        &head,
+        base.as_ref(),
+        cmp.as_ref(),
+        why.as_deref(),
+        &req.options,
+    )?;
+    Ok((comment, head_meta))
+}
+
+/// GitHub rejects comment bodies over 65,536 characters; stay below with room to spare.
+pub const MAX_COMMENT_CHARS: usize = 65_000;
+
+fn render_view(view: &CommentView) -> Result<String> {
+    let env = crate::environment();
+    let out = env
+        .get_template("comment.md")
+        .and_then(|t| t.render(minijinja::Value::from_serialize(view)))
+        .context("rendering the pull-request comment")?;
+    // Collapse the blank lines the template's control blocks leave behind.
+    let mut text = String::with_capacity(out.len());
+    let mut blank = 0;
+    for line in out.lines() {
+        let l = line.trim_end();
+        if l.is_empty() {
+            blank += 1;
+            if blank > 1 {
+                continue;
+            }
+        } else {
+            blank = 0;
+        }
+        text.push_str(l);
+        text.push('\n');
+    }
+    Ok(text)
+}

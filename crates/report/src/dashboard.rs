@@ -1,0 +1,1078 @@
+//! The static dashboard (`runner dashboard --out DIR`): plain HTML, one stylesheet, SVG charts drawn at build time
+//! and one small script, all with relative links, so the site works from file:// and from GitHub Pages and makes no
+//! request outside itself.
+//!
+//! Pages: `index.html` (every benchmark × metric of every series group: latest value, change, status, trend line;
+//! recent runs), `series/*.html` (history chart with its noise band and flagged changes, commits linked),
+//! `runs/*.html` (all metrics, training curves, the feature-density histogram, feature cards), `compare/*.html` (a run
+//! against its predecessor or its branch point), `compare.html` (any two runs, chosen in the page), `regressions.html`
+//! and the Atom feed `feed.xml`.
+//!
+//! A series group is one machine fingerprint × backend × profile (runs on different machines are never compared).
+//! Within a group the history is the runs on the main branch (all runs when the main branch has none); every run of
+//! another branch is compared with the newest main-branch run before it, which is its branch point in practice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use saeperf_compare::history::{self, SpeedHistory};
+use saeperf_compare::rules::{Direction, Rules};
+use saeperf_compare::{self as compare, stats, Comparison, Verdict};
+use saeperf_store::{BenchKind, BenchResult, BenchStatus, Run, RunMeta, RunState, Store};
+
+use crate::svg::{self, LinePoint};
+use crate::view::RowView;
+use crate::{fmt_change, fmt_value, short_sha, slug};
+
+/// Feature contexts to show on a run page: (run id, benchmark, file).
+#[derive(Debug, Clone)]
+pub struct FeatureAttach {
+    pub run: String,
+    pub bench: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct DashboardOptions {
+    pub out: PathBuf,
+    pub title: String,
+    pub main_branch: String,
+    /// e.g. https://github.com/owner/repo: commits link to `{repo_url}/commit/{sha}`.
+    pub repo_url: Option<String>,
+    /// Absolute URL the site is published at (used by the Atom feed; relative links otherwise).
+    pub site_url: Option<String>,
+    /// At most this many runs per series group (the newest).
+    pub limit: usize,
+    pub features: Vec<FeatureAttach>,
+}
+
+/// What was written.
+#[derive(Debug, Serialize)]
+pub struct SiteSummary {
+    pub out: PathBuf,
+    pub pages: usize,
+    pub runs: usize,
+    pub series: usize,
+    pub groups: usize,
+    pub regressions: usize,
+}
+
+#[derive(Debug, Serialize, Clone)]
+struct RunLink {
+    id: String,
+    href: String,
+    commit: String,
+    commit_href: Option<String>,
+    branch: String,
+    pr: String,
+    date: String,
+    verdict: String,
+    compare_href: Option<String>,
+    dirty: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct IndexRow {
+    bench: String,
+    metric: String,
+    latest: String,
+    change: String,
+    status: String,
+    /// The newest point changed significantly or its benchmark failed: never folded away on the index.
+    attention: bool,
+    href: String,
+    spark: svg::Spark,
+    points: usize,
+}
+
+/// A benchmark's quiet series, folded on the index so one benchmark with many metrics (e.g. the ptxas report's
+/// registers, shared memory and spills of every kernel) does not bury the others.
+#[derive(Debug, Serialize)]
+struct FoldedView {
+    bench: String,
+    rows: Vec<IndexRow>,
+}
+
+/// A benchmark with more series than this shows only those that need attention; the rest are folded.
+const FOLD_ABOVE: usize = 12;
+
+#[derive(Debug, Serialize)]
+struct GroupView {
+    name: String,
+    machine: String,
+    backend: String,
+    profile: String,
+    fingerprint: String,
+    rows: Vec<IndexRow>,
+    folded: Vec<FoldedView>,
+    runs: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct SeriesPointView {
+    run: RunLink,
+    value: String,
+    change: String,
+    verdict: String,
+    band: String,
+}
+
+#[derive(Debug, Serialize)]
+struct RegressionView {
+    run: RunLink,
+    base: RunLink,
+    row: RowView,
+    compare_href: String,
+    updated: String,
+}
+
+/// One run's data as embedded in compare.html.
+#[derive(Debug, Serialize)]
+struct RunData {
+    id: String,
+    label: String,
+    group: String,
+    values: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// Everything the builder knows about a run.
+struct RunInfo {
+    run: Run,
+    group: String,
+    /// The run this one is compared with (its predecessor in the series, or its branch point).
+    base: Option<usize>,
+    cmp: Option<Comparison>,
+}
+
+struct Site<'a> {
+    opt: &'a DashboardOptions,
+    env: minijinja::Environment<'static>,
+    pages: usize,
+}
+
+impl Site<'_> {
+    fn write(&mut self, rel: &str, template: &str, ctx: minijinja::Value) -> Result<()> {
+        let html = self
+            .env
+            .get_template(template)
+            .and_then(|t| t.render(ctx))
+            .with_context(|| format!("rendering {rel}"))?;
+        let path = self.opt.out.join(rel);
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
+        self.pages += 1;
+        Ok(())
+    }
+}
+
+fn run_href(root: &str, id: &str) -> String {
+    format!("{root}runs/{}.html", slug(id))
+}
+
+fn compare_href(root: &str, base: &str, head: &str) -> String {
+    format!("{root}compare/{}__{}.html", slug(base), slug(head))
+}
+
+fn series_href(root: &str, group: &str, bench: &str, metric: &str) -> String {
+    format!(
+        "{root}series/{}.html",
+        slug(&format!("{group}--{bench}--{metric}"))
+    )
+}
+
+/// Speed history of the series `series` (indices into `infos`, oldest first) for the run at position `upto - 1`, the
+/// base of the comparison: the one selection rule and builder of compare's history module.
+fn speed_history(infos: &[RunInfo], series: &[usize], upto: usize, window: usize) -> SpeedHistory {
+    let base = &infos[series[upto - 1]].run.meta;
+    let mut h = SpeedHistory::default();
+    for &i in history::select(&series[..upto], |&i| &infos[i].run.meta, base, window) {
+        infos[i].run.results.iter().for_each(|r| h.push(r));
+    }
+    h
+}
+
+/// Build the site from every complete run in `store`.
+pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<SiteSummary> {
+    std::fs::create_dir_all(&opt.out)
+        .with_context(|| format!("creating the output directory {}", opt.out.display()))?;
+    let metas: Vec<_> = store
+        .list_runs()?
+        .into_iter()
+        .filter(|m| m.state == RunState::Complete)
+        .collect();
+    // Group, keeping the newest `limit` runs of each group.
+    let mut by_group: BTreeMap<String, Vec<RunMeta>> = BTreeMap::new();
+    for m in metas {
+        let key = format!(
+            "{}-{}-{}",
+            m.backend,
+            m.profile,
+            &m.fingerprint_id[..m.fingerprint_id.len().min(8)]
+        );
+        by_group.entry(key).or_default().push(m);
+    }
+    let pb = indicatif::ProgressBar::new(0);
+    let mut infos: Vec<RunInfo> = Vec::new();
+    for (g, ms) in &by_group {
+        let keep = &ms[ms.len().saturating_sub(opt.limit)..];
+        pb.inc_length(keep.len() as u64);
+        for m in keep {
+            let run = store.load_run(&m.id)?;
+            infos.push(RunInfo {
+                run,
+                group: g.clone(),
+                base: None,
+                cmp: None,
+            });
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    // Series per group (indices into infos, oldest first) and comparisons.
+    let mut series: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for g in by_group.keys() {
+        let members: Vec<usize> = (0..infos.len()).filter(|&i| &infos[i].group == g).collect();
+        let main: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| infos[i].run.meta.branch.as_deref() == Some(opt.main_branch.as_str()))
+            .collect();
+        let s = if main.is_empty() {
+            members.clone()
+        } else {
+            main
+        };
+        for (pos, &i) in s.iter().enumerate().skip(1) {
+            let hist = speed_history(&infos, &s, pos, rules.speed.history);
+            let c = compare::compare(&infos[s[pos - 1]].run, &infos[i].run, &hist, rules);
+            infos[i].base = Some(s[pos - 1]);
+            infos[i].cmp = Some(c);
+        }
+        let in_series: BTreeSet<usize> = s.iter().copied().collect();
+        for &i in members.iter().filter(|i| !in_series.contains(i)) {
+            let t = (infos[i].run.meta.started_at, infos[i].run.meta.id.clone());
+            let pos = s.partition_point(|&j| {
+                (infos[j].run.meta.started_at, infos[j].run.meta.id.clone()) < t
+            });
+            if pos == 0 {
+                continue;
+            }
+            let hist = speed_history(&infos, &s, pos, rules.speed.history);
+            let c = compare::compare(&infos[s[pos - 1]].run, &infos[i].run, &hist, rules);
+            infos[i].base = Some(s[pos - 1]);
+            infos[i].cmp = Some(c);
+        }
+        series.insert(g.clone(), s);
+    }
+
+    let mut site = Site {
+        opt,
+        env: crate::environment(),
+        pages: 0,
+    };
+    let has_status = crate::status::read(&opt.out).is_some();
+    site.env.add_global("has_status", has_status);
+    let link = |i: usize, root: &str| -> RunLink {
+        let m = &infos[i].run.meta;
+        RunLink {
+            id: m.id.clone(),
+            href: run_href(root, &m.id),
+            commit: short_sha(m.commit.as_deref()),
+            commit_href: match (&opt.repo_url, &m.commit) {
+                (Some(u), Some(c)) if c.chars().all(|c| c.is_ascii_hexdigit()) => {
+                    Some(format!("{}/commit/{c}", u.trim_end_matches('/')))
+                }
+                _ => None,
+            },
+            branch: m.branch.clone().unwrap_or_else(|| "–".into()),
+            pr: m.pr.map(|p| format!("#{p}")).unwrap_or_default(),
+            date: m.started_at.format("%Y-%m-%d %H:%M").to_string(),
+            verdict: match &infos[i].cmp {
+                Some(c) => c.overall.as_str().to_string(),
+                None if m.benchmarks.is_empty() => "empty".into(),
+                None => "first".into(),
+            },
+            compare_href: infos[i]
+                .base
+                .map(|b| compare_href(root, &infos[b].run.meta.id, &m.id)),
+            dirty: m.dirty,
+        }
+    };
+
+    // Series pages and index rows.
+    let mut groups_view = Vec::new();
+    let mut n_series = 0;
+    for (g, s) in &series {
+        let first = &infos[s[0]].run.meta;
+        let mut benches: Vec<String> = Vec::new();
+        let mut metrics_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for &i in s {
+            for r in &infos[i].run.results {
+                if !benches.contains(&r.name) {
+                    benches.push(r.name.clone());
+                }
+                let e = metrics_of.entry(r.name.clone()).or_default();
+                if !r.samples.is_empty() {
+                    e.insert("time".into());
+                }
+                e.extend(r.metrics.keys().cloned());
+            }
+        }
+        let mut rows = Vec::new();
+        let mut folded = Vec::new();
+        for b in &benches {
+            let mut bench_rows = Vec::new();
+            let mut ms: Vec<&String> = metrics_of[b].iter().collect();
+            // time first, then metrics with a rule, then the rest.
+            ms.sort_by_key(|m| {
+                (
+                    m.as_str() != "time",
+                    rules.rule(m.as_str()).is_none(),
+                    m.to_string(),
+                )
+            });
+            for m in ms {
+                let (row, page) = series_page(&infos, s, g, b, m, rules, &link)?;
+                site.write(
+                    &series_href("", g, b, m),
+                    "series.html",
+                    minijinja::Value::from_serialize(&page),
+                )?;
+                n_series += 1;
+                bench_rows.push(row);
+            }
+            if bench_rows.len() > FOLD_ABOVE {
+                let (loud, quiet): (Vec<IndexRow>, Vec<IndexRow>) =
+                    bench_rows.into_iter().partition(|r| r.attention);
+                rows.extend(loud);
+                folded.push(FoldedView {
+                    bench: b.clone(),
+                    rows: quiet,
+                });
+            } else {
+                rows.extend(bench_rows);
+            }
+        }
+        groups_view.push(GroupView {
+            name: g.clone(),
+            machine: first.fingerprint.summary(),
+            backend: first.backend.to_string(),
+            profile: first.profile.clone(),
+            fingerprint: first.fingerprint_id.clone(),
+            rows,
+            folded,
+            runs: infos.iter().filter(|x| &x.group == g).count(),
+        });
+    }
+
+    // Feature cards by (run, bench).
+    let mut cards: HashMap<(String, String), Vec<crate::features::Card>> = HashMap::new();
+    for f in &opt.features {
+        let file = crate::features::read(&f.path)?;
+        cards.insert(
+            (f.run.clone(), f.bench.clone()),
+            crate::features::cards(&file, 24),
+        );
+    }
+
+    // Run pages and compare pages.
+    let mut regressions: Vec<RegressionView> = Vec::new();
+    for i in 0..infos.len() {
+        run_page(&mut site, &infos, i, &link, &cards, rules)?;
+        if let (Some(b), Some(c)) = (infos[i].base, &infos[i].cmp) {
+            let page = compare_page(&infos, b, i, c, &link);
+            site.write(
+                &compare_href("", &infos[b].run.meta.id, &infos[i].run.meta.id),
+                "compare.html",
+                minijinja::Value::from_serialize(&page),
+            )?;
+            for r in c.rows.iter().filter(|r| r.verdict == Verdict::Regression) {
+                regressions.push(RegressionView {
+                    run: link(i, ""),
+                    base: link(b, ""),
+                    row: RowView::of(r),
+                    compare_href: compare_href("", &infos[b].run.meta.id, &infos[i].run.meta.id),
+                    updated: infos[i]
+                        .run
+                        .meta
+                        .started_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                });
+            }
+        }
+    }
+    regressions.sort_by(|a, b| {
+        b.updated
+            .cmp(&a.updated)
+            .then_with(|| a.row.bench.cmp(&b.row.bench))
+    });
+
+    // Recent runs, newest first, over every group.
+    let mut order: Vec<usize> = (0..infos.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ma, mb) = (&infos[a].run.meta, &infos[b].run.meta);
+        (mb.started_at, &mb.id).cmp(&(ma.started_at, &ma.id))
+    });
+    let recent: Vec<RunLink> = order.iter().take(50).map(|&i| link(i, "")).collect();
+    let generated = chrono::Utc::now();
+    site.write(
+        "index.html",
+        "index.html",
+        minijinja::context! {
+            root => "", title => &opt.title, page_title => "Benchmarks",
+            groups => &groups_view, recent => &recent, total_runs => infos.len(),
+            regressions => regressions.len(),
+            generated => generated.format("%Y-%m-%d %H:%M UTC").to_string(),
+        },
+    )?;
+    site.write(
+        "regressions.html",
+        "regressions.html",
+        minijinja::context! {
+            root => "", title => &opt.title, page_title => "Regressions", regressions => &regressions,
+        },
+    )?;
+    // The Atom feed: one entry per run with regressions.
+    let mut entries: Vec<minijinja::Value> = Vec::new();
+    let base_url = opt
+        .site_url
+        .as_deref()
+        .map(|u| format!("{}/", u.trim_end_matches('/')));
+    let mut seen = BTreeSet::new();
+    for r in &regressions {
+        if !seen.insert(r.run.id.clone()) {
+            continue;
+        }
+        let rows: Vec<&RegressionView> = regressions
+            .iter()
+            .filter(|x| x.run.id == r.run.id)
+            .collect();
+        entries.push(minijinja::context! {
+            id => format!("urn:saeperf:regression:{}", r.run.id),
+            title => format!("{} regression{} in run {} ({} on {})", rows.len(), if rows.len() == 1 { "" } else { "s" }, r.run.id, r.run.commit, r.run.branch),
+            href => format!("{}{}", base_url.as_deref().unwrap_or(""), r.compare_href),
+            updated => &r.updated,
+            rows => rows,
+        });
+    }
+    site.write(
+        "feed.xml",
+        "feed.xml",
+        minijinja::context! {
+            title => &opt.title, entries => entries,
+            self_href => format!("{}feed.xml", base_url.as_deref().unwrap_or("")),
+            updated => regressions.first().map(|r| r.updated.clone()).unwrap_or_else(|| generated.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        },
+    )?;
+    // compare.html: every run's values embedded (no fetch: file:// pages cannot load JSON files).
+    let data: Vec<RunData> = order
+        .iter()
+        .map(|&i| {
+            let m = &infos[i].run.meta;
+            RunData {
+                id: slug(&m.id),
+                label: format!(
+                    "{} · {} · {}{}",
+                    m.started_at.format("%Y-%m-%d %H:%M"),
+                    short_sha(m.commit.as_deref()),
+                    m.branch.as_deref().unwrap_or("–"),
+                    m.pr.map(|p| format!(" #{p}")).unwrap_or_default()
+                ),
+                group: infos[i].group.clone(),
+                values: infos[i]
+                    .run
+                    .results
+                    .iter()
+                    .map(|r| {
+                        let mut v: BTreeMap<String, f64> = r
+                            .metrics
+                            .iter()
+                            .filter(|(_, x)| x.is_finite())
+                            .map(|(k, x)| (k.clone(), *x))
+                            .collect();
+                        if let Some(t) = r.median_time() {
+                            v.insert("time".into(), t);
+                        }
+                        (r.name.clone(), v)
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let directions: BTreeMap<&str, &str> = rules
+        .metrics
+        .iter()
+        .map(|(k, r)| {
+            (
+                k.as_str(),
+                match r.direction {
+                    Direction::LowerIsBetter => "lower",
+                    Direction::HigherIsBetter => "higher",
+                    Direction::None => "none",
+                },
+            )
+        })
+        .chain([("time", "lower")])
+        .collect();
+    site.write(
+        "compare.html",
+        "compare_any.html",
+        minijinja::context! {
+            root => "", title => &opt.title, page_title => "Compare two runs",
+            data => minijinja::Value::from_serialize(serde_json::json!({ "runs": data, "directions": directions })),
+            has_runs => !infos.is_empty(),
+        },
+    )?;
+    if crate::status::render(&site.env, &opt.out, opt.repo_url.as_deref())? {
+        site.pages += 1;
+    }
+    std::fs::write(opt.out.join("style.css"), crate::STYLE_CSS).context("writing style.css")?;
+    std::fs::write(opt.out.join("compare.js"), crate::COMPARE_JS).context("writing compare.js")?;
+    Ok(SiteSummary {
+        out: opt.out.clone(),
+        pages: site.pages,
+        runs: infos.len(),
+        series: n_series,
+        groups: series.len(),
+        regressions: regressions.len(),
+    })
+}
+
+#[derive(Serialize)]
+struct SeriesPage {
+    root: &'static str,
+    title: String,
+    page_title: String,
+    group: String,
+    bench: String,
+    metric: String,
+    direction: String,
+    band_note: String,
+    chart: svg::LineChart,
+    points: Vec<SeriesPointView>,
+}
+
+/// One (group, bench, metric) series: its page and its index row.
+fn series_page(
+    infos: &[RunInfo],
+    s: &[usize],
+    group: &str,
+    bench: &str,
+    metric: &str,
+    rules: &Rules,
+    link: &dyn Fn(usize, &str) -> RunLink,
+) -> Result<(IndexRow, SeriesPage)> {
+    let values: Vec<(usize, Option<f64>, Option<&BenchResult>)> = s
+        .iter()
+        .map(|&i| {
+            let r = infos[i].run.result(bench);
+            (
+                i,
+                r.filter(|r| r.status.is_ok())
+                    .and_then(|r| r.series_value(metric)),
+                r,
+            )
+        })
+        .collect();
+    let rule = rules.rule(metric);
+    let sp = &rules.speed;
+    let mut pts = Vec::new();
+    let mut views = Vec::new();
+    let mut xlabels = Vec::new();
+    let mut prev: Option<f64> = None;
+    // Whether the newest point needs a person's attention (a significant change, or a failed benchmark).
+    let mut attention = false;
+    let mut hist: Vec<f64> = Vec::new();
+    for (k, (i, v, r)) in values.iter().enumerate() {
+        let verdict = infos[*i]
+            .cmp
+            .as_ref()
+            .and_then(|c| {
+                c.rows
+                    .iter()
+                    .find(|row| row.bench == bench && row.metric == metric)
+            })
+            .map(|row| row.verdict);
+        let band = match (prev, metric) {
+            (Some(p), "time") => {
+                let fence = stats::fence(&hist, sp.history, sp.min_history);
+                let single = r.is_some_and(|r| r.samples.len() < sp.min_samples);
+                let mut t = fence.unwrap_or(sp.min_threshold).max(sp.floor);
+                if single {
+                    t = t.max(sp.single_sample_threshold);
+                }
+                Some((p * (1.0 - t), p * (1.0 + t)))
+            }
+            (Some(p), _) => rule.filter(|r| r.direction != Direction::None).map(|r| {
+                let tol = r.abs_tol + r.rel_tol * p.abs();
+                (p - tol, p + tol)
+            }),
+            _ => None,
+        };
+        attention =
+            verdict.is_some_and(Verdict::needs_attention) || r.is_some_and(|r| !r.status.is_ok());
+        let status = match (r, verdict) {
+            (None, _) => "missing".to_string(),
+            (Some(r), _) if !r.status.is_ok() => match &r.status {
+                BenchStatus::Diverged(_) => "diverged".into(),
+                _ => "failed".into(),
+            },
+            (_, Some(v)) => v.as_str().to_string(),
+            (_, None) => {
+                if k == 0 {
+                    "first".into()
+                } else {
+                    "–".into()
+                }
+            }
+        };
+        let l = link(*i, "../");
+        let change = match (prev, v) {
+            (Some(p), Some(v)) if p != 0.0 => Some((v - p) / p.abs()),
+            _ => None,
+        };
+        if let Some(v) = v {
+            pts.push(LinePoint {
+                x: k as f64,
+                y: *v,
+                band,
+                class: match verdict {
+                    Some(Verdict::Regression) => "regression".into(),
+                    Some(Verdict::Improvement) => "improvement".into(),
+                    _ => "point".into(),
+                },
+                title: format!(
+                    "{} {} · {}: {}{}",
+                    l.date,
+                    l.commit,
+                    l.branch,
+                    fmt_value(metric, Some(*v)),
+                    if status == "regression" || status == "improvement" {
+                        format!(" ({status} {})", fmt_change(change))
+                    } else {
+                        String::new()
+                    }
+                ),
+                href: Some(l.href.clone()),
+            });
+            hist.push(*v);
+        }
+        xlabels.push((
+            k as f64,
+            infos[*i]
+                .run
+                .meta
+                .commit
+                .as_deref()
+                .map(|c| c[..c.len().min(7)].to_string())
+                .unwrap_or_else(|| infos[*i].run.meta.started_at.format("%m-%d").to_string()),
+        ));
+        views.push(SeriesPointView {
+            value: fmt_value(metric, *v),
+            change: fmt_change(change),
+            verdict: status,
+            band: band
+                .map(|(a, b)| {
+                    format!(
+                        "{} … {}",
+                        fmt_value(metric, Some(a)),
+                        fmt_value(metric, Some(b))
+                    )
+                })
+                .unwrap_or_else(|| "–".into()),
+            run: l,
+        });
+        if v.is_some() {
+            prev = *v;
+        }
+    }
+    let unit = if metric == "time" {
+        "median time"
+    } else {
+        metric
+    };
+    let mut chart = svg::line_chart(&pts, 860.0, 300.0, unit, "commit", Some(&xlabels), true);
+    for t in &mut chart.yticks {
+        t.label = match metric {
+            "time" => crate::fmt_seconds(t.value),
+            "dead_fraction" | "dense_fraction" => format!("{:.1}%", t.value * 100.0),
+            _ => t.label.clone(),
+        };
+    }
+    let finite: Vec<f64> = values.iter().filter_map(|v| v.1).collect();
+    let last = views.last();
+    let row = IndexRow {
+        bench: bench.to_string(),
+        metric: metric.to_string(),
+        latest: last.map(|v| v.value.clone()).unwrap_or_default(),
+        change: last.map(|v| v.change.clone()).unwrap_or_default(),
+        status: last.map(|v| v.verdict.clone()).unwrap_or_default(),
+        attention,
+        href: series_href("", group, bench, metric),
+        spark: svg::sparkline(&finite, 120.0, 24.0),
+        points: finite.len(),
+    };
+    views.reverse();
+    let direction = match rule.map(|r| r.direction) {
+        _ if metric == "time" => "lower is better",
+        Some(Direction::LowerIsBetter) => "lower is better",
+        Some(Direction::HigherIsBetter) => "higher is better",
+        _ => "not judged",
+    };
+    let band_note = if metric == "time" {
+        format!(
+            "Band: the previous point ± the noise threshold (rustc-perf fence Q3 + 3·IQR of the relative changes over the last {} points; {:.0}% while history is short; never below {:.0}%). A speed change is flagged only when it leaves the band and the Mann–Whitney test on the raw samples rejects at p < {}.",
+            sp.history,
+            sp.min_threshold * 100.0,
+            sp.floor * 100.0,
+            sp.alpha
+        )
+    } else if let Some(r) = rule.filter(|r| r.direction != Direction::None) {
+        format!(
+            "Band: the previous value ± (abs {:.0e} + rel {:.0e} × |value|), the metric's tolerance in the suite.",
+            r.abs_tol, r.rel_tol
+        )
+    } else {
+        "No band: this metric is recorded but not judged.".into()
+    };
+    Ok((
+        row,
+        SeriesPage {
+            root: "../",
+            title: String::new(),
+            page_title: format!("{bench} · {metric}"),
+            group: group.to_string(),
+            bench: bench.to_string(),
+            metric: metric.to_string(),
+            direction: direction.into(),
+            band_note,
+            chart,
+            points: views,
+        },
+    ))
+}
+
+#[derive(Serialize)]
+struct MetricView {
+    name: String,
+    value: String,
+    base: String,
+    change: String,
+    verdict: String,
+    href: String,
+}
+
+#[derive(Serialize)]
+struct BenchView {
+    name: String,
+    kind: String,
+    status: String,
+    reason: Option<String>,
+    timing: Option<String>,
+    metrics: Vec<MetricView>,
+    curves: Vec<svg::LineChart>,
+    histogram: Option<svg::Histogram>,
+    cards: Vec<crate::features::Card>,
+    extra: Vec<(String, String)>,
+}
+
+fn run_page(
+    site: &mut Site,
+    infos: &[RunInfo],
+    i: usize,
+    link: &dyn Fn(usize, &str) -> RunLink,
+    cards: &HashMap<(String, String), Vec<crate::features::Card>>,
+    rules: &Rules,
+) -> Result<()> {
+    let info = &infos[i];
+    let run = &info.run;
+    let base = info.base.map(|b| &infos[b].run);
+    let verdicts: HashMap<(&str, &str), Verdict> = info
+        .cmp
+        .iter()
+        .flat_map(|c| c.rows.iter())
+        .map(|r| ((r.bench.as_str(), r.metric.as_str()), r.verdict))
+        .collect();
+    let benches: Vec<BenchView> = run
+        .results
+        .iter()
+        .map(|r| {
+            let b = base.and_then(|b| b.result(&r.name));
+            let mut names: Vec<String> = Vec::new();
+            if !r.samples.is_empty() {
+                names.push("time".into());
+            }
+            let mut ms: Vec<&String> = r.metrics.keys().collect();
+            ms.sort_by_key(|m| (rules.rule(m.as_str()).is_none(), m.to_string()));
+            names.extend(ms.into_iter().cloned());
+            let metrics = names
+                .iter()
+                .map(|m| {
+                    let hv = r.series_value(m);
+                    let bv = b.and_then(|b| b.series_value(m));
+                    MetricView {
+                        name: m.clone(),
+                        value: fmt_value(m, hv),
+                        base: fmt_value(m, bv),
+                        change: match (bv, hv) {
+                            (Some(b), Some(h)) if b != 0.0 => fmt_change(Some((h - b) / b.abs())),
+                            _ => "–".into(),
+                        },
+                        verdict: verdicts
+                            .get(&(r.name.as_str(), m.as_str()))
+                            .map(|v| v.as_str().to_string())
+                            .unwrap_or_default(),
+                        href: series_href("../", &info.group, &r.name, m),
+                    }
+                })
+                .collect();
+            let curves = if r.curve.len() >= 2 {
+                type Get = fn(&saeperf_store::schema::CurvePoint) -> f64;
+                let fs: [(&str, Get); 3] =
+                    [("loss", |c| c.loss), ("mse", |c| c.mse), ("l0", |c| c.l0)];
+                fs.iter()
+                    .map(|(name, f)| {
+                        let pts: Vec<LinePoint> = r
+                            .curve
+                            .iter()
+                            .map(|c| LinePoint {
+                                x: c.step as f64,
+                                y: f(c),
+                                band: None,
+                                class: "point".into(),
+                                title: String::new(),
+                                href: None,
+                            })
+                            .collect();
+                        svg::line_chart(&pts, 300.0, 180.0, name, "step", None, false)
+                    })
+                    .collect()
+            } else {
+                vec![]
+            };
+            let histogram = r.extra.get("density_histogram").and_then(|h| {
+                let h: saeperf_sae::metrics::DensityHistogram =
+                    serde_json::from_value(h.clone()).ok()?;
+                Some(svg::density_histogram(
+                    h.lo, h.width, &h.counts, h.dead, 620.0, 220.0,
+                ))
+            });
+            let timing = (!r.samples.is_empty()).then(|| {
+                let mut s = format!(
+                    "{} samples: median {}, min {}, max {}",
+                    r.samples.len(),
+                    fmt_value("time", r.median_time()),
+                    fmt_value("time", r.samples.iter().copied().reduce(f64::min)),
+                    fmt_value("time", r.samples.iter().copied().reduce(f64::max)),
+                );
+                if let Some(y) = crate::comment::yardstick_ratio(r) {
+                    s.push_str(&format!("; time ÷ yardstick {y:.3}×"));
+                }
+                if let Some(g) = crate::comment::gflops(r) {
+                    s.push_str(&format!("; {g:.1} GFLOP/s"));
+                }
+                s
+            });
+            let mut extra: Vec<(String, String)> = Vec::new();
+            if let Some(o) = r.extra.as_object() {
+                for (k, v) in o {
+                    if matches!(k.as_str(), "density_histogram" | "before_pruning") {
+                        continue;
+                    }
+                    let text = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Number(n) => n
+                            .as_f64()
+                            .map(svg::short_num)
+                            .unwrap_or_else(|| n.to_string()),
+                        other => other.to_string(),
+                    };
+                    extra.push((k.clone(), text));
+                }
+            }
+            BenchView {
+                name: r.name.clone(),
+                kind: match r.kind {
+                    BenchKind::Train => "training",
+                    BenchKind::Prune => "training + pruning",
+                    BenchKind::Op => "op",
+                    BenchKind::Resources => "kernel resources (ptxas)",
+                    BenchKind::CudaOps => "CUDA ops vs cuBLAS",
+                }
+                .into(),
+                status: match &r.status {
+                    BenchStatus::Ok => "ok".into(),
+                    BenchStatus::Failed(_) => "failed".into(),
+                    BenchStatus::Diverged(_) => "diverged".into(),
+                },
+                reason: match &r.status {
+                    BenchStatus::Ok => None,
+                    BenchStatus::Failed(m) | BenchStatus::Diverged(m) => Some(m.clone()),
+                },
+                timing,
+                metrics,
+                curves,
+                histogram,
+                cards: cards
+                    .get(&(run.meta.id.clone(), r.name.clone()))
+                    .cloned()
+                    .unwrap_or_default(),
+                extra,
+            }
+        })
+        .collect();
+    let m = &run.meta;
+    let meta_rows: Vec<(&str, String)> = vec![
+        ("run", m.id.clone()),
+        (
+            "commit",
+            m.commit.clone().unwrap_or_else(|| "–".into())
+                + if m.dirty { " (dirty tree)" } else { "" },
+        ),
+        ("branch", m.branch.clone().unwrap_or_else(|| "–".into())),
+        (
+            "pull request",
+            m.pr.map(|p| format!("#{p}")).unwrap_or_else(|| "–".into()),
+        ),
+        (
+            "started",
+            m.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        ),
+        (
+            "finished",
+            m.finished_at
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_else(|| "–".into()),
+        ),
+        ("machine", m.fingerprint.summary()),
+        ("fingerprint", m.fingerprint_id.clone()),
+        (
+            "kernel",
+            m.fingerprint.kernel.clone().unwrap_or_else(|| "–".into()),
+        ),
+        ("rustc", m.fingerprint.rustc.clone()),
+        ("backend", m.backend.to_string()),
+        ("suite / profile", format!("{} / {}", m.suite, m.profile)),
+        ("suite hash", m.suite_hash.clone()),
+        (
+            "activation sets",
+            m.activation_sets
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("runner", m.runner_version.clone()),
+    ];
+    let l = link(i, "../");
+    site.write(
+        &run_href("", &m.id),
+        "run.html",
+        minijinja::context! {
+            root => "../", title => "", page_title => format!("Run {}", m.id),
+            run => l, meta => meta_rows, benches => benches,
+            base => info.base.map(|b| link(b, "../")),
+            overall => info.cmp.as_ref().map(|c| c.overall.as_str()),
+            notes => info.cmp.as_ref().map(|c| c.notes.clone()).unwrap_or_default(),
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct CompareRowView {
+    #[serde(flatten)]
+    row: RowView,
+    href: String,
+}
+
+fn compare_page(
+    infos: &[RunInfo],
+    b: usize,
+    h: usize,
+    c: &Comparison,
+    link: &dyn Fn(usize, &str) -> RunLink,
+) -> minijinja::Value {
+    let mut rows: Vec<&compare::Row> = c.rows.iter().collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.verdict.needs_attention()));
+    let rows: Vec<CompareRowView> = rows
+        .into_iter()
+        .map(|r| CompareRowView {
+            row: RowView::of(r),
+            href: series_href("../", &infos[h].group, &r.bench, &r.metric),
+        })
+        .collect();
+    let (bm, hm) = (&infos[b].run.meta, &infos[h].run.meta);
+    let env: Vec<(&str, String, String)> = vec![
+        (
+            "commit",
+            bm.commit.clone().unwrap_or_default(),
+            hm.commit.clone().unwrap_or_default(),
+        ),
+        (
+            "branch",
+            bm.branch.clone().unwrap_or_default(),
+            hm.branch.clone().unwrap_or_default(),
+        ),
+        (
+            "machine",
+            bm.fingerprint.summary(),
+            hm.fingerprint.summary(),
+        ),
+        (
+            "backend / profile",
+            format!("{} / {}", bm.backend, bm.profile),
+            format!("{} / {}", hm.backend, hm.profile),
+        ),
+        ("suite hash", bm.suite_hash.clone(), hm.suite_hash.clone()),
+        (
+            "rustc",
+            bm.fingerprint.rustc.clone(),
+            hm.fingerprint.rustc.clone(),
+        ),
+        (
+            "kernel",
+            bm.fingerprint.kernel.clone().unwrap_or_default(),
+            hm.fingerprint.kernel.clone().unwrap_or_default(),
+        ),
+    ];
+    minijinja::context! {
+        root => "../", title => "", page_title => format!("Compare {} → {}", bm.id, hm.id),
+        base => link(b, "../"), head => link(h, "../"), overall => c.overall.as_str(),
+        rows => rows, notes => &c.notes, env => env,
+        attention => c.rows.iter().filter(|r| r.verdict.needs_attention()).count(),
+    }
+}
+
+/// Check that a directory is a place the dashboard may write: missing, empty, or a previous dashboard.
+pub fn check_out_dir(out: &Path) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    let names: Vec<String> = std::fs::read_dir(out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    // Empty, a previous dashboard, or only what the scheduler writes before the first dashboard exists.
+    let scheduler_only = names.iter().all(|n| {
+        [
+            crate::status::STATUS_JSON,
+            "status.json.tmp",
+            crate::status::STATUS_HTML,
+            crate::status::LOG_DIR,
+        ]
+        .contains(&n.as_str())
+    });
+    if scheduler_only || out.join("index.html").exists() && out.join("style.css").exists() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} is not empty and does not hold a saeperf dashboard; choose another --out",
+        out.display()
+    )
+}

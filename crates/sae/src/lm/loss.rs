@@ -1,0 +1,237 @@
+//! Loss recovered: the model's next-token cross-entropy on fixed evaluation contexts when the
+//! residual entering the hooked block is left alone (ce_clean), replaced by zeros (ce_zero), or
+//! replaced by a reconstruction (ce_sae), plus the mean KL divergence of the spliced
+//! distribution from the clean one. Definitions in docs/metrics.md ("Language-model metrics").
+//!
+//! Only positions 1.. are replaced (the BOS position is not in the activation sets, its norm is an
+//! outlier and no dictionary is trained on it); every prediction of every context counts in the
+//! means. The blocks before the hook run once per batch and are shared by the three passes.
+
+use super::model::{next_token_losses, Llama};
+use super::{contexts::Contexts, LmError};
+use candle_core::{Device, Tensor};
+
+/// The language-model metrics of one dictionary (keys of metrics.json).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LmMetrics {
+    pub ce_clean: f64,
+    pub ce_sae: f64,
+    pub ce_zero: f64,
+    pub loss_recovered: f64,
+    pub delta_ce: f64,
+    pub kl_div: f64,
+}
+
+/// A reconstruction callback: `n` rows of `d_model` values in (model units), as many out.
+pub type Reconstruct<'a> = dyn FnMut(&[f32], usize) -> Result<Vec<f32>, LmError> + 'a;
+
+/// Replaces positions 1.. of `x` `[b, t, d]` with `f(rows)` where rows is `[(b*(t-1)), d]`
+/// flattened row-major; position 0 is kept.
+fn splice_rows(x: &Tensor, f: &mut Reconstruct) -> Result<Tensor, LmError> {
+    let (b, t, d) = x.dims3()?;
+    let body = x.narrow(1, 1, t - 1)?.contiguous()?;
+    let rows = body.flatten_all()?.to_vec1::<f32>()?;
+    let n = b * (t - 1);
+    let out = f(&rows, n)?;
+    if out.len() != n * d {
+        return Err(LmError::Input(format!(
+            "reconstruction has {} values, expected {n} x {d}",
+            out.len()
+        )));
+    }
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err(LmError::Input("reconstruction contains NaN or Inf".into()));
+    }
+    let new_body = Tensor::from_vec(out, (b, t - 1, d), &Device::Cpu)?;
+    Ok(Tensor::cat(&[x.narrow(1, 0, 1)?, new_body], 1)?)
+}
+
+/// Mean cross-entropies and KL on `contexts`, splicing `reconstruct` (model units in, model
+/// units out, `n` rows of `d_model`) into the residual entering block `layer`. `progress` is
+/// called with the number of contexts done.
+pub fn spliced_losses(
+    model: &Llama,
+    contexts: &Contexts,
+    layer: usize,
+    batch: usize,
+    reconstruct: &mut Reconstruct,
+    progress: &mut dyn FnMut(usize),
+) -> Result<LmMetrics, LmError> {
+    let (t, n_ctx) = (contexts.len, contexts.n());
+    if n_ctx == 0 {
+        return Err(LmError::Input("no evaluation contexts".into()));
+    }
+    let batch = batch.max(1);
+    let (mut s_clean, mut s_zero, mut s_sae, mut s_kl, mut count) =
+        (0f64, 0f64, 0f64, 0f64, 0usize);
+    let mut done = 0;
+    while done < n_ctx {
+        let b = batch.min(n_ctx - done);
+        let toks = &contexts.tokens[done * t..(done + b) * t];
+        let resid = model.resid_pre(toks, b, t, layer)?;
+        let clean = model.forward_from(resid.clone(), layer)?;
+        let (l_clean, logp_clean) = next_token_losses(&clean, toks)?;
+        drop(clean);
+        let zeros = splice_rows(&resid, &mut |rows, _| Ok(vec![0.0; rows.len()]))?;
+        let (l_zero, _) = next_token_losses(&model.forward_from(zeros, layer)?, toks)?;
+        let spliced = splice_rows(&resid, reconstruct)?;
+        let (l_sae, logp_sae) = next_token_losses(&model.forward_from(spliced, layer)?, toks)?;
+        // KL(clean || sae) per position, summed over the vocabulary.
+        let kl = (logp_clean.exp()? * (logp_clean - logp_sae)?)?
+            .sum(candle_core::D::Minus1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        s_clean += l_clean.iter().map(|&v| v as f64).sum::<f64>();
+        s_zero += l_zero.iter().map(|&v| v as f64).sum::<f64>();
+        s_sae += l_sae.iter().map(|&v| v as f64).sum::<f64>();
+        s_kl += kl.iter().map(|&v| v as f64).sum::<f64>();
+        count += l_clean.len();
+        done += b;
+        progress(done);
+    }
+    let n = count as f64;
+    let (ce_clean, ce_zero, ce_sae) = (s_clean / n, s_zero / n, s_sae / n);
+    Ok(LmMetrics {
+        ce_clean,
+        ce_sae,
+        ce_zero,
+        loss_recovered: (ce_zero - ce_sae) / (ce_zero - ce_clean),
+        delta_ce: ce_sae - ce_clean,
+        kl_div: s_kl / n,
+    })
+}
+
+/// Options of [`loss_recovered_with`].
+#[derive(Debug, Clone)]
+pub struct LossOptions {
+    /// Use only the first n stored evaluation contexts (default: all, 64 for a default set).
+    pub contexts: Option<usize>,
+    /// Contexts per forward pass.
+    pub batch: usize,
+    pub progress: bool,
+    /// The model file (default: the one recorded in the set, else the asset cache).
+    pub model: Option<std::path::PathBuf>,
+}
+
+impl Default for LossOptions {
+    fn default() -> Self {
+        LossOptions {
+            contexts: None,
+            batch: 8,
+            progress: false,
+            model: None,
+        }
+    }
+}
+
+/// Loss recovered of `sae` on the evaluation contexts stored with a model activation set.
+pub fn loss_recovered(
+    set: &crate::data::actset::ActivationSet,
+    sae: &saeperf_kernels::sae::Sae,
+) -> anyhow::Result<LmMetrics> {
+    loss_recovered_with(set, sae, &LossOptions::default())
+}
+
+/// [`loss_recovered`] with options.
+pub fn loss_recovered_with(
+    set: &crate::data::actset::ActivationSet,
+    sae: &saeperf_kernels::sae::Sae,
+    opts: &LossOptions,
+) -> anyhow::Result<LmMetrics> {
+    use anyhow::Context as _;
+    let src = &set.manifest().source;
+    anyhow::ensure!(
+        src["kind"] == "model",
+        "{}: loss recovered needs a set harvested from a model (source kind is {})",
+        set.dir().display(),
+        src["kind"]
+    );
+    let d = set.d_in();
+    anyhow::ensure!(
+        sae.cfg.d_in == d,
+        "dictionary d_in {} does not match the set's d_in {d}",
+        sae.cfg.d_in
+    );
+    let layer = src["params"]["layer"]
+        .as_u64()
+        .with_context(|| format!("{}: source has no params.layer", set.dir().display()))?
+        as usize;
+    let ctx_path = set.dir().join(super::contexts::EVAL_CONTEXTS_FILE);
+    let want = src["eval_contexts"]["sha256"].as_str().unwrap_or_default();
+    let got = crate::data::assets::sha256_file(&ctx_path)
+        .with_context(|| format!("{}", ctx_path.display()))?;
+    anyhow::ensure!(
+        got == want,
+        "{}: checksum mismatch (expected {want}, got {got})",
+        ctx_path.display()
+    );
+    let mut contexts = Contexts::load(&ctx_path)?;
+    if let Some(n) = opts.contexts {
+        contexts = contexts.take(n);
+    }
+    let model_path = match &opts.model {
+        Some(p) => p.clone(),
+        None => super::features::locate_asset(set, "model")?,
+    };
+    let model = Llama::load(&model_path)?;
+    anyhow::ensure!(
+        model.cfg.d_model == d,
+        "{}: d_model {} != set d_in {d}",
+        model_path.display(),
+        model.cfg.d_model
+    );
+    let sf = sae.cfg.scaling_factor;
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(contexts.n() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "loss recovered {bar:40} {pos}/{len} contexts eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    let m = spliced_losses(
+        &model,
+        &contexts,
+        layer,
+        opts.batch,
+        &mut |rows, n| {
+            let x: Vec<f32> = rows.iter().map(|v| v * sf).collect();
+            let xh = sae.decode(&sae.encode(&x, n), n);
+            Ok(xh.into_iter().map(|v| v / sf).collect())
+        },
+        &mut |done| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    Ok(m)
+}
+
+/// Fills the language-model keys of `m` (ce_*, loss_recovered, delta_ce, kl_div) when `set` was
+/// harvested from a model; leaves them null otherwise.
+pub fn fill_metrics(
+    m: &mut crate::metrics::Metrics,
+    set: &crate::data::actset::ActivationSet,
+    sae: &saeperf_kernels::sae::Sae,
+    progress: bool,
+) -> anyhow::Result<()> {
+    if set.manifest().source_kind() != "model" {
+        return Ok(());
+    }
+    let lm = loss_recovered_with(
+        set,
+        sae,
+        &LossOptions {
+            progress,
+            ..LossOptions::default()
+        },
+    )?;
+    m.ce_clean = Some(lm.ce_clean);
+    m.ce_sae = Some(lm.ce_sae);
+    m.ce_zero = Some(lm.ce_zero);
+    m.loss_recovered = Some(lm.loss_recovered);
+    m.delta_ce = Some(lm.delta_ce);
+    m.kl_div = Some(lm.kl_div);
+    Ok(())
+}

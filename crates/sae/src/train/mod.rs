@@ -1,0 +1,520 @@
+//! Training a dictionary: the loop (batches, schedules, Adam, divergence), input scaling, initialisation, resampling
+//! of dead features, and pruning of dense features after training. Generic over [`Backend`], so the same loop runs on
+//! the fast CPU ops, the reference ops, or a GPU.
+//!
+//! Deterministic on the CPU: every random choice comes from one ChaCha8 stream seeded by the config, and the fast
+//! ops add up in a fixed order, so the same config and seed give bit-identical dictionaries on the same machine.
+
+pub mod resample;
+
+use crate::data::actset::ActivationSet;
+use anyhow::{bail, ensure, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use saeperf_kernels::select::{Selected, WithBackend};
+use saeperf_kernels::{AdamHyper, Arch, Backend, Params, Sae, SaeCfg, Shape};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Training diverged: the loss or the parameters stopped being finite. A typed error, so that callers (the bench's
+/// training benchmarks) tell a diverged run from a failed one without reading the message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Diverged(pub String);
+
+/// When and how dead features are resampled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResampleConfig {
+    /// Steps at which to resample (the paper: 25k, 50k, 75k, 100k).
+    pub at_steps: Vec<usize>,
+    /// A feature is dead if it did not fire during this many steps before a resample (the paper: 12,500).
+    pub window: usize,
+    /// Inputs on which the loss is computed to choose new directions (the paper: 819,200).
+    pub sample: usize,
+}
+
+/// Everything that determines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub arch: Arch,
+    /// Dictionary size; None: 8 × d_in.
+    pub d_sae: Option<usize>,
+    /// λ of the L1 penalty (ReLU only).
+    pub l1_coeff: f32,
+    /// TopK only.
+    pub k: usize,
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub lr_warmup: usize,
+    pub l1_warmup: usize,
+    pub seed: u64,
+    /// Encoder init = decoder transpose × this.
+    pub enc_init_scale: f32,
+    pub resample: Option<ResampleConfig>,
+    /// Record a point of the training curve every this many steps.
+    pub log_every: usize,
+}
+
+/// Values that replace a [`TrainConfig`]'s defaults: the one way the command line (`runner train` flags) and the
+/// suite (a reference dictionary's entry) build a training configuration. `None` keeps the default.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrainOverrides {
+    pub arch: Option<Arch>,
+    pub d_sae: Option<usize>,
+    pub l1_coeff: Option<f32>,
+    pub k: Option<usize>,
+    pub steps: Option<usize>,
+    pub batch: Option<usize>,
+    pub lr: Option<f32>,
+    pub lr_warmup: Option<usize>,
+    pub l1_warmup: Option<usize>,
+    pub seed: Option<u64>,
+    pub resample: Option<ResampleConfig>,
+    pub log_every: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    /// The recipe of docs/metrics.md ("Training") with values tuned on the embedded synthetic set (d_in 64, 512 features): there a
+    /// ReLU-L1 dictionary of 512 features reaches MMCS ≈ 0.96 in 4000 steps. Sets from a model use
+    /// [`TrainConfig::for_model`].
+    fn default() -> Self {
+        TrainConfig {
+            arch: Arch::Relu,
+            d_sae: None,
+            l1_coeff: 2.0,
+            k: 32,
+            steps: 4000,
+            batch: 1024,
+            lr: 1e-2,
+            lr_warmup: 100,
+            l1_warmup: 500,
+            seed: 0,
+            enc_init_scale: 1.0,
+            resample: None,
+            log_every: 50,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Defaults for an activation set harvested from a language model: the reference recipe (lr 1e-3 with warm-ups).
+    pub fn for_model() -> Self {
+        TrainConfig {
+            lr: 1e-3,
+            lr_warmup: 1000,
+            l1_warmup: 2000,
+            ..TrainConfig::default()
+        }
+    }
+
+    /// The defaults that fit a set's kind ("synthetic" or "model").
+    pub fn defaults_for(kind: &str) -> Self {
+        if kind == "model" {
+            Self::for_model()
+        } else {
+            Self::default()
+        }
+    }
+
+    /// The defaults for a set's kind with `o` applied over them.
+    pub fn with_overrides(kind: &str, o: &TrainOverrides) -> Self {
+        let mut c = Self::defaults_for(kind);
+        if let Some(v) = o.arch {
+            c.arch = v;
+        }
+        if o.d_sae.is_some() {
+            c.d_sae = o.d_sae;
+        }
+        if let Some(v) = o.l1_coeff {
+            c.l1_coeff = v;
+        }
+        if let Some(v) = o.k {
+            c.k = v;
+        }
+        if let Some(v) = o.steps {
+            c.steps = v;
+        }
+        if let Some(v) = o.batch {
+            c.batch = v;
+        }
+        if let Some(v) = o.lr {
+            c.lr = v;
+        }
+        if let Some(v) = o.lr_warmup {
+            c.lr_warmup = v;
+        }
+        if let Some(v) = o.l1_warmup {
+            c.l1_warmup = v;
+        }
+        if let Some(v) = o.seed {
+            c.seed = v;
+        }
+        if o.resample.is_some() {
+            c.resample = o.resample.clone();
+        }
+        if let Some(v) = o.log_every {
+            c.log_every = v;
+        }
+        c
+    }
+
+    /// Checks what does not depend on the data.
+    pub fn validate_basic(&self) -> Result<()> {
+        ensure!(self.steps > 0, "steps must be positive");
+        ensure!(self.batch > 0, "batch must be positive");
+        ensure!(self.d_sae != Some(0), "d_sae must be positive");
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr must be positive and finite, got {}",
+            self.lr
+        );
+        ensure!(
+            self.l1_coeff.is_finite() && self.l1_coeff >= 0.0,
+            "l1 coefficient must be ≥ 0, got {}",
+            self.l1_coeff
+        );
+        Ok(())
+    }
+
+    /// Checks everything, for data of width `d_in`.
+    pub fn validate(&self, d_in: usize) -> Result<()> {
+        self.validate_basic()?;
+        let d_sae = self.d_sae(d_in);
+        if self.arch == Arch::TopK {
+            ensure!(
+                self.k > 0 && self.k <= d_sae,
+                "k must lie in 1..=d_sae ({d_sae}), got {}",
+                self.k
+            );
+        }
+        if let Some(r) = &self.resample {
+            ensure!(r.window > 0, "resample window must be positive");
+            ensure!(r.sample > 0, "resample sample must be positive");
+        }
+        ensure!(self.log_every > 0, "log_every must be positive");
+        Ok(())
+    }
+    pub fn d_sae(&self, d_in: usize) -> usize {
+        self.d_sae.unwrap_or(8 * d_in)
+    }
+    fn l1_at(&self, step: usize) -> f32 {
+        if self.arch == Arch::TopK {
+            return 0.0;
+        }
+        self.l1_coeff * ramp(step, self.l1_warmup)
+    }
+    fn lr_at(&self, step: usize) -> f32 {
+        self.lr * ramp(step, self.lr_warmup)
+    }
+}
+
+fn ramp(step: usize, warmup: usize) -> f32 {
+    if warmup == 0 {
+        1.0
+    } else {
+        ((step + 1) as f32 / warmup as f32).min(1.0)
+    }
+}
+
+/// One point of the training curve (batch values at that step).
+pub use saeperf_kernels::CurvePoint;
+
+/// What a training run produced.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub sae: Sae,
+    pub curve: Vec<CurvePoint>,
+    pub tokens_per_sec: f64,
+    pub wall_secs: f64,
+    /// (step, features resampled).
+    pub resamples: Vec<(usize, usize)>,
+    /// The name of the backend that trained it.
+    pub backend: String,
+}
+
+/// The scalar s with E‖s·x‖² = d_in, estimated on up to 16,384 training rows, and the mean of those rows × s.
+pub fn input_scaling(set: &ActivationSet, rng: &mut ChaCha8Rng) -> Result<(f32, Vec<f32>)> {
+    let d = set.d_in();
+    let train = set.train_rows();
+    ensure!(
+        !train.is_empty(),
+        "activation set {} has an empty training split",
+        set.dir().display()
+    );
+    let mut idx: Vec<usize> = train.collect();
+    idx.shuffle(rng);
+    idx.truncate(16_384);
+    idx.sort_unstable();
+    let x = set.gather_f32(&idx);
+    let n = idx.len() as f64;
+    let mean_sq: f64 = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n;
+    ensure!(
+        mean_sq > 0.0,
+        "activation set {}: the training rows are all zero",
+        set.dir().display()
+    );
+    let s = (d as f64 / mean_sq).sqrt();
+    let mut mean = vec![0.0f64; d];
+    for row in x.chunks(d) {
+        mean.iter_mut().zip(row).for_each(|(m, v)| *m += *v as f64);
+    }
+    Ok((s as f32, mean.iter().map(|m| (m / n * s) as f32).collect()))
+}
+
+/// Trains a dictionary on the training split of `set` with the backend the caller opened (the command line opens
+/// it once, from `--backend`, and says which `auto` chose).
+pub fn train(
+    backend: &Selected,
+    cfg: &TrainConfig,
+    set: &ActivationSet,
+    progress: bool,
+) -> Result<TrainOutcome> {
+    struct Job<'a> {
+        cfg: &'a TrainConfig,
+        set: &'a ActivationSet,
+        progress: bool,
+    }
+    impl WithBackend for Job<'_> {
+        type Output = Result<TrainOutcome>;
+        fn run<B: Backend>(self, backend: &B) -> Result<TrainOutcome> {
+            train_on(backend, self.cfg, self.set, self.progress)
+        }
+    }
+    backend.with(Job { cfg, set, progress })
+}
+
+/// Draws training batches: a fresh permutation of the training rows every epoch.
+struct Batches {
+    order: Vec<usize>,
+    pos: usize,
+}
+
+impl Batches {
+    fn new(n: usize) -> Self {
+        Batches {
+            order: (0..n).collect(),
+            pos: n,
+        }
+    }
+    fn next(&mut self, batch: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+        let mut out = Vec::with_capacity(batch);
+        while out.len() < batch {
+            if self.pos == self.order.len() {
+                self.order.shuffle(rng);
+                self.pos = 0;
+            }
+            let take = (batch - out.len()).min(self.order.len() - self.pos);
+            out.extend_from_slice(&self.order[self.pos..self.pos + take]);
+            self.pos += take;
+        }
+        out
+    }
+}
+
+/// The training loop on any backend.
+pub fn train_on<B: Backend>(
+    backend: &B,
+    cfg: &TrainConfig,
+    set: &ActivationSet,
+    progress: bool,
+) -> Result<TrainOutcome> {
+    let d = set.d_in();
+    cfg.validate(d)?;
+    let d_sae = cfg.d_sae(d);
+    let s = Shape::new(cfg.batch, d, d_sae);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let (scale, b_dec) = input_scaling(set, &mut rng)?;
+    let sae_cfg = SaeCfg {
+        d_in: d,
+        d_sae,
+        architecture: cfg.arch,
+        k: (cfg.arch == Arch::TopK).then_some(cfg.k),
+        l1_coefficient: if cfg.arch == Arch::TopK {
+            0.0
+        } else {
+            cfg.l1_coeff
+        },
+        scaling_factor: scale,
+        seed: cfg.seed,
+        steps: cfg.steps,
+        batch_size: cfg.batch,
+        lr: cfg.lr,
+        activation_set_sha256: set.manifest().sha256.clone(),
+        hook_name: set
+            .manifest()
+            .source
+            .get("hook")
+            .and_then(|h| h.as_str())
+            .map(String::from),
+        pruned_features: 0,
+        dtype: "float32".into(),
+        apply_b_dec_to_input: true,
+    };
+    let act = sae_cfg.activation();
+    let init = Sae::init(sae_cfg, b_dec, cfg.enc_init_scale, &mut rng);
+    let be = |e: saeperf_kernels::BackendError| anyhow::anyhow!(e);
+    let up = |v: &Vec<f32>| backend.upload(v);
+    let mut p = Params {
+        w_enc: init.w_enc.clone(),
+        b_enc: init.b_enc.clone(),
+        w_dec: init.w_dec.clone(),
+        b_dec: init.b_dec.clone(),
+    }
+    .try_map(up)
+    .map_err(be)?;
+    let zeros = Params::zeros(s);
+    let mut g = zeros.try_map(up).map_err(be)?;
+    let mut m = zeros.try_map(up).map_err(be)?;
+    let mut v = zeros.try_map(up).map_err(be)?;
+    let mut x = backend.zeros(s.batch * d).map_err(be)?;
+    let mut f = backend.zeros(s.batch * d_sae).map_err(be)?;
+    let mut xhat = backend.zeros(s.batch * d).map_err(be)?;
+    let mut batches = Batches::new(set.train_rows().len());
+    let mut fire = vec![0u32; d_sae];
+    let mut dead_tracker = resample::DeadTracker::new(d_sae);
+    let mut curve = Vec::new();
+    let mut resamples = Vec::new();
+    let bar = progress_bar(cfg.steps, progress);
+    let start = Instant::now();
+    let mut hostx = vec![0.0f32; s.batch * d];
+    for step in 0..cfg.steps {
+        if let Some(rc) = &cfg.resample {
+            if step > 0 && rc.at_steps.contains(&step) {
+                let dead = dead_tracker.dead(step, rc.window);
+                let n = resample::resample_dead(
+                    backend, s, act, set, scale, &dead, rc.sample, &mut rng, &mut p, &mut m, &mut v,
+                )?;
+                dead_tracker.revive(&dead, step);
+                tracing::info!(step, resampled = n, "resampled dead features");
+                resamples.push((step, n));
+            }
+        }
+        let idx = batches.next(s.batch, &mut rng);
+        let train_start = set.train_rows().start;
+        let abs: Vec<usize> = idx.iter().map(|i| i + train_start).collect();
+        let raw = set.gather_f32(&abs);
+        hostx.iter_mut().zip(&raw).for_each(|(h, r)| *h = r * scale);
+        backend.write(&mut x, &hostx).map_err(be)?;
+        backend.encode(s, act, &x, &p, &mut f).map_err(be)?;
+        backend.decode(s, &f, &p, &mut xhat).map_err(be)?;
+        fire.fill(0);
+        let st = backend
+            .batch_stats(s, &x, &xhat, &f, &mut fire)
+            .map_err(be)?;
+        let l1 = cfg.l1_at(step);
+        let loss = st.loss(s.batch, l1);
+        if !loss.is_finite() {
+            bail!(Diverged(format!(
+                "training diverged at step {step}: the loss is {loss} (try a lower --lr)"
+            )));
+        }
+        dead_tracker.record(&fire, step);
+        backend
+            .backward(s, l1, &x, &f, &xhat, &p, &mut g)
+            .map_err(be)?;
+        backend
+            .adam(
+                s,
+                AdamHyper::new(cfg.lr_at(step), step as u64 + 1),
+                &mut p,
+                &mut g,
+                &mut m,
+                &mut v,
+            )
+            .map_err(be)?;
+        let l0 = st.l0 / s.batch as f64;
+        if step % cfg.log_every == 0 || step + 1 == cfg.steps {
+            curve.push(st.curve_point(step, s, l1));
+            tracing::debug!(step, loss, l0, "training");
+        }
+        if let Some(b) = &bar {
+            b.inc(1);
+            if step % 10 == 0 {
+                let tps = ((step + 1) * s.batch) as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                b.set_message(format!("{tps:>8.0} tok/s  loss {loss:.4}  L0 {l0:.1}"));
+            }
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let host = |buf: &B::Buf| backend.download(buf);
+    let p = p.try_map(host).map_err(be)?;
+    if p.w_enc
+        .iter()
+        .chain(&p.w_dec)
+        .chain(&p.b_enc)
+        .chain(&p.b_dec)
+        .any(|x| !x.is_finite())
+    {
+        bail!(Diverged(format!(
+            "training diverged: the parameters hold NaN or Inf after {} steps",
+            cfg.steps
+        )));
+    }
+    let sae = Sae {
+        cfg: init.cfg,
+        w_enc: p.w_enc,
+        b_enc: p.b_enc,
+        w_dec: p.w_dec,
+        b_dec: p.b_dec,
+    };
+    Ok(TrainOutcome {
+        sae,
+        curve,
+        tokens_per_sec: (cfg.steps * cfg.batch) as f64 / wall.max(1e-9),
+        wall_secs: wall,
+        resamples,
+        backend: backend.name(),
+    })
+}
+
+fn progress_bar(steps: usize, show: bool) -> Option<indicatif::ProgressBar> {
+    if !show {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(steps as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    Some(b)
+}
+
+/// Removes every feature whose firing frequency on the training split exceeds `above`. Returns the pruned dictionary
+/// and the removed feature indices (in the original numbering).
+pub fn prune_dense(sae: &Sae, set: &ActivationSet, above: f64) -> Result<(Sae, Vec<usize>)> {
+    ensure!(
+        (0.0..=1.0).contains(&above),
+        "--prune-above must lie in [0, 1], got {above}"
+    );
+    let density = crate::metrics::feature_density(sae, set, set.train_rows());
+    let (removed, keep): (Vec<usize>, Vec<usize>) =
+        (0..sae.cfg.d_sae).partition(|&i| density[i] > above);
+    ensure!(
+        !keep.is_empty(),
+        "pruning above {above} would remove every feature"
+    );
+    Ok((sae.select_features(&keep), removed))
+}
+
+/// Writes a training record (config, curve, resamples, throughput) as training.json.
+pub fn write_record(dir: &std::path::Path, cfg: &TrainConfig, out: &TrainOutcome) -> Result<()> {
+    let rec = serde_json::json!({
+        "config": cfg,
+        "backend": out.backend,
+        "curve": out.curve,
+        "resamples": out.resamples,
+        "tokens_per_sec": out.tokens_per_sec,
+        "wall_secs": out.wall_secs,
+    });
+    let path = dir.join("training.json");
+    saeperf_kernels::sae::write_atomic(&path, &serde_json::to_vec_pretty(&rec)?)
+        .with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,146 @@
+//! `runner bench` (and its hidden A/B worker `runner bench-ops`): flags → a [`BenchRequest`] → prepare, execute,
+//! judge (the bench crate) → print the document, as a table or as JSON, and exit with its code.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use saeperf_bench::auto::OpsRequest;
+use saeperf_bench::{BenchDocument, BenchRequest, Device};
+use saeperf_compare::baseline::Baseline;
+use saeperf_compare::EXIT_FAILED;
+use saeperf_git::Repo;
+use saeperf_kernels::select::BackendChoice;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Suite file (default bench/suite.toml, else the copy built into the binary).
+    #[arg(long)]
+    pub suite: Option<PathBuf>,
+    /// quick (CI, ≤ 3 min on 2 cores), standard (default), full (GPU machines).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// auto (the best available: cuda when a device is usable, else cpu), cpu, reference (plain loops; slow), cuda.
+    #[arg(long, default_value = "auto", value_parser = super::parse_backend)]
+    pub backend: BackendChoice,
+    /// Only benchmarks whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// merge-base (default: the newest stored complete run of the merge base with --base-branch on this machine,
+    /// backend and profile), none, auto (merge-base, else build the merge base in a git worktree and time it here,
+    /// interleaved), or a run reference (run id, commit prefix, `latest`).
+    #[arg(long, default_value = "merge-base", value_parser = parse_baseline)]
+    pub baseline: Baseline,
+    /// The branch pull requests merge into.
+    #[arg(long, default_value = "main")]
+    pub base_branch: String,
+    /// Pull-request number to record with the run.
+    #[arg(long)]
+    pub pr: Option<u64>,
+    /// Commit to record (default: `git rev-parse HEAD`).
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// Branch to record (default: the current git branch).
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Print the run and its comparison as one JSON document (docs/documents.md) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Show every comparison row, not only those that need attention.
+    #[arg(long)]
+    pub all: bool,
+    /// Run no op micro-benchmarks (used by --baseline auto for the merge base's once-through run, whose op
+    /// timings come from the interleaved A/B phase instead).
+    #[arg(long, hide = true)]
+    pub skip_ops: bool,
+}
+
+/// Hidden `runner bench-ops`: time the suite's op micro-benchmarks once and print them as JSON (the A/B worker).
+#[derive(Args, Debug)]
+pub struct BenchOpsArgs {
+    #[arg(long)]
+    pub suite: Option<PathBuf>,
+    #[arg(long)]
+    pub profile: Option<String>,
+    #[arg(long)]
+    pub filter: Option<String>,
+    #[arg(long, default_value = "auto", value_parser = super::parse_backend)]
+    pub backend: BackendChoice,
+    /// Timed samples per op (default: the profile's).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    #[arg(long)]
+    pub warmup: Option<usize>,
+}
+
+fn parse_baseline(s: &str) -> Result<Baseline, String> {
+    s.parse()
+}
+
+/// `runner bench`. Returns the exit code.
+pub fn cmd_bench(db: Option<&Path>, a: BenchArgs, quiet: bool) -> Result<i32> {
+    let req = BenchRequest {
+        suite: a.suite,
+        profile: a.profile,
+        filter: a.filter,
+        backend: a.backend,
+        baseline: a.baseline,
+        base_branch: a.base_branch,
+        pr: a.pr,
+        commit: a.commit,
+        branch: a.branch,
+        skip_ops: a.skip_ops,
+        progress: !quiet,
+    };
+    let repo = Repo::current();
+    let prepared = saeperf_bench::prepare(req, || super::open_store(db), &super::home(), &repo)?;
+    let done = saeperf_bench::execute(&prepared)?;
+    let doc = saeperf_bench::judge(&prepared, &repo, done)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render(&doc, a.all));
+    }
+    Ok(doc.exit_code())
+}
+
+/// The document for people: the run's table, then the comparison's (or why there is none).
+fn render(doc: &BenchDocument, all: bool) -> String {
+    let mut s = saeperf_bench::table::render_run(&doc.run);
+    match &doc.comparison {
+        Some(c) => {
+            s += &format!("baseline: {}\n", doc.baseline.why);
+            s += &saeperf_compare::render(c, all);
+        }
+        None if doc.failed() => {
+            s += &format!(
+                "no baseline: {}\noverall: failed (exit code {EXIT_FAILED})\n",
+                doc.baseline.why
+            )
+        }
+        None => {
+            s += &format!(
+                "no baseline: {}\noverall: new (exit code 0)\n",
+                doc.baseline.why
+            )
+        }
+    }
+    s
+}
+
+/// `runner bench-ops`.
+pub fn cmd_bench_ops(a: BenchOpsArgs) -> Result<i32> {
+    let device = Device::open(a.backend)?;
+    let doc = saeperf_bench::auto::bench_ops(
+        &OpsRequest {
+            suite: a.suite,
+            profile: a.profile,
+            filter: a.filter,
+            samples: a.samples,
+            warmup: a.warmup,
+        },
+        &device,
+    )?;
+    println!("{}", serde_json::to_string(&doc)?);
+    Ok(0)
+}

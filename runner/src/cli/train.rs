@@ -1,0 +1,312 @@
+//! `runner train`, `runner eval` and `runner data synth`: a dictionary trained, evaluated, or a synthetic set made.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use saeperf_kernels::select::{select_backend, BackendChoice};
+use saeperf_kernels::{Arch, Sae};
+use saeperf_sae::data::actset::ActivationSet;
+use saeperf_sae::data::synth::{self, SynthConfig};
+use saeperf_sae::metrics::{self, Metrics};
+use saeperf_sae::train::{self, ResampleConfig, TrainConfig, TrainOverrides};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ArchArg {
+    Relu,
+    Topk,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Activation set directory; default: the embedded synthetic set (generated on first use under $SAEPERF_HOME).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output directory for the dictionary, metrics.json and training.json.
+    #[arg(long, default_value = "sae-out")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "relu")]
+    pub arch: ArchArg,
+    /// Dictionary size [default: 8 × d_in].
+    #[arg(long)]
+    pub d_sae: Option<usize>,
+    /// L1 coefficient λ (ReLU).
+    #[arg(long)]
+    pub l1: Option<f32>,
+    /// Features kept per token (TopK).
+    #[arg(long)]
+    pub k: Option<usize>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long)]
+    pub lr_warmup: Option<usize>,
+    #[arg(long)]
+    pub l1_warmup: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Steps at which dead features are resampled, e.g. 1000,2000.
+    #[arg(long, value_delimiter = ',')]
+    pub resample_at: Vec<usize>,
+    /// Dead = did not fire during this many steps before a resample.
+    #[arg(long, default_value_t = 500)]
+    pub resample_window: usize,
+    /// Inputs sampled to choose the new directions.
+    #[arg(long, default_value_t = 16_384)]
+    pub resample_sample: usize,
+    /// After training, remove features whose training-split frequency exceeds this (e.g. 0.038).
+    #[arg(long)]
+    pub prune_above: Option<f64>,
+    /// cpu (fast ops), reference (plain loops, slow), cuda, or auto (CUDA when a driver and a device are present).
+    #[arg(long, default_value = "auto", value_parser = super::parse_backend)]
+    pub backend: BackendChoice,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Dictionary directory (cfg.json + sae_weights.safetensors).
+    #[arg(long)]
+    pub dict: PathBuf,
+    /// Activation set directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write metrics.json [default: DICT/metrics.json].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = SynthConfig::default().d_in)]
+    pub d_in: usize,
+    /// Ground-truth features.
+    #[arg(long, default_value_t = SynthConfig::default().n_features)]
+    pub features: usize,
+    #[arg(long, default_value_t = SynthConfig::default().n_train)]
+    pub train_tokens: usize,
+    #[arg(long, default_value_t = SynthConfig::default().n_eval)]
+    pub eval_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Expected active features per token.
+    #[arg(long, default_value_t = SynthConfig::default().mean_active)]
+    pub mean_active: f64,
+    /// Power-law exponent of the feature frequencies.
+    #[arg(long, default_value_t = SynthConfig::default().zipf_exponent)]
+    pub zipf: f64,
+    /// Gaussian noise standard deviation per coordinate.
+    #[arg(long, default_value_t = 0.0)]
+    pub noise: f32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn open_data(data: Option<&Path>) -> Result<ActivationSet> {
+    let dir = match data {
+        Some(d) => d.to_path_buf(),
+        None => synth::ensure_default(&super::home())?,
+    };
+    ActivationSet::open(&dir)
+}
+
+/// The flags' training values, over the defaults of the set's kind (the same builder the suite's entries use).
+pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
+    if let Some(p) = a.prune_above {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("--prune-above must lie in [0, 1], got {p}");
+        }
+    }
+    let overrides = TrainOverrides {
+        arch: Some(match a.arch {
+            ArchArg::Relu => Arch::Relu,
+            ArchArg::Topk => Arch::TopK,
+        }),
+        d_sae: a.d_sae,
+        l1_coeff: a.l1,
+        k: a.k,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        lr_warmup: a.lr_warmup,
+        l1_warmup: a.l1_warmup,
+        seed: a.seed,
+        resample: (!a.resample_at.is_empty()).then(|| ResampleConfig {
+            at_steps: a.resample_at.clone(),
+            window: a.resample_window,
+            sample: a.resample_sample,
+        }),
+        log_every: None,
+    };
+    Ok(TrainConfig::with_overrides(set_kind, &overrides))
+}
+
+pub fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
+    train_config(&a, "")?.validate_basic()?;
+    let set = open_data(a.data.as_deref())?;
+    let cfg = train_config(&a, set.manifest().source_kind())?;
+    cfg.validate(set.d_in())?;
+    let progress = !quiet && !a.json;
+    let sel = select_backend(a.backend)?;
+    tracing::info!(set = %set.dir().display(), "training; {}", sel.line);
+    if progress {
+        eprintln!("{}", sel.line);
+    }
+    let out = train::train(&sel.backend, &cfg, &set, progress)?;
+    out.sae.save(&a.out)?;
+    let mut m = metrics::evaluate(&out.sae, &set)?;
+    saeperf_sae::lm::loss::fill_metrics(&mut m, &set, &out.sae, !quiet && !a.json)?;
+    m.tokens_per_sec = Some(out.tokens_per_sec);
+    m.wall_secs = Some(out.wall_secs);
+    m.write(&a.out.join("metrics.json"))?;
+    train::write_record(&a.out, &cfg, &out)?;
+    let mut report = serde_json::json!({
+        "dictionary": a.out,
+        "activation_set": set.dir(),
+        "backend": out.backend,
+        "metrics": m,
+        "resamples": out.resamples,
+    });
+    let mut pruned_metrics = None;
+    if let Some(thr) = a.prune_above {
+        let (pruned, removed) = train::prune_dense(&out.sae, &set, thr)?;
+        let dir = a.out.join("pruned");
+        pruned.save(&dir)?;
+        let mut pm = metrics::evaluate(&pruned, &set)?;
+        saeperf_sae::lm::loss::fill_metrics(&mut pm, &set, &pruned, !quiet && !a.json)?;
+        pm.write(&dir.join("metrics.json"))?;
+        report["pruning"] = serde_json::json!({
+            "threshold": thr, "removed": removed.len(), "removed_features": removed,
+            "dictionary": dir, "metrics": pm,
+        });
+        pruned_metrics = Some((pm, removed.len(), thr));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "dictionary: {} ({} backend, {:.0} tokens/s, {:.1} s)",
+            a.out.display(),
+            out.backend,
+            out.tokens_per_sec,
+            out.wall_secs
+        );
+        for (step, n) in &out.resamples {
+            println!("resampled {n} dead features at step {step}");
+        }
+        match &pruned_metrics {
+            None => print!("{}", metrics_table(&[("value", &m)])),
+            Some((pm, removed, thr)) => {
+                println!(
+                    "pruned {removed} features with training frequency > {thr} → {}",
+                    a.out.join("pruned").display()
+                );
+                print!(
+                    "{}",
+                    metrics_table(&[("before", &m), ("after pruning", pm)])
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn cmd_eval(a: EvalArgs) -> Result<i32> {
+    let sae = Sae::load(&a.dict)?;
+    let set = ActivationSet::open(&a.data)?;
+    let mut m = metrics::evaluate(&sae, &set)?;
+    saeperf_sae::lm::loss::fill_metrics(&mut m, &set, &sae, !a.json)?;
+    let path = a.out.clone().unwrap_or_else(|| a.dict.join("metrics.json"));
+    m.write(&path)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        println!(
+            "metrics of {} on {} (evaluation split, {} tokens) → {}",
+            a.dict.display(),
+            a.data.display(),
+            set.manifest().n_eval,
+            path.display()
+        );
+        print!("{}", metrics_table(&[("value", &m)]));
+    }
+    Ok(0)
+}
+
+pub fn cmd_synth(a: SynthArgs) -> Result<i32> {
+    let cfg = SynthConfig {
+        d_in: a.d_in,
+        n_features: a.features,
+        n_train: a.train_tokens,
+        n_eval: a.eval_tokens,
+        seed: a.seed,
+        mean_active: a.mean_active,
+        zipf_exponent: a.zipf,
+        noise: a.noise,
+    };
+    let m = synth::synthesize(&a.out, &cfg)
+        .with_context(|| format!("synthesizing into {}", a.out.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        println!(
+            "wrote {} ({} train + {} eval tokens, d_in {}, sha256 {})",
+            a.out.display(),
+            m.n_train,
+            m.n_eval,
+            m.d_in,
+            m.sha256
+        );
+    }
+    Ok(0)
+}
+
+/// A plain-text table of metrics, one column per labelled set.
+pub fn metrics_table(cols: &[(&str, &Metrics)]) -> String {
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+    type Cell = Box<dyn Fn(&Metrics) -> String>;
+    let rows: Vec<(&str, Cell)> = vec![
+        ("mse", Box::new(|m| format!("{:.5}", m.mse))),
+        ("l0", Box::new(|m| format!("{:.2}", m.l0))),
+        ("l1", Box::new(|m| format!("{:.3}", m.l1))),
+        ("fvu", Box::new(|m| format!("{:.4}", m.fvu))),
+        ("fve", Box::new(|m| format!("{:.4}", m.fve))),
+        (
+            "dead_fraction",
+            Box::new(|m| format!("{:.4}", m.dead_fraction)),
+        ),
+        (
+            "dense_fraction",
+            Box::new(|m| format!("{:.4}", m.dense_fraction)),
+        ),
+        ("mmcs", Box::new(move |m| opt(m.mmcs))),
+        (
+            "recovered_fraction",
+            Box::new(move |m| opt(m.recovered_fraction)),
+        ),
+        ("loss_recovered", Box::new(move |m| opt(m.loss_recovered))),
+        ("delta_ce", Box::new(move |m| opt(m.delta_ce))),
+    ];
+    let mut s = format!("{:<20}", "metric");
+    for (label, _) in cols {
+        s += &format!(" {label:>14}");
+    }
+    s.push('\n');
+    for (name, f) in &rows {
+        s += &format!("{name:<20}");
+        for (_, m) in cols {
+            s += &format!(" {:>14}", f(m));
+        }
+        s.push('\n');
+    }
+    s
+}
