@@ -8,17 +8,15 @@
 
 use saeperf_compare::baseline::BaselineChoice;
 use saeperf_compare::{Comparison, Row, Verdict, EXIT_FAILED, EXIT_OK};
-use saeperf_store::document::{kind_of, one_line, parse, Document, DocumentError};
+use saeperf_store::document::{one_line, parse, Document, DocumentError, Header};
 use saeperf_store::{BenchResult, Run};
 use serde::{Deserialize, Serialize};
 
 /// What `runner bench --json` prints: the run as stored, how its baseline was chosen, and the comparison.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchDocument {
-    #[serde(default = "kind_of::<BenchDocument>")]
-    pub document: String,
-    #[serde(default)]
-    pub version: u32,
+    #[serde(flatten)]
+    pub header: Header,
     pub run: Run,
     pub baseline: BaselineChoice,
     pub comparison: Option<Comparison>,
@@ -32,8 +30,7 @@ impl Document for BenchDocument {
 impl BenchDocument {
     pub fn new(run: Run, baseline: BaselineChoice, comparison: Option<Comparison>) -> Self {
         BenchDocument {
-            document: Self::KIND.into(),
-            version: Self::VERSION,
+            header: Header::of::<Self>(),
             run,
             baseline,
             comparison,
@@ -89,10 +86,8 @@ impl BenchDocument {
 /// What the hidden `runner bench-ops` (the A/B worker of `--baseline auto`) prints: one timing result per op.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpsDocument {
-    #[serde(default = "kind_of::<OpsDocument>")]
-    pub document: String,
-    #[serde(default)]
-    pub version: u32,
+    #[serde(flatten)]
+    pub header: Header,
     pub results: Vec<BenchResult>,
 }
 
@@ -104,8 +99,7 @@ impl Document for OpsDocument {
 impl OpsDocument {
     pub fn new(results: Vec<BenchResult>) -> Self {
         OpsDocument {
-            document: Self::KIND.into(),
-            version: Self::VERSION,
+            header: Header::of::<Self>(),
             results,
         }
     }
@@ -115,8 +109,7 @@ impl OpsDocument {
         if text.trim_start().starts_with('[') {
             return serde_json::from_str(text.trim())
                 .map(|results| OpsDocument {
-                    document: Self::KIND.into(),
-                    version: 0,
+                    header: Header::default(),
                     results,
                 })
                 .map_err(|e| DocumentError::Malformed {
@@ -133,10 +126,8 @@ impl OpsDocument {
 /// both ends: a positive pull-request number, a commit SHA, run ids of the store's form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultMeta {
-    #[serde(default = "kind_of::<ResultMeta>")]
-    pub document: String,
-    #[serde(default)]
-    pub version: u32,
+    #[serde(flatten)]
+    pub header: Header,
     pub pr: u64,
     pub head_sha: String,
     pub head_run: String,
@@ -165,8 +156,7 @@ impl ResultMeta {
     /// The meta of a bench document's run, which must be of `head_sha`.
     pub fn new(pr: u64, head_sha: &str, doc: &BenchDocument) -> Result<Self, DocumentError> {
         let meta = ResultMeta {
-            document: Self::KIND.into(),
-            version: Self::VERSION,
+            header: Header::of::<Self>(),
             pr,
             head_sha: head_sha.to_string(),
             head_run: doc.run.meta.id.clone(),

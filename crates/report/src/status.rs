@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use saeperf_store::document::{kind_of, Document};
+use saeperf_store::document::{Document, Header};
 use serde::{Deserialize, Serialize};
 
 use crate::slug;
@@ -91,10 +91,8 @@ pub struct Attempt {
 /// What `runner status` shows (and, as status.json, the dashboard's status page).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatusReport {
-    #[serde(default = "kind_of::<StatusReport>")]
-    pub document: String,
-    #[serde(default)]
-    pub version: u32,
+    #[serde(flatten)]
+    pub header: Header,
     pub scheduler_pid: Option<u32>,
     /// When this report was made.
     #[serde(default)]
@@ -454,8 +452,7 @@ mod tests {
         running.branch = "fix/speed".into();
         std::fs::write(&running.log, "build: cargo build --release\n").unwrap();
         let rep = StatusReport {
-            document: StatusReport::KIND.into(),
-            version: StatusReport::VERSION,
+            header: Header::of::<StatusReport>(),
             scheduler_pid: Some(4242),
             generated_at: Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 30, 0).unwrap()),
             state_dir: dir.path().join("state"),

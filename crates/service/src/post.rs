@@ -12,7 +12,7 @@ use saeperf_compare::rules::Rules;
 use saeperf_compare::Verdict;
 use saeperf_git::Repo as GitRepo;
 use saeperf_report::comment::{self, Comment, CommentRequest};
-use saeperf_store::document::{kind_of, Document};
+use saeperf_store::document::{Document, Header};
 use saeperf_store::{RunMeta, Store};
 use serde::{Deserialize, Serialize};
 
@@ -75,10 +75,8 @@ pub struct PostedStatus {
 /// What `runner report post --json` prints: where the comment went, the status set, and the verdict reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PostDocument {
-    #[serde(default = "kind_of::<PostDocument>")]
-    pub document: String,
-    #[serde(default)]
-    pub version: u32,
+    #[serde(flatten)]
+    pub header: Header,
     /// `owner/name`.
     pub repo: String,
     pub pr: u64,
@@ -189,8 +187,7 @@ pub fn send(p: &Prepared, req: &PostRequest, token: &str) -> Result<PostDocument
         Ok::<_, anyhow::Error>((c, status))
     })?;
     Ok(PostDocument {
-        document: PostDocument::KIND.into(),
-        version: PostDocument::VERSION,
+        header: Header::of::<PostDocument>(),
         repo: format!("{}/{}", repo.owner, repo.name),
         pr,
         head_run: p.head.id.clone(),
@@ -217,8 +214,7 @@ mod tests {
     #[test]
     fn post_documents_round_trip_and_malformed_ones_are_one_line() {
         let doc = PostDocument {
-            document: PostDocument::KIND.into(),
-            version: PostDocument::VERSION,
+            header: Header::of::<PostDocument>(),
             repo: "octo/saeperf".into(),
             pr: 7,
             head_run: "20260101T010000-bead01".into(),

@@ -28,11 +28,24 @@ pub trait Document: Serialize + DeserializeOwned {
     const VERSION: u32;
 }
 
-#[derive(Deserialize)]
-struct Header {
-    document: Option<String>,
+/// The header every document starts with (`"document": KIND, "version": N`), flattened into each document type.
+/// Read leniently: a document without it is version 0 of its kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
     #[serde(default)]
-    version: u32,
+    pub document: String,
+    #[serde(default)]
+    pub version: u32,
+}
+
+impl Header {
+    /// The header a writer of `D` puts on it.
+    pub fn of<D: Document>() -> Header {
+        Header {
+            document: D::KIND.into(),
+            version: D::VERSION,
+        }
+    }
 }
 
 /// An error's text on one line.
@@ -53,10 +66,10 @@ pub fn parse<D: Document>(text: &str) -> Result<D, DocumentError> {
                 kind: D::KIND,
                 why: format!("its header: {}", one_line(e)),
             })?;
-        if let Some(found) = h.document.filter(|k| k != D::KIND) {
+        if !h.document.is_empty() && h.document != D::KIND {
             return Err(DocumentError::WrongKind {
                 kind: D::KIND,
-                found,
+                found: h.document,
             });
         }
         if h.version > D::VERSION {
@@ -71,9 +84,4 @@ pub fn parse<D: Document>(text: &str) -> Result<D, DocumentError> {
         kind: D::KIND,
         why: one_line(e),
     })
-}
-
-/// The kind of `D`, for `#[serde(default = "kind_of::<D>")]` on a document's `document` field.
-pub fn kind_of<D: Document>() -> String {
-    D::KIND.to_string()
 }

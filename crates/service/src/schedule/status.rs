@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use saeperf_report::status::{JobStatus, StatusReport};
-use saeperf_store::document::Document;
+use saeperf_store::document::Header;
 
 use super::config::{Config, Target};
 use super::scheduler::next_fire;
@@ -12,8 +12,7 @@ use super::state::State;
 pub fn status_report(cfg: &Config, st: &State, pid: Option<u32>) -> StatusReport {
     let now = Utc::now();
     StatusReport {
-        document: StatusReport::KIND.into(),
-        version: StatusReport::VERSION,
+        header: Header::of::<StatusReport>(),
         scheduler_pid: pid,
         generated_at: Some(now),
         state_dir: cfg.state_dir.clone(),
