@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use saeperf_bench::BenchDocument;
+use saeperf_store::{Store, StoreError};
 
 use super::config::Job;
 use super::job;
@@ -315,9 +316,23 @@ impl Scheduler {
         })
     }
 
-    /// The newest store run of `commit` on this machine begun at or after `since` (the run a bench began).
+    /// The newest store run of `commit` on this machine begun at or after `since` (the run a bench began). The
+    /// bench's process group has just exited or been killed, and its lock on the store goes with its last process:
+    /// wait for that a few seconds, even while stopping.
     fn run_begun_since(&self, commit: &str, since: chrono::DateTime<Utc>) -> Option<String> {
-        let store = self.open_store().ok().flatten()?;
+        let t = std::time::Instant::now();
+        let store = loop {
+            match Store::open(&self.cfg.store) {
+                Ok(s) => break s,
+                Err(StoreError::InUse { .. }) if t.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => {
+                    tracing::warn!("cannot open the store to find the bench's run: {e}");
+                    return None;
+                }
+            }
+        };
         job::run_begun_since(&store, commit, &self.fingerprint_id, since)
             .map_err(|e| tracing::warn!("cannot list the store's runs: {e:#}"))
             .ok()
