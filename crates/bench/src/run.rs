@@ -55,8 +55,6 @@ pub struct Device {
     /// What the run records.
     pub backend: RunBackend,
     pub selected: Selected,
-    /// What was chosen and why ("backend: auto chose cpu (CUDA unavailable: …)").
-    pub line: String,
 }
 
 impl Device {
@@ -71,7 +69,6 @@ impl Device {
         Ok(Device {
             backend,
             selected: sel.backend,
-            line: sel.line,
         })
     }
 
@@ -94,8 +91,6 @@ pub struct Prepared {
     /// The store the run is recorded in (open, so locked, for the whole run).
     pub store: Store,
     pub request: BenchRequest,
-    /// Where the suite came from (a path, or `<built-in suite>`).
-    pub suite_path: String,
     pub resolved: ResolvedSuite,
     pub rules: Rules,
     pub device: Device,
@@ -210,7 +205,6 @@ pub fn prepare(
     Ok(Prepared {
         store,
         request: req,
-        suite_path,
         resolved,
         rules,
         device,

@@ -148,14 +148,13 @@ pub fn find_report_baseline(
     if choice.run.is_some() {
         return Ok(choice);
     }
-    let runs = store.list_runs()?;
-    let fallback = runs.into_iter().rev().find(|m| {
+    let fallback = store.newest(|m| {
         m.state == RunState::Complete
             && m.id != head.id
             && same_series(m, head)
             && m.branch.as_deref() == Some(base_branch)
             && (m.started_at, &m.id) < (head.started_at, &head.id)
-    });
+    })?;
     Ok(match fallback {
         Some(m) => BaselineChoice {
             run: Some(m.id),

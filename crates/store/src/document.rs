@@ -61,11 +61,10 @@ pub fn parse<D: Document>(text: &str) -> Result<D, DocumentError> {
             why: one_line(e),
         })?;
     if value.is_object() {
-        let h: Header =
-            serde_json::from_value(value.clone()).map_err(|e| DocumentError::Malformed {
-                kind: D::KIND,
-                why: format!("its header: {}", one_line(e)),
-            })?;
+        let h = Header::deserialize(&value).map_err(|e| DocumentError::Malformed {
+            kind: D::KIND,
+            why: format!("its header: {}", one_line(e)),
+        })?;
         if !h.document.is_empty() && h.document != D::KIND {
             return Err(DocumentError::WrongKind {
                 kind: D::KIND,

@@ -288,6 +288,11 @@ impl Store {
         Ok(Run { meta, results })
     }
 
+    /// The newest run (by id, i.e. start time) that `f` accepts.
+    pub fn newest(&self, f: impl Fn(&RunMeta) -> bool) -> Result<Option<RunMeta>, StoreError> {
+        Ok(self.list_runs()?.into_iter().rev().find(|m| f(m)))
+    }
+
     /// Resolve a user's run reference: a run id or unique prefix, `latest` (newest complete run), or a commit SHA
     /// prefix (newest complete run of that commit). `filter` narrows commit and `latest` lookups (same machine...).
     pub fn resolve(

@@ -239,13 +239,10 @@ fn parse_features(store: &Store, specs: &[String]) -> Result<Vec<FeatureAttach>>
                 Some((run, bench)) => (store.resolve(run, &|_| true)?.id, bench.to_string()),
                 None => {
                     let m = store
-                        .list_runs()?
-                        .into_iter()
-                        .rev()
-                        .find(|m| {
+                        .newest(|m| {
                             m.state == RunState::Complete
                                 && m.benchmarks.iter().any(|b| b == target)
-                        })
+                        })?
                         .with_context(|| {
                             format!("--features {s:?}: no complete run has benchmark {target:?}")
                         })?;

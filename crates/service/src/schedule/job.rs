@@ -95,19 +95,15 @@ pub fn already_benchmarked(
     profile: &str,
     suite_hash: Option<&str>,
 ) -> Result<Option<String>> {
-    Ok(store
-        .list_runs()?
-        .into_iter()
-        .rev()
-        .find(|m| {
-            m.state == RunState::Complete
-                && !m.dirty
-                && m.commit.as_deref() == Some(commit)
-                && m.fingerprint_id == fingerprint_id
-                && m.profile == profile
-                && suite_hash.is_none_or(|h| m.suite_hash == h)
-        })
-        .map(|m| m.id))
+    let run = store.newest(|m| {
+        m.state == RunState::Complete
+            && !m.dirty
+            && m.commit.as_deref() == Some(commit)
+            && m.fingerprint_id == fingerprint_id
+            && m.profile == profile
+            && suite_hash.is_none_or(|h| m.suite_hash == h)
+    })?;
+    Ok(run.map(|m| m.id))
 }
 
 /// The newest run of `commit` on this machine begun at or after `since`, whatever its state: the run a bench
@@ -118,16 +114,12 @@ pub fn run_begun_since(
     fingerprint_id: &str,
     since: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<String>> {
-    Ok(store
-        .list_runs()?
-        .into_iter()
-        .rev()
-        .find(|m| {
-            m.commit.as_deref() == Some(commit)
-                && m.fingerprint_id == fingerprint_id
-                && m.started_at >= since - chrono::Duration::seconds(1)
-        })
-        .map(|m| m.id))
+    let run = store.newest(|m| {
+        m.commit.as_deref() == Some(commit)
+            && m.fingerprint_id == fingerprint_id
+            && m.started_at >= since - chrono::Duration::seconds(1)
+    })?;
+    Ok(run.map(|m| m.id))
 }
 
 fn open_append(p: &Path) -> std::io::Result<std::fs::File> {
