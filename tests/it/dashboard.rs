@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use headless_chrome::protocol::cdp::types::Event;
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions};
-use saeperf_store::Store;
+use saeperf_store::{Run, Store};
 
 use crate::common;
-use crate::report::{commit, meta, Knobs};
+use crate::report::{commit, meta, results, Knobs};
 
 const HOSTILE_BRANCH: &str = "<script>alert(1)</script>";
 const HOSTILE_TOKEN: &str = "<img src=x onerror=alert(2)>";
@@ -231,6 +231,133 @@ fn dashboard_renders_and_every_page_loads_in_headless_chromium() {
         return;
     };
     browse(&chrome, &site);
+}
+
+/// Steps in the main branch's history, end to end: 12 runs of op/encode on main with a +8% step from run 6 on, and a
+/// single +30% outlier of op/decode at run 3, stored in a real sled store and rendered by the real binary. The step is
+/// listed once, at the commit of run 6, on the regressions page and in the feed, and drawn on its series chart; the
+/// outlier is flagged as a per-run regression as before but is not a step. Two more runs at the new level leave the
+/// step's feed entry as it was (reported once).
+#[test]
+fn dashboard_reports_a_step_in_history_once_and_not_a_single_outlier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    let site = tmp.path().join("site");
+    // Run-to-run noise of a few tenths of a percent on top of the samples' own ±1%.
+    const JITTER: [f64; 14] = [
+        0.002, -0.003, 0.001, 0.004, -0.002, 0.0, -0.004, 0.003, -0.001, 0.002, -0.003, 0.001, 0.0,
+        -0.002,
+    ];
+    let id = |i: usize| format!("20260102T{i:02}0000-step{i:02}");
+    let sha = |i: usize| format!("{:040x}", 0x5eed_0000 + i);
+    let store_runs = |range: std::ops::Range<usize>| {
+        let store = Store::open(&db).unwrap();
+        for i in range {
+            let level = if i < 6 { 1.0e-3 } else { 1.08e-3 };
+            let mut rs = results(Knobs {
+                phase: i,
+                encode_time: level * (1.0 + JITTER[i]),
+                ..Knobs::default()
+            });
+            let decode = rs.iter_mut().find(|r| r.name == "op/decode").unwrap();
+            let f = if i == 3 {
+                1.3
+            } else {
+                1.0 + JITTER[(i + 5) % 14]
+            };
+            decode.samples.iter_mut().for_each(|x| *x *= f);
+            let m = meta(&id(i), 24 * 60 + 60 * i as i64, &sha(i), "main", None);
+            store.begin_run(&m).unwrap();
+            store
+                .commit_run(&Run {
+                    meta: m,
+                    results: rs,
+                })
+                .unwrap();
+        }
+    };
+    let build = || -> serde_json::Value {
+        let out = common::ok(
+            common::runner(tmp.path())
+                .arg("--db")
+                .arg(&db)
+                .args(["dashboard", "--json", "--out"])
+                .arg(&site),
+        );
+        serde_json::from_str(&out).unwrap()
+    };
+    let read = |rel: &str| {
+        std::fs::read_to_string(site.join(rel))
+            .unwrap()
+            .replace("&#x2f;", "/")
+    };
+    store_runs(0..12);
+    let summary = build();
+    assert_eq!(summary["runs"], 12, "{summary}");
+    assert_eq!(
+        summary["steps"], 1,
+        "one step, none for the outlier: {summary}"
+    );
+
+    let page = read("regressions.html");
+    let (per_run, steps) = page.split_once("<section id=\"steps\">").unwrap();
+    let steps = steps.split("</section>").next().unwrap();
+    // The per-run regressions are unchanged: the outlier and the step's first run are both flagged there.
+    assert!(per_run.contains("<td>op/decode</td>"), "{per_run}");
+    assert!(per_run.contains("<td>op/encode</td>"), "{per_run}");
+    // The steps section: op/encode once, at run 6 and its commit, +8%; not op/decode.
+    let rows: Vec<&str> = steps.split("<tr>").skip(2).collect();
+    assert_eq!(rows.len(), 1, "{steps}");
+    let row = rows[0];
+    assert!(
+        row.contains("<td>op/encode</td><td>time</td>")
+            && row.contains(&format!("href=\"runs/{}.html\"", id(6)))
+            && row.contains(&sha(6)[..7])
+            && row.contains("regression"),
+        "{row}"
+    );
+    let change: f64 = row
+        .split("<td class=\"num\">")
+        .nth(3)
+        .and_then(|c| c.split('%').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((7.0..9.0).contains(&change), "{row}");
+    assert!(!steps.contains("op/decode"), "{steps}");
+
+    // The feed: one step entry, its id made of the series and run 6.
+    let feed = read("feed.xml");
+    let step_ids: Vec<&str> = feed
+        .split("<id>")
+        .filter_map(|e| e.split("</id>").next())
+        .filter(|e| e.starts_with("urn:saeperf:step:"))
+        .collect();
+    assert_eq!(step_ids.len(), 1, "{feed}");
+    assert!(step_ids[0].ends_with(&format!(":{}", id(6))), "{feed}");
+    assert!(step_ids[0].contains("op_encode"), "{feed}");
+
+    // The series charts: a step line on op/encode time, none on op/decode time.
+    let series_of = |bench: &str| {
+        walk(&site.join("series"))
+            .into_iter()
+            .map(|p| std::fs::read_to_string(p).unwrap().replace("&#x2f;", "/"))
+            .find(|t| t.contains(&format!("<h1>{bench} · time</h1>")))
+            .unwrap()
+    };
+    let encode = series_of("op/encode");
+    assert_eq!(encode.matches("<g class=\"step regression\">").count(), 1);
+    assert!(encode.contains(&format!("href=\"../runs/{}.html\"", id(6))));
+    assert!(!series_of("op/decode").contains("class=\"step "));
+
+    // Two more runs at the new level: the same step, the same feed entry.
+    let first_id = step_ids[0].to_string();
+    store_runs(12..14);
+    let summary = build();
+    assert_eq!(summary["steps"], 1, "{summary}");
+    let feed = read("feed.xml");
+    assert_eq!(feed.matches("urn:saeperf:step:").count(), 1, "{feed}");
+    assert!(feed.contains(&format!("<id>{first_id}</id>")), "{feed}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

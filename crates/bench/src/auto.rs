@@ -1,12 +1,12 @@
 //! `runner bench --baseline auto`: when no stored run of the merge base exists, build the merge base's runner in a
-//! git worktree and measure it here, in the same job — its quality benchmarks once, and every op micro-benchmark
-//! interleaved with the head's (A B A B … in `rounds` chunks, each chunk a fresh `runner bench-ops` child of either
-//! binary), so that clock drift and neighbours hit both sides alike (docs/verdicts.md, "Speed").
+//! git worktree and measure it here, in the same job — its quality benchmarks and counted cost once, and every op
+//! micro-benchmark timed in pairs with the head's by two long-lived workers ([`crate::paired`]), so that clock drift
+//! and neighbours hit both sides alike (docs/verdicts.md, "Paired timing").
 //!
 //! The base binary: `$SAEPERF_AUTO_BASE_RUNNER` if set (a prebuilt runner of the merge base; also how the tests
 //! drive this path without a cargo build), else `cargo build --release -p saeperf-runner` in the worktree
 //! `$SAEPERF_HOME/auto/<commit>` with the shared target dir `$SAEPERF_HOME/auto/target`. The merge base's runner must
-//! know `bench-ops` (every runner since this module landed); an older one gets a clear error.
+//! know `bench-worker` (every runner since paired timing landed); an older one gets a clear error.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,9 +15,12 @@ use anyhow::{bail, Context, Result};
 use saeperf_git::{short, Repo};
 use saeperf_store::{BenchResult, Run, RunBackend};
 
+use saeperf_compare::rules::Rules;
+
 use crate::document::{BenchDocument, OpsDocument};
+use crate::paired::{self, PairReport, Worker};
 use crate::run::{run_ops, Device, Prepared};
-use crate::suite::{BenchSpec, Suite};
+use crate::suite::{BenchSpec, PairSettings, Suite};
 
 /// Environment variable naming a prebuilt runner of the merge base.
 pub const BASE_RUNNER_ENV: &str = "SAEPERF_AUTO_BASE_RUNNER";
@@ -222,79 +225,49 @@ pub fn base_run(base: &AutoBase, o: &AutoOptions) -> Result<Run> {
     Ok(doc.run)
 }
 
-/// Op timings of base and head, interleaved: `rounds` chunks each side, alternating, each chunk `per_chunk` samples.
-pub fn interleaved_ops(
+/// Op timings of base and head, paired (see [`crate::paired`]): one long-lived worker of each build, pairs in random
+/// order within each pair, sequential sampling, confirmation of borderline ops. Returns the base's and the head's op
+/// results, tied together by a pairing token.
+pub fn paired_ops(
     base: &AutoBase,
     o: &AutoOptions,
-    total_samples: usize,
+    specs: &[&BenchSpec],
     warmup: usize,
-    rounds: usize,
-) -> Result<(Vec<BenchResult>, Vec<BenchResult>)> {
-    let per_chunk = total_samples.div_ceil(rounds.max(1)).max(1);
+    settings: &PairSettings,
+    rules: &Rules,
+) -> Result<(Vec<BenchResult>, Vec<BenchResult>, PairReport)> {
     let head_exe = std::env::current_exe().context("locating this runner")?;
-    let common = |c: &mut Command| {
+    let args = |c: &mut Command| {
         c.args([
-            "bench-ops",
+            "--quiet",
+            "bench-worker",
             "--profile",
             &o.profile,
             "--backend",
             o.backend.as_str(),
-        ]);
-        c.args([
-            "--samples",
-            &per_chunk.to_string(),
-            "--warmup",
-            &warmup.to_string(),
         ]);
         if let Some(f) = &o.filter {
             c.args(["--filter", f]);
         }
         c.args(suite_arg(o));
     };
-    let parse = |out: std::process::Output, who: &str| -> Result<Vec<BenchResult>> {
-        if !out.status.success() {
-            bail!(
-                "{who} `runner bench-ops` failed ({}): {} (a merge base older than --baseline auto cannot be timed \
-                 this way; run `runner bench` on it and store the run instead)",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-            );
-        }
-        OpsDocument::parse(&String::from_utf8_lossy(&out.stdout))
-            .map(|d| d.results)
-            .with_context(|| format!("{who} bench-ops output"))
+    let mut start = |base_first: bool| -> Result<(Worker, Worker)> {
+        let mut bc = base_cmd(base);
+        args(&mut bc);
+        let mut hc = Command::new(&head_exe);
+        hc.env_remove(BASE_RUNNER_ENV);
+        args(&mut hc);
+        Ok(if base_first {
+            let b = Worker::start(bc, "the merge base's")?;
+            (b, Worker::start(hc, "this build's")?)
+        } else {
+            let h = Worker::start(hc, "this build's")?;
+            (Worker::start(bc, "the merge base's")?, h)
+        })
     };
-    let mut acc: [Vec<BenchResult>; 2] = [vec![], vec![]];
-    for _ in 0..rounds.max(1) {
-        for (side, acc_side) in acc.iter_mut().enumerate() {
-            let mut c = if side == 0 {
-                base_cmd(base)
-            } else {
-                Command::new(&head_exe)
-            };
-            common(&mut c);
-            c.env_remove(BASE_RUNNER_ENV);
-            let out = parse(
-                c.output().context("starting bench-ops")?,
-                if side == 0 {
-                    "the merge base's"
-                } else {
-                    "this"
-                },
-            )?;
-            if acc_side.is_empty() {
-                *acc_side = out;
-            } else {
-                for (dst, src) in acc_side.iter_mut().zip(out) {
-                    dst.samples.extend(src.samples);
-                    dst.yardstick.extend(src.yardstick);
-                    if !src.status.is_ok() {
-                        dst.status = src.status;
-                    }
-                }
-            }
-        }
-    }
-    let [b, h] = acc;
-    Ok((b, h))
+    let token = format!("auto-{}-{}", short(&base.commit), chrono::Utc::now().timestamp_micros());
+    let seed = chrono::Utc::now().timestamp_micros() as u64;
+    let (pairs, report, ready) = paired::time_pairs(&mut start, warmup, settings, rules, seed)?;
+    let (b, h) = paired::results(&pairs, specs, (&ready.0, &ready.1), &token);
+    Ok((b, h, report))
 }

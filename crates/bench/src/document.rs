@@ -302,6 +302,7 @@ mod tests {
             change: Some(0.5),
             threshold: None,
             p: None,
+            detectable: None,
             verdict,
             detail: "d".into(),
         }

@@ -4,6 +4,8 @@
 //! - [`run`]: `runner bench` in named steps, prepare → execute → judge, on a backend opened once per run;
 //! - [`ops`], [`train`], [`kernels`]: the op micro-benchmarks (timed in rounds next to a yardstick), the training
 //!   benchmarks (reference dictionaries and the pruning variant), the kernel benchmarks (ptxas resources, CUDA ops);
+//! - [`count`]: counted cost (instructions, estimated cycles) of ops and training steps under Valgrind;
+//! - [`paired`]: paired timing of two builds by long-lived workers (`runner bench-worker`);
 //! - [`auto`]: `--baseline auto`, the merge base built in a worktree and timed interleaved with the head;
 //! - [`document`]: the versioned documents `runner bench --json` and `runner bench-ops` write and their readers;
 //! - [`table`]: the run as a table for people; [`synthetic`]: synthetic stores for measuring compare on big histories.
@@ -11,9 +13,11 @@
 //! The store is handed in by the caller; this crate never chooses where it lives.
 
 pub mod auto;
+pub mod count;
 pub mod document;
 pub mod kernels;
 pub mod ops;
+pub mod paired;
 pub mod run;
 pub mod suite;
 pub mod synthetic;

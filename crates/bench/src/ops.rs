@@ -8,9 +8,11 @@
 //! not depend on saeperf's code ([`yardstick`]). The comparison divides one by the other, so load from other processes
 //! (the main noise on shared machines) cancels out (docs/verdicts.md, "Speed").
 //!
-//! `SAEPERF_INJECT_SLOWDOWN=<fraction>` (e.g. 0.1) makes every timed iteration busy-wait for that fraction of its own
-//! duration inside the timed region. It exists only to measure the detector (tests and the false-alarm / power
-//! numbers); it is read here and nowhere else, and never affects training or metrics.
+//! `SAEPERF_INJECT_SLOWDOWN=<fraction>` (e.g. 0.03) makes every op do that fraction more of its own real work: each
+//! call also runs the same op on inputs with that fraction of the features (the same batch, d_in and firing density;
+//! every op's cost is proportional to the dictionary size). Time and counted cost
+//! both see it, as they would see a real regression. It exists only to measure the detector (`runner calibrate`, the
+//! tests); it is read here and nowhere else, and never affects training or metrics.
 
 use std::time::Instant;
 
@@ -32,6 +34,17 @@ fn injected_slowdown() -> Result<f64> {
     }
 }
 
+/// Firing features per token in the codes the ops read (decode, backward, reduce): the sparse path of a trained
+/// dictionary at the reference shape.
+const FIRING: usize = 32;
+
+/// The shape of the injected extra work, `frac` of the op's own: the same batch and d_in with `frac` of the
+/// features (every op's cost is proportional to the dictionary size, packing of the weights included; scaling the
+/// batch instead would leave the per-weight costs of backward and adam whole).
+fn injected_shape(s: Shape, frac: f64) -> Shape {
+    Shape::new(s.batch, s.d_in, ((s.d_sae as f64 * frac).round() as usize).max(1))
+}
+
 /// One op at one shape on one backend, with its inputs and outputs allocated once.
 pub struct OpBench<'a, B: Backend> {
     be: &'a B,
@@ -50,12 +63,25 @@ pub struct OpBench<'a, B: Backend> {
     dead: Vec<usize>,
     dirs: Vec<f32>,
     step: u64,
-    slow: f64,
+    /// The injected extra work (see the module doc).
+    extra: Option<Box<OpBench<'a, B>>>,
 }
 
 impl<'a, B: Backend> OpBench<'a, B> {
-    /// Allocate deterministic inputs for `op` at `s`.
+    /// Allocate deterministic inputs for `op` at `s` (and for the injected extra work, if any).
     pub fn new(be: &'a B, op: Op, s: Shape) -> Result<Self> {
+        let frac = injected_slowdown()?;
+        let mut b = Self::plain(be, op, s, FIRING)?;
+        if frac > 0.0 {
+            let x = injected_shape(s, frac);
+            // The same firing density as the op's own codes.
+            let firing = ((FIRING * x.d_sae) as f64 / s.d_sae.max(1) as f64).round().max(1.0) as usize;
+            b.extra = Some(Box::new(Self::plain(be, op, x, firing)?));
+        }
+        Ok(b)
+    }
+
+    fn plain(be: &'a B, op: Op, s: Shape, firing: usize) -> Result<Self> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5ae);
         let up = |v: &[f32]| {
             be.upload(v)
@@ -90,7 +116,7 @@ impl<'a, B: Backend> OpBench<'a, B> {
             m: zeros()?,
             v: zeros()?,
             x: up(&randn(&mut rng, s.batch * s.d_in, 1.0))?,
-            f: up(&sparse_codes(&mut rng, s, 32))?,
+            f: up(&sparse_codes(&mut rng, s, firing))?,
             xhat: up(&randn(&mut rng, s.batch * s.d_in, 1.0))?,
             out_f: be.zeros(s.batch * s.d_sae)?,
             out_x: be.zeros(s.batch * s.d_in)?,
@@ -98,11 +124,21 @@ impl<'a, B: Backend> OpBench<'a, B> {
             dead,
             dirs,
             step: 0,
-            slow: injected_slowdown()?,
+            extra: None,
         })
     }
 
-    fn call(&mut self) -> Result<()> {
+    /// One call of the op (and of the injected extra work): the work a sample times and a count counts.
+    pub fn call(&mut self) -> Result<()> {
+        self.call_one()
+            .with_context(|| format!("op {} at {:?}", self.op, self.s))?;
+        if let Some(x) = &mut self.extra {
+            x.call_one()?;
+        }
+        Ok(())
+    }
+
+    fn call_one(&mut self) -> Result<()> {
         let (be, s) = (self.be, self.s);
         match self.op {
             Op::Encode => be.encode(s, Activation::Relu, &self.x, &self.p, &mut self.out_f)?,
@@ -139,14 +175,7 @@ impl<'a, B: Backend> OpBench<'a, B> {
     /// One timed iteration, in seconds.
     pub fn sample(&mut self) -> Result<f64> {
         let t = Instant::now();
-        self.call()
-            .with_context(|| format!("op {} at {:?}", self.op, self.s))?;
-        if self.slow > 0.0 {
-            let target = t.elapsed().mul_f64(1.0 + self.slow);
-            while t.elapsed() < target {
-                std::hint::spin_loop();
-            }
-        }
+        self.call()?;
         Ok(t.elapsed().as_secs_f64())
     }
 }

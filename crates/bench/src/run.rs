@@ -23,10 +23,8 @@ use crate::auto::{self, AutoBase};
 use crate::document::BenchDocument;
 use crate::suite::{BenchSpec, ResolvedSuite, Suite};
 use crate::train::DataCtx;
+use crate::count::{self, CountRequest, Counted};
 use crate::{kernels, ops, train};
-
-/// Rounds of A/B chunks for `--baseline auto`.
-const AUTO_ROUNDS: usize = 4;
 
 /// What to run, as checked values (the command line builds it from its flags).
 #[derive(Debug, Clone)]
@@ -47,6 +45,8 @@ pub struct BenchRequest {
     pub branch: Option<String>,
     /// Run no op micro-benchmarks (the merge base's once-through run of `--baseline auto`).
     pub skip_ops: bool,
+    /// Record counted cost (instructions, est_cycles) under Valgrind where it is installed.
+    pub count: bool,
     pub progress: bool,
 }
 
@@ -334,8 +334,15 @@ pub fn execute(p: &Prepared) -> Result<Executed> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    let counted = if p.request.count {
+        pb.set_message("counted cost under Valgrind (one thread)".to_string());
+        count_run(p)
+    } else {
+        Counted::new()
+    };
     let mut results = Vec::with_capacity(p.resolved.benches.len());
-    let mut save = |r: BenchResult, pb: &indicatif::ProgressBar| -> Result<()> {
+    let mut save = |mut r: BenchResult, pb: &indicatif::ProgressBar| -> Result<()> {
+        count::merge(std::slice::from_mut(&mut r), &counted);
         if !r.status.is_ok() {
             pb.suspend(|| match &r.status {
                 BenchStatus::Failed(why) => eprintln!("{}: failed: {why}", r.name),
@@ -364,16 +371,35 @@ pub fn execute(p: &Prepared) -> Result<Executed> {
         ));
         let opts = auto::AutoOptions::of(p);
         let mut brun = pb.suspend(|| auto::base_run(base, &opts))?;
-        if let Some(BenchSpec::Op {
-            samples, warmup, ..
-        }) = op_specs.first()
-        {
-            pb.set_message("op micro-benchmarks, base and head interleaved".to_string());
-            let (b_ops, h_ops) =
-                auto::interleaved_ops(base, &opts, *samples, *warmup, AUTO_ROUNDS)?;
+        if let Some(BenchSpec::Op { warmup, .. }) = op_specs.first() {
+            let base_counts = if p.request.count && !counted.is_empty() {
+                pb.set_message("the merge base's ops: counted cost".to_string());
+                count_base_ops(p, base)
+            } else {
+                Counted::new()
+            };
+            pb.set_message("op micro-benchmarks, base and head in pairs".to_string());
+            let (mut b_ops, h_ops, report) = auto::paired_ops(
+                base,
+                &opts,
+                &op_specs,
+                *warmup,
+                &p.resolved.paired,
+                &p.rules,
+            )?;
+            tracing::info!(secs = report.secs, budget_spent = report.budget_spent, "paired timing done");
+            if report.budget_spent {
+                pb.suspend(|| {
+                    eprintln!(
+                        "paired timing: the {:.0} s budget ran out; some ops have fewer pairs (see their detectable change)",
+                        p.resolved.paired.budget_secs
+                    )
+                });
+            }
             for r in h_ops {
                 save(r, &pb)?;
             }
+            count::merge(&mut b_ops, &base_counts);
             brun.results.retain(|r| r.kind != BenchKind::Op);
             brun.results.extend(b_ops);
         }
@@ -396,6 +422,59 @@ pub fn execute(p: &Prepared) -> Result<Executed> {
     Ok(Executed {
         head,
         auto_base_run,
+    })
+}
+
+/// The counted cost of this run's benchmarks (CPU backends only), or nothing with a one-line note saying why.
+fn count_run(p: &Prepared) -> Counted {
+    if !matches!(p.device.selected, Selected::Cpu(_)) {
+        eprintln!("counted cost skipped: it counts the CPU backends' work, and this run uses {}", p.device.backend);
+        return Counted::new();
+    }
+    if let Some(why) = count::unavailable() {
+        eprintln!("counted cost skipped: {why}");
+        return Counted::new();
+    }
+    let req = CountRequest {
+        suite: p.request.suite.clone(),
+        profile: Some(p.resolved.profile.clone()),
+        filter: p.request.filter.clone(),
+        backend: p.device.backend,
+        only_ops: false,
+        skip_ops: p.request.skip_ops,
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("counted cost skipped: cannot locate this runner ({e})");
+            return Counted::new();
+        }
+    };
+    count::count(&exe, None, &req, &[]).unwrap_or_else(|e| {
+        eprintln!("counted cost skipped: {}", format!("{e:#}").replace('\n', " "));
+        Counted::new()
+    })
+}
+
+/// The merge base's op counts for `--baseline auto` (its runner, its worktree, never the injected slowdown).
+fn count_base_ops(p: &Prepared, base: &AutoBase) -> Counted {
+    let req = CountRequest {
+        suite: p.request.suite.clone(),
+        profile: Some(p.resolved.profile.clone()),
+        filter: p.request.filter.clone(),
+        backend: p.device.backend,
+        only_ops: true,
+        skip_ops: false,
+    };
+    count::count(
+        &base.runner,
+        base.workdir.as_deref(),
+        &req,
+        &[ops::INJECT_ENV, "SAEPERF_DB", auto::BASE_RUNNER_ENV],
+    )
+    .unwrap_or_else(|e| {
+        eprintln!("the merge base's counted cost skipped: {}", format!("{e:#}").replace('\n', " "));
+        Counted::new()
     })
 }
 

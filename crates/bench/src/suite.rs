@@ -239,6 +239,106 @@ pub struct Suite {
     pub speed: Option<SpeedRule>,
     #[serde(default)]
     pub metrics: BTreeMap<String, MetricRule>,
+    /// How counted cost is measured (docs/verdicts.md, "Counted cost").
+    #[serde(default)]
+    pub count: CountSettings,
+    /// How paired, interleaved timing samples (docs/verdicts.md, "Paired timing").
+    #[serde(default)]
+    pub paired: PairSettings,
+}
+
+/// `[count]`: the scale at which Valgrind counts each benchmark's work (counting runs 50–100× slower than native).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountSettings {
+    /// Ops are counted with their batch capped at this (their cost is linear in the batch).
+    #[serde(default = "default_count_batch")]
+    pub batch: usize,
+    /// Training benchmarks are counted over this many steps…
+    #[serde(default = "default_count_steps")]
+    pub train_steps: usize,
+    /// …with their batch capped at this.
+    #[serde(default = "default_count_train_batch")]
+    pub train_batch: usize,
+}
+
+fn default_count_batch() -> usize {
+    32
+}
+fn default_count_steps() -> usize {
+    4
+}
+fn default_count_train_batch() -> usize {
+    256
+}
+
+impl Default for CountSettings {
+    fn default() -> Self {
+        CountSettings {
+            batch: default_count_batch(),
+            train_steps: default_count_steps(),
+            train_batch: default_count_train_batch(),
+        }
+    }
+}
+
+/// `[paired]`: sequential sampling of base/head blocks when both sides run in one job. A block gives both workers
+/// fresh inputs (a new draw of the memory layout, whose effect on a memory-bound op is several percent per
+/// allocation), then takes `pairs_per_block` pairs; the verdict is over blocks (docs/verdicts.md, "Paired timing").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairSettings {
+    /// Pairs per block.
+    #[serde(default = "default_pairs_per_block")]
+    pub pairs_per_block: usize,
+    /// Both workers are restarted after this many rounds (one block of every op still sampling), the side that
+    /// starts first alternating.
+    #[serde(default = "default_rounds_per_process")]
+    pub rounds_per_process: usize,
+    /// Blocks every op gets before its interval is looked at.
+    #[serde(default = "default_min_blocks")]
+    pub min_blocks: usize,
+    /// An op stops at this many blocks even if its interval is still wide.
+    #[serde(default = "default_max_blocks")]
+    pub max_blocks: usize,
+    /// Sampling of an op stops once its detectable change is at most this (relative, e.g. 0.03).
+    #[serde(default = "default_target")]
+    pub target: f64,
+    /// Wall-clock budget of the timing phase, all ops together (seconds); confirmation gets up to half as much again.
+    #[serde(default = "default_budget")]
+    pub budget_secs: f64,
+}
+
+fn default_pairs_per_block() -> usize {
+    4
+}
+fn default_rounds_per_process() -> usize {
+    3
+}
+fn default_min_blocks() -> usize {
+    10
+}
+fn default_max_blocks() -> usize {
+    80
+}
+fn default_target() -> f64 {
+    0.03
+}
+fn default_budget() -> f64 {
+    150.0
+}
+
+impl Default for PairSettings {
+    fn default() -> Self {
+        PairSettings {
+            pairs_per_block: default_pairs_per_block(),
+            rounds_per_process: default_rounds_per_process(),
+            min_blocks: default_min_blocks(),
+            max_blocks: default_max_blocks(),
+            target: default_target(),
+            budget_secs: default_budget(),
+        }
+    }
 }
 
 fn default_profile() -> String {
@@ -288,6 +388,8 @@ pub struct ResolvedSuite {
     pub profile: String,
     pub seeds: usize,
     pub synthetic_tokens: usize,
+    pub count: CountSettings,
+    pub paired: PairSettings,
     pub data: BTreeMap<String, DataSpec>,
     pub benches: Vec<BenchSpec>,
 }
@@ -459,6 +561,16 @@ impl Suite {
                 return bad("speed.alpha must be in (0, 1)".into());
             }
         }
+        let (c, pr) = (&self.count, &self.paired);
+        if c.batch == 0 || c.train_steps == 0 || c.train_batch == 0 {
+            return bad("count.batch, count.train_steps and count.train_batch must be positive".into());
+        }
+        if pr.min_blocks < 3 || pr.max_blocks < pr.min_blocks || pr.pairs_per_block == 0 {
+            return bad("paired.min_blocks must be at least 3, paired.max_blocks at least min_blocks, and paired.pairs_per_block positive".into());
+        }
+        if !(pr.target > 0.0 && pr.budget_secs > 0.0) {
+            return bad("paired.target and paired.budget_secs must be positive".into());
+        }
         Ok(())
     }
 
@@ -575,6 +687,8 @@ impl Suite {
             profile: pname.to_string(),
             seeds: p.seeds,
             synthetic_tokens: p.synthetic_tokens,
+            count: self.count,
+            paired: self.paired,
             data: data.collect(),
             benches,
         })

@@ -101,6 +101,11 @@ impl DataCtx {
         Ok(DataCtx { sets, skipped })
     }
 
+    /// An opened set by name.
+    pub fn set(&self, name: &str) -> Option<&ActivationSet> {
+        self.sets.get(name).and_then(|s| s.as_ref().ok())
+    }
+
     /// Set name -> SHA-256, for the run's metadata.
     pub fn digests(&self) -> BTreeMap<String, String> {
         self.sets
@@ -116,7 +121,7 @@ impl DataCtx {
 
 /// The training configuration of a suite entry at `seed`: the entry's values over the defaults, through the same
 /// builder `runner train` uses.
-fn train_config(t: &TrainSpec, seed: u64) -> TrainConfig {
+pub(crate) fn train_config(t: &TrainSpec, seed: u64) -> TrainConfig {
     TrainConfig::with_overrides(
         "synthetic",
         &TrainOverrides {

@@ -14,9 +14,11 @@
 pub mod baseline;
 pub mod format;
 pub mod history;
+pub mod paired;
 pub mod rules;
 pub mod series;
 pub mod stats;
+pub mod steps;
 
 use std::collections::BTreeMap;
 
@@ -80,8 +82,86 @@ pub struct Row {
     pub threshold: Option<f64>,
     /// Mann–Whitney p-value (speed rows with enough samples).
     pub p: Option<f64>,
+    /// The smallest relative change this comparison could have detected (docs/verdicts.md, "The detectable change"):
+    /// speed rows with the rank test, from the samples' own dispersion at `alpha` and 95% power, never below the
+    /// threshold; speed rows judged by the fence alone, the threshold; deterministic quality rows with a mainly
+    /// relative tolerance, the tolerance relative to the base value. None: not judged, nothing detectable, or no
+    /// relative statement (a seed band, an absolute tolerance, a zero base).
+    #[serde(default)]
+    pub detectable: Option<f64>,
     pub verdict: Verdict,
     pub detail: String,
+}
+
+/// A relative change as a percentage for people: one decimal, two below 1%.
+fn pct(x: f64) -> String {
+    if x.abs() < 0.01 {
+        format!("{:.2}%", x * 100.0)
+    } else {
+        format!("{:.1}%", x * 100.0)
+    }
+}
+
+impl Row {
+    /// What the row could see, in words: a quiet speed row "no change ≥ 1.8% (could detect ±1.8%)", a significant
+    /// one "+6.2% (could detect ±1.8%)", an unjudged one "not judged"; a quality row its relative tolerance
+    /// "±0.10%". None where there is nothing to say (new, missing, failed rows; quality rows without a relative
+    /// tolerance).
+    pub fn detectable_text(&self) -> Option<String> {
+        if self.metric != "time" {
+            return self.detectable.map(|d| format!("±{}", pct(d)));
+        }
+        match (self.verdict, self.detectable) {
+            (Verdict::Noise, Some(d)) => {
+                Some(format!("no change ≥ {} (could detect ±{})", pct(d), pct(d)))
+            }
+            (Verdict::Noise, None) => Some("not judged".into()),
+            (Verdict::Regression | Verdict::Improvement, Some(d)) => Some(format!(
+                "{}{} (could detect ±{})",
+                if self.change.unwrap_or(0.0) >= 0.0 {
+                    "+"
+                } else {
+                    "-"
+                },
+                pct(self.change.unwrap_or(0.0).abs()),
+                pct(d)
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// One line on the quiet speed rows (metric `time`, verdict noise): how many, and the largest change one of them
+/// could have missed, e.g. "6 quiet speed rows; the least sensitive could detect ±4.1%". None without quiet rows.
+pub fn quiet_speed_summary(rows: &[Row]) -> Option<String> {
+    let quiet: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.metric == "time" && r.verdict == Verdict::Noise)
+        .collect();
+    if quiet.is_empty() {
+        return None;
+    }
+    let judged: Vec<f64> = quiet.iter().filter_map(|r| r.detectable).collect();
+    let unjudged = quiet.len() - judged.len();
+    let mut s = match judged.iter().copied().reduce(f64::max) {
+        Some(d) if judged.len() == 1 => format!("1 quiet speed row; it could detect ±{}", pct(d)),
+        Some(d) => format!(
+            "{} quiet speed rows; the least sensitive could detect ±{}",
+            judged.len(),
+            pct(d)
+        ),
+        None => String::new(),
+    };
+    if unjudged > 0 {
+        if !s.is_empty() {
+            s.push_str("; ");
+        }
+        s.push_str(&format!(
+            "{unjudged} speed row{} not judged (too few samples, or no history fence)",
+            if unjudged == 1 { "" } else { "s" }
+        ));
+    }
+    Some(s)
 }
 
 /// A whole comparison.
@@ -136,6 +216,7 @@ pub fn judge_speed(bench: &str, base: &[f64], head: &[f64], history: &[f64], rul
         change: None,
         threshold: None,
         p: None,
+        detectable: None,
         verdict: Verdict::Noise,
         detail: String::new(),
     };
@@ -177,6 +258,19 @@ pub fn judge_speed(bench: &str, base: &[f64], head: &[f64], history: &[f64], rul
             base.len(),
             head.len()
         );
+        // The smallest change the test detects with 95% power, from the samples' own dispersion; none when even
+        // completely separated samples cannot reach alpha.
+        if stats::min_rank_p(base.len(), head.len()) < s.alpha {
+            row.detectable =
+                stats::log_se(base, head).map(|se| stats::detectable_change(se, s.alpha, t));
+        } else {
+            row.detail.push_str(&format!(
+                "; with n={}/{} the rank test cannot reach alpha {}: no change is detectable",
+                base.len(),
+                head.len(),
+                s.alpha
+            ));
+        }
         mw.p < s.alpha && r.abs() >= t
     } else if fence.is_none() {
         // One timing a side on a shared machine is mostly noise: without a learned fence it is shown, not judged.
@@ -187,6 +281,7 @@ pub fn judge_speed(bench: &str, base: &[f64], head: &[f64], history: &[f64], rul
         );
         false
     } else {
+        row.detectable = Some(t);
         row.detail = format!(
             "too few samples for a rank test (n={}/{}): history fence alone, threshold {:.1}%",
             base.len(),
@@ -247,6 +342,7 @@ pub fn judge_metric(
         change: None,
         threshold: None,
         p: None,
+        detectable: None,
         verdict: Verdict::Noise,
         detail: String::new(),
     };
@@ -272,6 +368,7 @@ pub fn judge_metric(
         return row;
     }
     let seeds_b = base.metric_seeds.get(metric).filter(|v| v.len() >= 2);
+    let band = seeds_b.is_some() && !(base.deterministic && head.deterministic);
     let (center, half, how) = match seeds_b {
         Some(v) if !(base.deterministic && head.deterministic) => {
             let (m, sd) = mean_sd(v);
@@ -297,6 +394,15 @@ pub fn judge_metric(
         _ => h,
     };
     row.threshold = Some(half);
+    // A deterministic value moving beyond the tolerance is always flagged: where the tolerance is mainly relative
+    // (rel_tol·|base| ≥ abs_tol), that relative tolerance is what the row could detect. An absolute tolerance (the
+    // dead fraction's 0.001) has no relative meaning, and a seed band makes no such promise (a shift of its
+    // half-width is caught about half the time).
+    row.detectable = (!band
+        && center.is_finite()
+        && rule.rel_tol * center.abs() >= rule.abs_tol
+        && center != 0.0)
+        .then(|| half / center.abs());
     let diff = h_val - center;
     row.detail = format!("{how} = ±{half:.3e}");
     if diff.abs() <= half || rule.direction == Direction::None {
@@ -348,6 +454,7 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
                 change: None,
                 threshold: None,
                 p: None,
+                detectable: None,
                 verdict: if h.status.is_ok() {
                     Verdict::New
                 } else {
@@ -366,6 +473,7 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
                 change: None,
                 threshold: None,
                 p: None,
+                detectable: None,
                 verdict: Verdict::Failed,
                 detail: status_text(h),
             });
@@ -379,7 +487,25 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
             ));
         }
         let same_fp = base.meta.fingerprint_id == head.meta.fingerprint_id;
-        if same_fp && !h.samples.is_empty() {
+        if same_fp && paired::token(b).is_some() && paired::token(b) == paired::token(h) {
+            let mut row = paired::judge_paired(&h.name, &b.samples, &h.samples, rules);
+            if let Some(c) = paired::confirmation(h) {
+                row.detail = format!("{}; {c}", row.detail);
+            }
+            rows.push(row);
+        } else if same_fp
+            && !h.samples.is_empty()
+            && paired::token(b).is_some() != paired::token(h).is_some()
+        {
+            // Paired samples are block means from a long-lived worker, unpaired ones single iterations in rounds:
+            // the two methods differ by more than the changes sought, so they are shown, never judged.
+            let mut row = judge_speed(&h.name, &b.samples, &h.samples, &[], rules);
+            row.verdict = Verdict::Noise;
+            row.p = None;
+            row.detectable = None;
+            row.detail = "timed by different methods (one side paired, the other in rounds): not judged".into();
+            rows.push(row);
+        } else if same_fp && !h.samples.is_empty() {
             let norm = match (b.normalized(), h.normalized()) {
                 // Use the yardstick only where it explains noise: the normalized samples must be less dispersed.
                 (Some(nb), Some(nh)) if rcv(&nb) + rcv(&nh) < rcv(&b.samples) + rcv(&h.samples) => {
@@ -435,6 +561,7 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
                 change: None,
                 threshold: None,
                 p: None,
+                detectable: None,
                 verdict: Verdict::Missing,
                 detail: "in the base run, not in the head run".into(),
             });
@@ -529,6 +656,7 @@ pub fn render(c: &Comparison, all: bool) -> String {
         "head",
         "change",
         "verdict",
+        "detectable",
         "detail",
     ]);
     let mut hidden = BTreeMap::<&str, usize>::new();
@@ -546,6 +674,7 @@ pub fn render(c: &Comparison, all: bool) -> String {
                 .map(|c| format!("{:+.2}%", c * 100.0))
                 .unwrap_or_else(|| "-".into()),
             r.verdict.as_str().to_string(),
+            r.detectable_text().unwrap_or_else(|| "-".into()),
             r.detail.clone(),
         ]);
     }
@@ -573,6 +702,9 @@ pub fn render(c: &Comparison, all: bool) -> String {
     if !hidden.is_empty() {
         let parts: Vec<String> = hidden.iter().map(|(k, n)| format!("{n} {k}")).collect();
         s.push_str(&format!("not shown: {} (use --all)\n", parts.join(", ")));
+    }
+    if let Some(q) = quiet_speed_summary(&c.rows) {
+        s.push_str(&format!("{q}\n"));
     }
     for n in &c.notes {
         s.push_str(&format!("note: {n}\n"));
@@ -680,6 +812,106 @@ mod tests {
         assert_eq!(row.verdict, Verdict::Regression);
     }
 
+    #[test]
+    fn detectable_change_of_speed_rows() {
+        let rules = Rules::default();
+        let d = |n: usize, noise: f64| {
+            judge_speed(
+                "op",
+                &samples(1, n, 1e-3, noise),
+                &samples(2, n, 1e-3, noise),
+                &[],
+                &rules,
+            )
+            .detectable
+            .unwrap()
+        };
+        // Shrinks as n grows, grows with dispersion; never below the 5% minimum threshold.
+        assert!(
+            d(80, 0.05) < d(20, 0.05) && d(20, 0.05) < d(10, 0.05),
+            "{} {} {}",
+            d(80, 0.05),
+            d(20, 0.05),
+            d(10, 0.05)
+        );
+        assert!(d(20, 0.1) > d(20, 0.05) && d(20, 0.05) > d(20, 0.02));
+        assert!(d(20, 0.0001) >= 0.05);
+        // Equals the formula on the samples' own logs.
+        let (b, h) = (samples(3, 20, 1e-3, 0.04), samples(4, 20, 1e-3, 0.04));
+        let row = judge_speed("op", &b, &h, &[], &rules);
+        let logs = |xs: &[f64]| xs.iter().map(|x| x.ln()).collect::<Vec<_>>();
+        let s = |xs: &[f64]| {
+            let l = logs(xs);
+            let m = stats::median(&l).unwrap();
+            1.4826 * stats::median(&l.iter().map(|x| (x - m).abs()).collect::<Vec<_>>()).unwrap()
+        };
+        let se = (s(&b).powi(2) / 20.0 + s(&h).powi(2) / 20.0).sqrt();
+        let want = stats::detectable_change(se, rules.speed.alpha, 0.05);
+        assert!((row.detectable.unwrap() - want).abs() < 1e-12);
+        // A quiet row says what it could have seen.
+        assert_eq!(row.verdict, Verdict::Noise);
+        let text = row.detectable_text().unwrap();
+        assert!(
+            text.starts_with("no change ≥ ") && text.contains("could detect ±"),
+            "{text}"
+        );
+        // A regression shows its change and the same sensitivity.
+        let row = judge_speed("op", &b, &samples(5, 20, 1.3e-3, 0.04), &[], &rules);
+        assert_eq!(row.verdict, Verdict::Regression);
+        let text = row.detectable_text().unwrap();
+        assert!(
+            text.starts_with('+') && text.contains("(could detect ±"),
+            "{text}"
+        );
+        // 6 samples a side cannot reach alpha 0.002: nothing is detectable.
+        let row = judge_speed(
+            "op",
+            &samples(1, 6, 1e-3, 0.01),
+            &samples(2, 6, 1e-3, 0.01),
+            &[],
+            &rules,
+        );
+        assert_eq!(row.detectable, None);
+        assert!(
+            row.detail.contains("no change is detectable"),
+            "{}",
+            row.detail
+        );
+        // Single samples: not judged without a fence; with one, the threshold itself.
+        let row = judge_speed("train", &[10.0], &[10.0], &[], &rules);
+        assert_eq!(
+            (row.detectable, row.detectable_text().as_deref()),
+            (None, Some("not judged"))
+        );
+        let quiet: Vec<f64> = (0..31).map(|i| 10.0 + (i % 2) as f64 * 0.1).collect();
+        let row = judge_speed("train", &[10.0], &[11.0], &quiet, &rules);
+        assert_eq!(row.detectable, row.threshold);
+        assert_eq!(
+            row.detectable_text().unwrap(),
+            "no change ≥ 25.0% (could detect ±25.0%)"
+        );
+        // The summary line over quiet rows.
+        let rows = [
+            judge_speed("op", &b, &h, &[], &rules),
+            judge_speed("train", &[10.0], &[10.0], &[], &rules),
+        ];
+        let line = quiet_speed_summary(&rows).unwrap();
+        assert!(
+            line.starts_with("1 quiet speed row; it could detect ±")
+                && line.ends_with("1 speed row not judged (too few samples, or no history fence)"),
+            "{line}"
+        );
+        // A deterministic quality row: its tolerance relative to the base.
+        let b = result(&[("mse", 0.1)]);
+        let row = judge_metric("relu", "mse", &b, &b, &rules.metrics["mse"]);
+        assert!((row.detectable.unwrap() - (1e-6 + 1e-4) / 0.1).abs() < 1e-12);
+        assert_eq!(row.detectable_text().unwrap(), "±0.10%");
+        // Older documents without the field still parse.
+        let mut v = serde_json::to_value(&row).unwrap();
+        v.as_object_mut().unwrap().remove("detectable");
+        assert_eq!(serde_json::from_value::<Row>(v).unwrap().detectable, None);
+    }
+
     fn result(metrics: &[(&str, f64)]) -> BenchResult {
         BenchResult {
             name: "relu".into(),
@@ -752,6 +984,7 @@ mod tests {
             change: None,
             threshold: None,
             p: None,
+            detectable: None,
             verdict: v,
             detail: String::new(),
         };

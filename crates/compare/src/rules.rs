@@ -69,6 +69,14 @@ pub struct SpeedRule {
     pub min_samples: usize,
     #[serde(default = "default_single")]
     pub single_sample_threshold: f64,
+    /// Paired timing (base and head side by side in one job): the change must reach this, and the Wilcoxon
+    /// signed-rank test reject at `alpha` (docs/verdicts.md, "Paired timing").
+    #[serde(default = "default_paired_threshold")]
+    pub paired_threshold: f64,
+}
+
+fn default_paired_threshold() -> f64 {
+    0.02
 }
 
 fn default_alpha() -> f64 {
@@ -103,6 +111,7 @@ impl Default for SpeedRule {
             floor: default_floor(),
             min_samples: default_min_samples(),
             single_sample_threshold: default_single(),
+            paired_threshold: default_paired_threshold(),
         }
     }
 }
@@ -150,6 +159,9 @@ impl Default for Rules {
         metrics.insert("kernel.*.spill_bytes".into(), exact(LowerIsBetter, 0.0));
         metrics.insert("kernel.*.registers".into(), exact(LowerIsBetter, 0.10));
         metrics.insert("kernel.*.smem_bytes".into(), exact(LowerIsBetter, 0.25));
+        // Counted cost (instructions, estimated cycles under Valgrind) is deterministic: 1% either way counts.
+        metrics.insert("instructions".into(), exact(LowerIsBetter, 0.01));
+        metrics.insert("est_cycles".into(), exact(LowerIsBetter, 0.01));
         // CUDA op timings (medians of CUDA events): judged on time; the derived rates are recorded only.
         metrics.insert("cuda.*.ms".into(), exact(LowerIsBetter, 0.10));
         for m in [

@@ -1,6 +1,7 @@
 //! Statistics for the regression detector: medians and quantiles, the Mann–Whitney rank test (exact distribution
 //! when the samples are small and untied, normal approximation with tie and continuity correction otherwise, via
-//! statrs), and rustc-perf's noise fence T = Q3 + 3·IQR over relative changes between neighbouring history points.
+//! statrs), rustc-perf's noise fence T = Q3 + 3·IQR over relative changes between neighbouring history points, and
+//! the smallest change a finished comparison could have detected (docs/verdicts.md, "The detectable change").
 
 use statrs::distribution::{ContinuousCDF, Normal};
 
@@ -124,6 +125,56 @@ pub fn fence(series: &[f64], window: usize, min_points: usize) -> Option<f64> {
     Some(q3 + 3.0 * (q3 - q1))
 }
 
+/// Power at which [`detectable_change`] states the smallest detectable change: a true change of that size is flagged
+/// in 95% of comparisons.
+pub const POWER: f64 = 0.95;
+
+/// Robust standard deviation: 1.4826 · the median absolute deviation from the median (the sd for normal data).
+pub fn robust_sd(xs: &[f64]) -> Option<f64> {
+    let m = median(xs)?;
+    let dev: Vec<f64> = xs.iter().map(|x| (x - m).abs()).collect();
+    Some(1.4826 * median(&dev)?)
+}
+
+/// Standard error of the difference of two log-medians: logs of the samples, robust sd s on each side,
+/// se = sqrt(s_a²/n_a + s_b²/n_b). None when a side has fewer than two positive finite samples.
+pub fn log_se(a: &[f64], b: &[f64]) -> Option<f64> {
+    let side = |xs: &[f64]| -> Option<f64> {
+        let logs: Vec<f64> = xs
+            .iter()
+            .filter(|x| x.is_finite() && **x > 0.0)
+            .map(|x| x.ln())
+            .collect();
+        if logs.len() < 2 {
+            return None;
+        }
+        let s = robust_sd(&logs)?;
+        Some(s * s / logs.len() as f64)
+    };
+    Some((side(a)? + side(b)?).sqrt())
+}
+
+/// The smallest relative change a comparison could have detected: a two-sided test at false-alarm rate `alpha` on an
+/// estimate with standard error `se_log` (log space) flags a true change this large with probability [`POWER`], and
+/// the change must also reach the relative `threshold`. With z_a = Φ⁻¹(1 − alpha/2), z_b = Φ⁻¹(POWER) = 1.645:
+/// x = max((z_a + z_b)·se, ln(1 + threshold) + z_b·se), returned as the relative change exp(x) − 1.
+pub fn detectable_change(se_log: f64, alpha: f64, threshold: f64) -> f64 {
+    let normal = Normal::new(0.0, 1.0).expect("standard normal");
+    let z_a = normal.inverse_cdf(1.0 - alpha / 2.0);
+    let z_b = normal.inverse_cdf(POWER);
+    let x = ((z_a + z_b) * se_log).max(threshold.ln_1p() + z_b * se_log);
+    x.exp_m1()
+}
+
+/// The smallest two-sided p-value the exact Mann–Whitney test can give with `n1` and `n2` samples:
+/// 2 / C(n1 + n2, n1) (both samples completely separated).
+pub fn min_rank_p(n1: usize, n2: usize) -> f64 {
+    let k = n1.min(n2);
+    let n = n1 + n2;
+    let c = (0..k).fold(1.0_f64, |c, i| c * (n - i) as f64 / (i + 1) as f64);
+    (2.0 / c).min(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +233,42 @@ mod tests {
         let mut long = vec![1.0, 2.0, 1.0, 2.0];
         long.extend(std::iter::repeat_n(1.0, 40));
         assert_eq!(fence(&long, 30, 3), Some(0.0));
+    }
+
+    #[test]
+    fn detectable_change_formula() {
+        // Worked by hand: alpha 0.002 -> z_a = 3.090232, z_b = 1.644854; se 0.01.
+        // Threshold 1%: max(4.735086·0.01, ln 1.01 + 0.01644854) = 0.04735086 -> e^x - 1 = 0.0484898.
+        let d = detectable_change(0.01, 0.002, 0.01);
+        assert!((d - 0.048_489_8).abs() < 1e-6, "{d}");
+        // Threshold 5%: ln 1.05 + 0.01644854 = 0.06523871 > 0.04735 -> e^x - 1 = 0.0674137.
+        let d = detectable_change(0.01, 0.002, 0.05);
+        assert!((d - 0.067_413_7).abs() < 1e-6, "{d}");
+        // No dispersion: the threshold itself.
+        assert!((detectable_change(0.0, 0.002, 0.05) - 0.05).abs() < 1e-12);
+        assert_eq!(POWER, 0.95);
+    }
+
+    #[test]
+    fn detectable_shrinks_with_n_and_grows_with_dispersion() {
+        let spread = |n: usize, width: f64| -> Vec<f64> {
+            (0..n)
+                .map(|i| 1.0 + width * (i as f64 / (n - 1) as f64 - 0.5))
+                .collect()
+        };
+        let d = |n, w| detectable_change(log_se(&spread(n, w), &spread(n, w)).unwrap(), 0.002, 0.0);
+        assert!(d(40, 0.1) < d(20, 0.1) && d(20, 0.1) < d(10, 0.1));
+        assert!(d(20, 0.2) > d(20, 0.1) && d(20, 0.1) > d(20, 0.05));
+        // Robust sd: 1.4826 · MAD. Of 1..=5: median 3, deviations 2,1,0,1,2 -> MAD 1.
+        assert!((robust_sd(&[1., 2., 3., 4., 5.]).unwrap() - 1.4826).abs() < 1e-12);
+        assert_eq!(log_se(&[1.0], &[1.0, 2.0]), None);
+    }
+
+    #[test]
+    fn smallest_rank_p() {
+        assert!((min_rank_p(5, 5) - 2.0 / 252.0).abs() < 1e-15);
+        assert!((min_rank_p(7, 7) - 2.0 / 3432.0).abs() < 1e-15);
+        assert!(min_rank_p(6, 6) > 0.002 && min_rank_p(7, 7) < 0.002);
+        assert_eq!(min_rank_p(1, 1), 1.0);
     }
 }

@@ -106,6 +106,9 @@ struct CommentView {
     base_commit: Option<String>,
     baseline_why: Option<String>,
     significant: Vec<RowView>,
+    /// How many speed rows were quiet and the least sensitive one's detectable change
+    /// ([`saeperf_compare::quiet_speed_summary`]).
+    quiet_speed: Option<String>,
     failed: Vec<FailedView>,
     all_rows: Vec<RowView>,
     /// Rows of "every comparison" left out to fit GitHub's size limit.
@@ -356,6 +359,10 @@ pub fn render(
         .iter()
         .map(|r| ((r.bench.as_str(), r.metric.as_str()), r.verdict))
         .collect();
+    let row_of: BTreeMap<(&str, &str), &Row> = rows
+        .iter()
+        .map(|r| ((r.bench.as_str(), r.metric.as_str()), r))
+        .collect();
     let quality = head
         .results
         .iter()
@@ -438,9 +445,12 @@ pub fn render(
                 yardstick: yardstick_ratio(h)
                     .map(|r| format!("{r:.3}×"))
                     .unwrap_or_else(|| "–".into()),
-                verdict: verdict_of
+                verdict: row_of
                     .get(&(h.name.as_str(), "time"))
-                    .map(|v| format!("{} {}", icon(*v), v.as_str()))
+                    .map(|r| match r.detectable_text() {
+                        Some(d) => format!("{} {} · {d}", icon(r.verdict), r.verdict.as_str()),
+                        None => format!("{} {}", icon(r.verdict), r.verdict.as_str()),
+                    })
                     .unwrap_or_else(|| status_reason(h).unwrap_or_else(|| "–".into())),
             }
         })
@@ -476,6 +486,7 @@ pub fn render(
         base_commit: base.map(|b| short_sha(b.meta.commit.as_deref())),
         baseline_why: why.map(str::to_string),
         significant: significant.into_iter().map(RowView::of).collect(),
+        quiet_speed: saeperf_compare::quiet_speed_summary(rows),
         failed,
         all_rows: rows.iter().map(RowView::of).collect(),
         omitted_all_rows: 0,

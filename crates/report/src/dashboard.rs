@@ -8,6 +8,11 @@
 //! against its predecessor or its branch point), `compare.html` (any two runs, chosen in the page), `regressions.html`
 //! and the Atom feed `feed.xml`.
 //!
+//! Steps: every series of the main branch is also searched for steps, change points that persisted over several runs
+//! (compare's `steps`, docs/verdicts.md "Steps in history"). Each is drawn on its series chart, listed on the
+//! regressions page attributed to the first run after it, and a regression step is one feed entry whose id is made
+//! of the series and that run, so a step is reported once however often the site is rebuilt.
+//!
 //! A series group is one machine fingerprint × backend × profile (runs on different machines are never compared).
 //! Within a group the history is the runs on the main branch (all runs when the main branch has none); every run of
 //! another branch is compared with the newest main-branch run before it, which is its branch point in practice.
@@ -20,6 +25,7 @@ use serde::Serialize;
 
 use saeperf_compare::history::{self, SpeedHistory};
 use saeperf_compare::rules::{Direction, Rules};
+use saeperf_compare::steps::{self, StepRule};
 use saeperf_compare::{self as compare, stats, Comparison, Verdict};
 use saeperf_store::{BenchKind, BenchResult, BenchStatus, Run, RunMeta, RunState, Store};
 
@@ -58,6 +64,8 @@ pub struct SiteSummary {
     pub series: usize,
     pub groups: usize,
     pub regressions: usize,
+    /// Steps found in the main branch's series (regressions and improvements).
+    pub steps: usize,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -126,6 +134,26 @@ struct RegressionView {
     base: RunLink,
     row: RowView,
     compare_href: String,
+    updated: String,
+}
+
+/// A step in a main-branch series (compare's `steps`), attributed to the first run after it.
+#[derive(Debug, Serialize)]
+struct StepView {
+    /// Stable: the series and the run after the step.
+    id: String,
+    group: String,
+    bench: String,
+    metric: String,
+    run: RunLink,
+    series_href: String,
+    before: String,
+    after: String,
+    change: String,
+    /// "regression" or "improvement".
+    kind: String,
+    n_before: usize,
+    n_after: usize,
     updated: String,
 }
 
@@ -235,6 +263,8 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
     pb.finish_and_clear();
     // Series per group (indices into infos, oldest first) and comparisons.
     let mut series: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    // Groups whose series is the main branch's history (steps are searched only there).
+    let mut main_series: BTreeSet<String> = BTreeSet::new();
     for g in by_group.keys() {
         let members: Vec<usize> = (0..infos.len()).filter(|&i| &infos[i].group == g).collect();
         let main: Vec<usize> = members
@@ -247,6 +277,11 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
         } else {
             main
         };
+        if s.iter()
+            .all(|&i| infos[i].run.meta.branch.as_deref() == Some(opt.main_branch.as_str()))
+        {
+            main_series.insert(g.clone());
+        }
         for (pos, &i) in s.iter().enumerate().skip(1) {
             let hist = speed_history(&infos, &s, pos, rules.speed.history);
             let c = compare::compare(&infos[s[pos - 1]].run, &infos[i].run, &hist, rules);
@@ -307,6 +342,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
     // Series pages and index rows.
     let mut groups_view = Vec::new();
     let mut n_series = 0;
+    let mut all_steps: Vec<StepView> = Vec::new();
     for (g, s) in &series {
         let first = &infos[s[0]].run.meta;
         let mut benches: Vec<String> = Vec::new();
@@ -337,7 +373,9 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
                 )
             });
             for m in ms {
-                let (row, page) = series_page(&infos, s, g, b, m, rules, &link)?;
+                let on_main = main_series.contains(g);
+                let (row, page, found) = series_page(&infos, s, g, b, m, rules, on_main, &link)?;
+                all_steps.extend(found);
                 site.write(
                     &series_href("", g, b, m),
                     "series.html",
@@ -411,6 +449,11 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             .cmp(&a.updated)
             .then_with(|| a.row.bench.cmp(&b.row.bench))
     });
+    all_steps.sort_by(|a, b| {
+        b.updated
+            .cmp(&a.updated)
+            .then_with(|| (&a.group, &a.bench, &a.metric).cmp(&(&b.group, &b.bench, &b.metric)))
+    });
 
     // Recent runs, newest first, over every group.
     let mut order: Vec<usize> = (0..infos.len()).collect();
@@ -435,6 +478,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
         "regressions.html",
         minijinja::context! {
             root => "", title => &opt.title, page_title => "Regressions", regressions => &regressions,
+            steps => &all_steps, step_min_run => StepRule::default().min_run,
         },
     )?;
     // The Atom feed: one entry per run with regressions.
@@ -460,13 +504,36 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             rows => rows,
         });
     }
+    // One entry per regression step, its id made of the series and the first run after the step.
+    for st in all_steps.iter().filter(|st| st.kind == "regression") {
+        entries.push(minijinja::context! {
+            id => format!("urn:saeperf:step:{}:{}", st.id, st.run.id),
+            title => format!("Step in {} {}: {} from run {} ({} on {})", st.bench, st.metric, st.change, st.run.id, st.run.commit, st.run.branch),
+            href => format!("{}{}", base_url.as_deref().unwrap_or(""), st.series_href),
+            updated => &st.updated,
+            content => format!(
+                "{} {}: {} → {} ({}), a step that persisted: {} runs before it, {} from run {} (commit {}) on",
+                st.bench, st.metric, st.before, st.after, st.change, st.n_before, st.n_after, st.run.id, st.run.commit
+            ),
+        });
+    }
+    let newest = regressions
+        .iter()
+        .map(|r| r.updated.clone())
+        .chain(
+            all_steps
+                .iter()
+                .filter(|s| s.kind == "regression")
+                .map(|s| s.updated.clone()),
+        )
+        .max();
     site.write(
         "feed.xml",
         "feed.xml",
         minijinja::context! {
             title => &opt.title, entries => entries,
             self_href => format!("{}feed.xml", base_url.as_deref().unwrap_or("")),
-            updated => regressions.first().map(|r| r.updated.clone()).unwrap_or_else(|| generated.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            updated => newest.unwrap_or_else(|| generated.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         },
     )?;
     // compare.html: every run's values embedded (no fetch: file:// pages cannot load JSON files).
@@ -540,6 +607,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
         series: n_series,
         groups: series.len(),
         regressions: regressions.len(),
+        steps: all_steps.len(),
     })
 }
 
@@ -555,9 +623,12 @@ struct SeriesPage {
     band_note: String,
     chart: svg::LineChart,
     points: Vec<SeriesPointView>,
+    steps: Vec<StepView>,
 }
 
-/// One (group, bench, metric) series: its page and its index row.
+/// One (group, bench, metric) series: its page, its index row, and its steps (searched when `on_main`, the series
+/// being the main branch's history; links relative to the site's root).
+#[allow(clippy::too_many_arguments)]
 fn series_page(
     infos: &[RunInfo],
     s: &[usize],
@@ -565,8 +636,9 @@ fn series_page(
     bench: &str,
     metric: &str,
     rules: &Rules,
+    on_main: bool,
     link: &dyn Fn(usize, &str) -> RunLink,
-) -> Result<(IndexRow, SeriesPage)> {
+) -> Result<(IndexRow, SeriesPage, Vec<StepView>)> {
     let values: Vec<(usize, Option<f64>, Option<&BenchResult>)> = s
         .iter()
         .map(|&i| {
@@ -704,6 +776,63 @@ fn series_page(
             _ => t.label.clone(),
         };
     }
+    // Steps: over the points with a value (time lower is better; a metric by its rule's direction).
+    let step_direction = if metric == "time" {
+        Direction::LowerIsBetter
+    } else {
+        rule.map_or(Direction::None, |r| r.direction)
+    };
+    let known: Vec<(usize, usize, f64)> = values
+        .iter()
+        .enumerate()
+        .filter_map(|(k, (i, v, _))| v.filter(|v| v.is_finite()).map(|v| (k, *i, v)))
+        .collect();
+    let found = if on_main {
+        let ys: Vec<f64> = known.iter().map(|p| p.2).collect();
+        steps::detect(&ys, step_direction, &StepRule::default())
+    } else {
+        vec![]
+    };
+    let step_view = |st: &steps::Step, root: &str| {
+        let (_, i, _) = known[st.at];
+        StepView {
+            id: slug(&format!("{group}--{bench}--{metric}")),
+            group: group.to_string(),
+            bench: bench.to_string(),
+            metric: metric.to_string(),
+            run: link(i, root),
+            series_href: series_href(root, group, bench, metric),
+            before: fmt_value(metric, Some(st.before)),
+            after: fmt_value(metric, Some(st.after)),
+            change: st
+                .change
+                .map_or_else(|| "from 0".into(), |c| fmt_change(Some(c))),
+            kind: st.kind.as_str().to_string(),
+            n_before: st.n_before,
+            n_after: st.n_after,
+            updated: infos[i]
+                .run
+                .meta
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    };
+    let page_steps: Vec<StepView> = found.iter().map(|st| step_view(st, "../")).collect();
+    for (st, v) in found.iter().zip(&page_steps) {
+        svg::add_step(
+            &mut chart,
+            &pts,
+            known[st.at].0 as f64,
+            &format!("step {}", v.change),
+            &v.kind,
+            &format!(
+                "step ({}): {} → {} ({}) from {} {} on",
+                v.kind, v.before, v.after, v.change, v.run.date, v.run.commit
+            ),
+            Some(v.run.href.clone()),
+        );
+    }
+    let site_steps: Vec<StepView> = found.iter().map(|st| step_view(st, "")).collect();
     let finite: Vec<f64> = values.iter().filter_map(|v| v.1).collect();
     let last = views.last();
     let row = IndexRow {
@@ -753,7 +882,9 @@ fn series_page(
             band_note,
             chart,
             points: views,
+            steps: page_steps,
         },
+        site_steps,
     ))
 }
 
@@ -764,6 +895,8 @@ struct MetricView {
     base: String,
     change: String,
     verdict: String,
+    /// What the comparison could see ([`compare::Row::detectable_text`]), empty without a comparison row.
+    detectable: String,
     href: String,
 }
 
@@ -798,6 +931,12 @@ fn run_page(
         .flat_map(|c| c.rows.iter())
         .map(|r| ((r.bench.as_str(), r.metric.as_str()), r.verdict))
         .collect();
+    let detectables: HashMap<(&str, &str), String> = info
+        .cmp
+        .iter()
+        .flat_map(|c| c.rows.iter())
+        .filter_map(|r| Some(((r.bench.as_str(), r.metric.as_str()), r.detectable_text()?)))
+        .collect();
     let benches: Vec<BenchView> = run
         .results
         .iter()
@@ -826,6 +965,10 @@ fn run_page(
                         verdict: verdicts
                             .get(&(r.name.as_str(), m.as_str()))
                             .map(|v| v.as_str().to_string())
+                            .unwrap_or_default(),
+                        detectable: detectables
+                            .get(&(r.name.as_str(), m.as_str()))
+                            .cloned()
                             .unwrap_or_default(),
                         href: series_href("../", &info.group, &r.name, m),
                     }

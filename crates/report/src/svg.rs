@@ -176,6 +176,8 @@ pub struct LineChart {
     /// Polygon points of the band (empty when there is none).
     pub band: String,
     pub markers: Vec<Marker>,
+    /// Steps in the series' history, drawn as labelled vertical lines ([`add_step`]).
+    pub steps: Vec<StepLine>,
     pub yticks: Vec<Tick>,
     pub xticks: Vec<Tick>,
     pub ylabel: String,
@@ -226,7 +228,7 @@ pub fn line_chart(
         ticks.last().copied().unwrap_or(hi).max(hi),
     );
     let ys = Scale::new(ylo, yhi, bottom, top);
-    let xs = Scale::new(x0, x1, left + 6.0, right - 6.0);
+    let xs = x_scale(pts, left, right);
     let line_pts: Vec<(f64, f64)> = pts
         .iter()
         .filter(|p| p.y.is_finite())
@@ -311,11 +313,57 @@ pub fn line_chart(
         line: join_points(&line_pts),
         band,
         markers: mk,
+        steps: vec![],
         yticks,
         xticks,
         ylabel: ylabel.to_string(),
         xlabel: xlabel.to_string(),
     }
+}
+
+/// The x scale of a line chart of `pts` with plot area [`left`, `right`].
+fn x_scale(pts: &[LinePoint], left: f64, right: f64) -> Scale {
+    let (x0, x1) = min_max(pts.iter().map(|p| p.x));
+    Scale::new(x0, x1, left + 6.0, right - 6.0)
+}
+
+/// A step in a series' history on its chart: a vertical line at the first point after the step, with a label.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepLine {
+    pub x: f64,
+    /// Where the label goes and how it is anchored (left of the line near the right edge).
+    pub label_x: f64,
+    pub anchor: String,
+    pub label: String,
+    /// CSS class: "regression" or "improvement".
+    pub class: String,
+    /// Tooltip text (escaped by the template).
+    pub title: String,
+    /// Relative link (the run after the step), if any.
+    pub href: Option<String>,
+}
+
+/// Draw a step on `chart`, the line chart of `pts`, at data x `x` (the first point after the step).
+pub fn add_step(
+    chart: &mut LineChart,
+    pts: &[LinePoint],
+    x: f64,
+    label: &str,
+    class: &str,
+    title: &str,
+    href: Option<String>,
+) {
+    let px = r1(x_scale(pts, chart.left, chart.right).at(x));
+    let right_half = px > (chart.left + chart.right) / 2.0;
+    chart.steps.push(StepLine {
+        x: px,
+        label_x: if right_half { px - 3.0 } else { px + 3.0 },
+        anchor: if right_half { "end" } else { "start" }.into(),
+        label: label.to_string(),
+        class: class.to_string(),
+        title: title.to_string(),
+        href,
+    });
 }
 
 /// One bar of a histogram.
@@ -529,5 +577,11 @@ mod tests {
         assert_eq!(c.markers[0].class, "regression");
         assert_eq!(c.band.split(' ').count(), 10);
         assert!(c.yticks.len() >= 3);
+        // A step at the fourth point: its line sits on that point's marker, its label left of it (right half).
+        let mut c = line_chart(&pts, 600.0, 240.0, "s", "run", None, true);
+        add_step(&mut c, &pts, 3.0, "+33%", "regression", "t", None);
+        assert_eq!(c.steps[0].x, c.markers[3].x);
+        assert_eq!(c.steps[0].anchor, "end");
+        assert!(c.steps[0].label_x < c.steps[0].x);
     }
 }

@@ -1,6 +1,6 @@
 //! The one view of a comparison row: what the comment, the compare pages, the regressions page and the feed show of
 //! a [`Row`], formatted once (values with units, the change as a signed percentage, the threshold the change had to
-//! reach, the verdict with its icon).
+//! reach, the verdict with its icon, the smallest change the row could have detected).
 
 use saeperf_compare::{Row, Verdict};
 use serde::Serialize;
@@ -21,6 +21,9 @@ pub struct RowView {
     pub p: String,
     pub verdict: String,
     pub icon: &'static str,
+    /// What the row could see ([`Row::detectable_text`]): "no change ≥ 1.8% (could detect ±1.8%)",
+    /// "+6.2% (could detect ±1.8%)", "not judged", a quality row's "±0.10%"; `–` when there is nothing to say.
+    pub detectable: String,
     pub detail: String,
 }
 
@@ -59,6 +62,7 @@ impl RowView {
                 .unwrap_or_else(|| "–".into()),
             verdict: r.verdict.as_str().to_string(),
             icon: icon(r.verdict),
+            detectable: r.detectable_text().unwrap_or_else(|| "–".into()),
             detail: r.detail.clone(),
         }
     }

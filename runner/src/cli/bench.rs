@@ -53,6 +53,41 @@ pub struct BenchArgs {
     /// timings come from the interleaved A/B phase instead).
     #[arg(long, hide = true)]
     pub skip_ops: bool,
+    /// Do not record counted cost (instructions, est_cycles under Valgrind; docs/verdicts.md, "Counted cost").
+    #[arg(long)]
+    pub no_count: bool,
+}
+
+/// Hidden `runner count-ops`: run each benchmark's work once inside the counted region (the child that
+/// `runner bench` starts under callgrind) and print which benchmark each region was.
+#[derive(Args, Debug)]
+pub struct CountOpsArgs {
+    #[arg(long)]
+    pub suite: Option<PathBuf>,
+    #[arg(long)]
+    pub profile: Option<String>,
+    #[arg(long)]
+    pub filter: Option<String>,
+    #[arg(long, default_value = "cpu", value_parser = super::parse_backend)]
+    pub backend: BackendChoice,
+    #[arg(long)]
+    pub only_ops: bool,
+    #[arg(long)]
+    pub skip_ops: bool,
+}
+
+/// Hidden `runner bench-worker`: one side of paired timing; allocates every op once, then serves timing requests
+/// on stdin (docs/verdicts.md, "Paired timing").
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub suite: Option<PathBuf>,
+    #[arg(long)]
+    pub profile: Option<String>,
+    #[arg(long)]
+    pub filter: Option<String>,
+    #[arg(long, default_value = "auto", value_parser = super::parse_backend)]
+    pub backend: BackendChoice,
 }
 
 /// Hidden `runner bench-ops`: time the suite's op micro-benchmarks once and print them as JSON (the A/B worker).
@@ -90,6 +125,7 @@ pub fn cmd_bench(db: Option<&Path>, a: BenchArgs, quiet: bool) -> Result<i32> {
         commit: a.commit,
         branch: a.branch,
         skip_ops: a.skip_ops,
+        count: !a.no_count,
         progress: !quiet,
     };
     let repo = Repo::current();
@@ -142,5 +178,46 @@ pub fn cmd_bench_ops(a: BenchOpsArgs) -> Result<i32> {
         &device,
     )?;
     println!("{}", serde_json::to_string(&doc)?);
+    Ok(0)
+}
+
+/// `runner count-ops` (under callgrind, one rayon thread that is this thread).
+pub fn cmd_count_ops(a: CountOpsArgs) -> Result<i32> {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .use_current_thread()
+        .build_global();
+    let device = Device::open(a.backend)?;
+    let saeperf_kernels::select::Selected::Cpu(cpu) = &device.selected else {
+        anyhow::bail!("counted cost counts the CPU backends (--backend cpu or reference)");
+    };
+    let req = saeperf_bench::count::CountRequest {
+        suite: a.suite,
+        profile: a.profile,
+        filter: a.filter,
+        backend: device.backend,
+        only_ops: a.only_ops,
+        skip_ops: a.skip_ops,
+    };
+    let doc = saeperf_bench::count::count_child(&req, cpu, &super::home())?;
+    println!("{}", serde_json::to_string(&doc)?);
+    Ok(0)
+}
+
+/// `runner bench-worker`.
+pub fn cmd_worker(a: WorkerArgs) -> Result<i32> {
+    saeperf_bench::paired::pin_threads();
+    let device = Device::open(a.backend)?;
+    let (suite, _) = saeperf_bench::Suite::load(a.suite.as_deref())?;
+    let resolved = suite.resolve(a.profile.as_deref(), a.filter.as_deref())?;
+    let specs: Vec<&saeperf_bench::suite::BenchSpec> = resolved
+        .benches
+        .iter()
+        .filter(|b| matches!(b, saeperf_bench::suite::BenchSpec::Op { .. }))
+        .collect();
+    match &device.selected {
+        saeperf_kernels::select::Selected::Cpu(c) => saeperf_bench::paired::serve(c, &specs)?,
+        saeperf_kernels::select::Selected::Cuda(g) => saeperf_bench::paired::serve(&**g, &specs)?,
+    }
     Ok(0)
 }

@@ -62,6 +62,12 @@ pub enum Command {
     /// Time the suite's op micro-benchmarks once and print them as JSON (the A/B worker of --baseline auto).
     #[command(hide = true)]
     BenchOps(bench::BenchOpsArgs),
+    /// Count each benchmark's work once inside the counted region (the child `runner bench` runs under callgrind).
+    #[command(hide = true)]
+    CountOps(bench::CountOpsArgs),
+    /// One side of paired timing: serves "time op i for n iterations" requests on stdin.
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
     /// The results store: check, list, export.
     #[command(subcommand)]
     Db(store::DbCmd),
@@ -132,6 +138,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Features(a) => data::cmd_features(a),
         Command::Bench(a) => bench::cmd_bench(db, a, cli.quiet),
         Command::BenchOps(a) => bench::cmd_bench_ops(a),
+        Command::CountOps(a) => bench::cmd_count_ops(a),
+        Command::BenchWorker(a) => bench::cmd_worker(a),
         Command::Db(c) => store::run_db(db, &c),
         Command::Ingest { bundles } => store::run_ingest(db, &bundles),
         Command::Bundle(a) => store::run_bundle(db, &a),
