@@ -17,7 +17,7 @@ use headless_chrome::{Browser, LaunchOptions};
 use saeperf_store::{Run, Store};
 
 use crate::common;
-use crate::report::{commit, meta, results, Knobs};
+use crate::report::{commit, meta, results, test_fingerprint, Knobs};
 
 const HOSTILE_BRANCH: &str = "<script>alert(1)</script>";
 const HOSTILE_TOKEN: &str = "<img src=x onerror=alert(2)>";
@@ -179,11 +179,19 @@ fn dashboard_renders_and_every_page_loads_in_headless_chromium() {
     assert!(std::fs::read_to_string(site.join("index.html"))
         .unwrap()
         .contains("href=\"status.html\""));
+    // No calibration run in this store: the calibration page says how to make one.
+    let calibration = std::fs::read_to_string(site.join("calibration.html")).unwrap();
+    assert!(
+        calibration.contains("No calibration has been stored")
+            && calibration.contains("<code>runner calibrate</code>"),
+        "{calibration}"
+    );
     for f in [
         "index.html",
         "status.html",
         "regressions.html",
         "compare.html",
+        "calibration.html",
         "feed.xml",
         "style.css",
         "compare.js",
@@ -358,6 +366,224 @@ fn dashboard_reports_a_step_in_history_once_and_not_a_single_outlier() {
     let feed = read("feed.xml");
     assert_eq!(feed.matches("urn:saeperf:step:").count(), 1, "{feed}");
     assert!(feed.contains(&format!("<id>{first_id}</id>")), "{feed}");
+}
+
+/// `runner calibrate`'s runs on the calibration page and nowhere else: two bench runs on main and two calibration
+/// runs made with the bench crate's own `CalibrationRow` and `as_run`, on the same machine, commit and branch as the
+/// bench runs (as on a real machine), stored through the store API in a real sled store and rendered by the real
+/// binary. The page lists the machine (fingerprint id, CPU), the newest calibration's table and the older one as a
+/// history row; no other page, series or count knows either calibration run.
+#[test]
+fn dashboard_calibration_page_lists_each_machine_and_no_other_page_lists_calibration_runs() {
+    use saeperf_bench::calibrate::{as_run, CalibrationRow};
+    use std::collections::BTreeMap;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    let site = tmp.path().join("site");
+    let sha = |c: char| c.to_string().repeat(40);
+    let row = |method: &str, slowdown: f64, flagged: usize, timed: bool| CalibrationRow {
+        method: method.into(),
+        slowdown,
+        comparisons: 3,
+        rows: 6,
+        flagged,
+        per_op: BTreeMap::from([
+            ("op/encode".to_string(), (flagged.min(3), 3)),
+            ("op/decode".to_string(), (flagged.saturating_sub(3), 3)),
+        ]),
+        median_detectable: timed.then_some(0.021),
+        pair_spread: timed.then_some(0.0043),
+        secs_per_comparison: if timed { 41.0 } else { 7.5 },
+    };
+    let calibration = |id: &str, minutes: i64, commit: &str, table: &[CalibrationRow]| {
+        let git = saeperf_git::GitState {
+            commit: Some(commit.to_string()),
+            branch: Some("main".into()),
+            dirty: false,
+        };
+        let started = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc()
+            + chrono::Duration::minutes(minutes);
+        let mut run = as_run(table, &git, "saeperf", started);
+        // The bench runs' machine (the test's fixed fingerprint), and a fixed id.
+        run.meta.fingerprint = test_fingerprint();
+        run.meta.fingerprint_id = test_fingerprint().id();
+        run.meta.id = id.to_string();
+        assert_eq!(run.meta.profile, saeperf_store::CALIBRATION_PROFILE);
+        assert!(run.meta.is_calibration());
+        run
+    };
+    let old_cal = "20260101T003000-cal001";
+    let new_cal = "20260101T013000-cal002";
+    {
+        let store = Store::open(&db).unwrap();
+        commit(
+            &store,
+            meta("20260101T000000-main00", 0, &sha('a'), "main", None),
+            Knobs::default(),
+        );
+        commit(
+            &store,
+            meta("20260101T010000-main01", 60, &sha('b'), "main", None),
+            Knobs {
+                phase: 1,
+                ..Knobs::default()
+            },
+        );
+        for run in [
+            calibration(
+                old_cal,
+                30,
+                &sha('a'),
+                &[
+                    row("counted", 0.0, 0, false),
+                    row("counted", 0.03, 6, false),
+                    row("timed", 0.0, 2, true),
+                    row("timed", 0.05, 4, true),
+                ],
+            ),
+            calibration(
+                new_cal,
+                90,
+                &sha('b'),
+                &[
+                    row("counted", 0.0, 0, false),
+                    row("counted", 0.03, 6, false),
+                    row("timed", 0.0, 1, true),
+                    row("timed", 0.03, 5, true),
+                ],
+            ),
+        ] {
+            store.begin_run(&run.meta).unwrap();
+            store.commit_run(&run).unwrap();
+        }
+    }
+    let out = common::ok(
+        common::runner(tmp.path())
+            .env_remove("GITHUB_SERVER_URL")
+            .arg("--db")
+            .arg(&db)
+            .args([
+                "dashboard",
+                "--json",
+                "--repo-url",
+                "https://github.com/octo/saeperf",
+                "--out",
+            ])
+            .arg(&site),
+    );
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        summary["runs"], 2,
+        "calibration runs are not runs of the site: {summary}"
+    );
+    assert_eq!(
+        summary["groups"], 1,
+        "no series group of calibrations: {summary}"
+    );
+    assert_eq!(summary["calibrations"], 2, "{summary}");
+    let read = |rel: &str| {
+        std::fs::read_to_string(site.join(rel))
+            .unwrap()
+            .replace("&#x2f;", "/")
+            .replace("&#x27;", "'")
+    };
+
+    let page = read("calibration.html");
+    let fp = test_fingerprint().id();
+    assert!(page.contains(&format!("<code>{fp}</code>")), "{page}");
+    assert!(
+        page.contains("Test CPU 9000") && page.contains("6.1.0-test"),
+        "{page}"
+    );
+    let (newest, history) = page.split_once("<h3>Earlier calibrations</h3>").unwrap();
+    // The newest calibration's table: its run, commit (linked) and every row.
+    assert!(
+        newest.contains(new_cal)
+            && !newest.contains(old_cal)
+            && newest.contains(&format!(
+                "https://github.com/octo/saeperf/commit/{}",
+                sha('b')
+            )),
+        "{newest}"
+    );
+    for (method, change, flagged, rate) in [
+        ("counted", "A/A", "0/6", "0.0%"),
+        ("counted", "+3%", "6/6", "100.0%"),
+        ("timed", "A/A", "1/6", "16.7%"),
+        ("timed", "+3%", "5/6", "83.3%"),
+    ] {
+        let cells = format!(
+            "<td>{method}</td><td>{change}</td><td class=\"num\">3</td><td class=\"num\">{flagged}</td>"
+        );
+        assert!(newest.contains(&cells), "{cells} missing in {newest}");
+        assert!(newest.contains(rate), "{rate} missing in {newest}");
+    }
+    assert!(
+        newest.contains("encode 3/3, decode 2/3") || newest.contains("decode 2/3, encode 3/3"),
+        "{newest}"
+    );
+    assert!(
+        newest.contains("±2.1%") && newest.contains("0.4%"),
+        "{newest}"
+    );
+    // The timed A/A row flagged something: marked as false alarms.
+    assert!(
+        newest.contains("<td class=\"num worse\">16.7%</td>"),
+        "{newest}"
+    );
+    // The history: the older run as one compact row, a column per (method, change) it measured.
+    let history = history.split("</section>").next().unwrap();
+    assert!(
+        history.contains(old_cal) && !history.contains(new_cal),
+        "{history}"
+    );
+    for col in ["counted A/A", "counted +3%", "timed A/A", "timed +5%"] {
+        assert!(
+            history.contains(&format!("<th class=\"num\">{col}</th>")),
+            "{col}: {history}"
+        );
+    }
+    assert!(
+        history.contains("<td class=\"num\">0.0% (0/6)</td><td class=\"num\">100.0% (6/6)</td><td class=\"num\">33.3% (2/6)</td><td class=\"num\">66.7% (4/6)</td>"),
+        "{history}"
+    );
+
+    // Nowhere else: not on the index (groups, recent runs), the compare picker, the regressions, the feed, a series
+    // or a run page of its own.
+    let index = read("index.html");
+    assert!(index.contains("20260101T010000-main01"), "{index}");
+    assert!(
+        index.contains("href=\"calibration.html\""),
+        "the nav links the page"
+    );
+    for f in walk(&site) {
+        let rel = f.strip_prefix(&site).unwrap().to_str().unwrap().to_string();
+        let text = read(&rel);
+        if rel == "calibration.html" {
+            continue;
+        }
+        for id in [old_cal, new_cal] {
+            assert!(!text.contains(id), "{rel} lists calibration run {id}");
+        }
+        assert!(
+            !text.contains("calibrate/"),
+            "{rel} shows a calibration result"
+        );
+        assert!(
+            !text.contains("-calibrate-"),
+            "{rel} shows a calibration series group"
+        );
+    }
+    // The second bench run is compared with the first, never with the calibration run between them.
+    let compare = walk(&site.join("compare"));
+    assert_eq!(compare.len(), 1, "{compare:?}");
+    assert!(compare[0]
+        .to_str()
+        .unwrap()
+        .ends_with("20260101T000000-main00__20260101T010000-main01.html"));
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

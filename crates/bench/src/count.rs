@@ -226,6 +226,7 @@ pub fn count(
     workdir: Option<&Path>,
     req: &CountRequest,
     env_remove: &[&str],
+    env_set: &[(&str, String)],
 ) -> Result<Counted> {
     let prog = std::env::var(VALGRIND_ENV).unwrap_or_else(|_| "valgrind".into());
     let tmp = tempfile::tempdir().context("creating a directory for callgrind's dumps")?;
@@ -236,6 +237,9 @@ pub fn count(
     }
     for e in env_remove {
         c.env_remove(e);
+    }
+    for (k, v) in env_set {
+        c.env(k, v);
     }
     c.env("RAYON_NUM_THREADS", "1")
         .args([

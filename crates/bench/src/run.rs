@@ -450,7 +450,7 @@ fn count_run(p: &Prepared) -> Counted {
             return Counted::new();
         }
     };
-    count::count(&exe, None, &req, &[]).unwrap_or_else(|e| {
+    count::count(&exe, None, &req, &[], &[]).unwrap_or_else(|e| {
         eprintln!("counted cost skipped: {}", format!("{e:#}").replace('\n', " "));
         Counted::new()
     })
@@ -471,6 +471,7 @@ fn count_base_ops(p: &Prepared, base: &AutoBase) -> Counted {
         base.workdir.as_deref(),
         &req,
         &[ops::INJECT_ENV, "SAEPERF_DB", auto::BASE_RUNNER_ENV],
+        &[],
     )
     .unwrap_or_else(|e| {
         eprintln!("the merge base's counted cost skipped: {}", format!("{e:#}").replace('\n', " "));

@@ -561,6 +561,12 @@ impl Suite {
                 return bad("speed.alpha must be in (0, 1)".into());
             }
         }
+        if self.profiles.contains_key(saeperf_store::CALIBRATION_PROFILE) {
+            return bad(format!(
+                "profile {:?} is reserved for `runner calibrate`'s runs",
+                saeperf_store::CALIBRATION_PROFILE
+            ));
+        }
         let (c, pr) = (&self.count, &self.paired);
         if c.batch == 0 || c.train_steps == 0 || c.train_batch == 0 {
             return bad("count.batch, count.train_steps and count.train_batch must be positive".into());

@@ -61,11 +61,15 @@ impl BaselineChoice {
 /// A user's run reference for the base of `head`: a commit or `latest` means a run of head's series (machine,
 /// backend, profile), never head itself.
 pub fn resolve_base(store: &Store, spec: &str, head: &RunMeta) -> Result<RunMeta, StoreError> {
-    store.resolve(spec, &|m: &RunMeta| same_series(m, head) && m.id != head.id)
+    store.resolve(spec, &|m: &RunMeta| {
+        same_series(m, head) && m.id != head.id && !m.is_calibration()
+    })
 }
 
 /// Pick the stored baseline of `head` (`repo` answers the git questions):
-/// - only complete runs on the same machine fingerprint, backend and profile, never `head` itself;
+/// - only complete runs on the same machine fingerprint, backend and profile, never `head` itself and never a
+///   `runner calibrate` run (its profile, `calibrate`, already keeps it out of every bench series; the explicit check
+///   also covers a suite that names a profile `calibrate`);
 /// - a pull request (head's commit is not on the base branch): the newest run of the exact merge base. Earlier runs
 ///   of the PR's own branch are NOT used: they already contain the PR's changes and would hide its regressions;
 /// - on the base branch itself (merge base = head's commit): the newest run of the nearest first-parent ancestor
@@ -80,7 +84,12 @@ pub fn find_baseline(
     let runs = store.list_runs()?;
     let cands: Vec<&RunMeta> = runs
         .iter()
-        .filter(|m| m.state == RunState::Complete && m.id != head.id && same_series(m, head))
+        .filter(|m| {
+            m.state == RunState::Complete
+                && m.id != head.id
+                && same_series(m, head)
+                && !m.is_calibration()
+        })
         .collect();
     let newest_of = |c: &str| {
         cands
@@ -152,6 +161,7 @@ pub fn find_report_baseline(
         m.state == RunState::Complete
             && m.id != head.id
             && same_series(m, head)
+            && !m.is_calibration()
             && m.branch.as_deref() == Some(base_branch)
             && (m.started_at, &m.id) < (head.started_at, &head.id)
     })?;

@@ -6,7 +6,10 @@
 //! recent runs), `series/*.html` (history chart with its noise band and flagged changes, commits linked),
 //! `runs/*.html` (all metrics, training curves, the feature-density histogram, feature cards), `compare/*.html` (a run
 //! against its predecessor or its branch point), `compare.html` (any two runs, chosen in the page), `regressions.html`
-//! and the Atom feed `feed.xml`.
+//! and the Atom feed `feed.xml`, and `calibration.html` (the detector measured on each machine by `runner calibrate`).
+//!
+//! Calibration runs (profile [`CALIBRATION_PROFILE`]) are shown only on the calibration page: they are no series
+//! group, no run in the lists, the compare picker, the regressions, steps or the feed, and never a base.
 //!
 //! Steps: every series of the main branch is also searched for steps, change points that persisted over several runs
 //! (compare's `steps`, docs/verdicts.md "Steps in history"). Each is drawn on its series chart, listed on the
@@ -21,13 +24,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use saeperf_compare::history::{self, SpeedHistory};
 use saeperf_compare::rules::{Direction, Rules};
 use saeperf_compare::steps::{self, StepRule};
 use saeperf_compare::{self as compare, stats, Comparison, Verdict};
-use saeperf_store::{BenchKind, BenchResult, BenchStatus, Run, RunMeta, RunState, Store};
+use saeperf_store::{
+    BenchKind, BenchResult, BenchStatus, Fingerprint, Run, RunMeta, RunState, Store,
+    CALIBRATION_PROFILE,
+};
 
 use crate::svg::{self, LinePoint};
 use crate::view::RowView;
@@ -66,6 +72,8 @@ pub struct SiteSummary {
     pub regressions: usize,
     /// Steps found in the main branch's series (regressions and improvements).
     pub steps: usize,
+    /// Calibration runs shown on the calibration page (not counted in `runs`).
+    pub calibrations: usize,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -228,11 +236,12 @@ fn speed_history(infos: &[RunInfo], series: &[usize], upto: usize, window: usize
 pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<SiteSummary> {
     std::fs::create_dir_all(&opt.out)
         .with_context(|| format!("creating the output directory {}", opt.out.display()))?;
-    let metas: Vec<_> = store
+    // Calibration runs go to their own page only: never a series, a listed run or a base.
+    let (calibrations, metas): (Vec<_>, Vec<_>) = store
         .list_runs()?
         .into_iter()
         .filter(|m| m.state == RunState::Complete)
-        .collect();
+        .partition(RunMeta::is_calibration);
     // Group, keeping the newest `limit` runs of each group.
     let mut by_group: BTreeMap<String, Vec<RunMeta>> = BTreeMap::new();
     for m in metas {
@@ -318,12 +327,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             id: m.id.clone(),
             href: run_href(root, &m.id),
             commit: short_sha(m.commit.as_deref()),
-            commit_href: match (&opt.repo_url, &m.commit) {
-                (Some(u), Some(c)) if c.chars().all(|c| c.is_ascii_hexdigit()) => {
-                    Some(format!("{}/commit/{c}", u.trim_end_matches('/')))
-                }
-                _ => None,
-            },
+            commit_href: commit_href(opt, m.commit.as_deref()),
             branch: m.branch.clone().unwrap_or_else(|| "–".into()),
             pr: m.pr.map(|p| format!("#{p}")).unwrap_or_default(),
             date: m.started_at.format("%Y-%m-%d %H:%M").to_string(),
@@ -595,6 +599,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             has_runs => !infos.is_empty(),
         },
     )?;
+    let n_calibrations = calibration_page(&mut site, store, &calibrations)?;
     if crate::status::render(&site.env, &opt.out, opt.repo_url.as_deref())? {
         site.pages += 1;
     }
@@ -608,7 +613,288 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
         groups: series.len(),
         regressions: regressions.len(),
         steps: all_steps.len(),
+        calibrations: n_calibrations,
     })
+}
+
+/// The link to a commit on the repository's site, when there is one and the commit is a SHA.
+fn commit_href(opt: &DashboardOptions, commit: Option<&str>) -> Option<String> {
+    match (&opt.repo_url, commit) {
+        (Some(u), Some(c)) if c.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Some(format!("{}/commit/{c}", u.trim_end_matches('/')))
+        }
+        _ => None,
+    }
+}
+
+/// One line of a calibration run's table as stored in its result's `extra`: the shape of the bench crate's
+/// `CalibrationRow` (report and bench, one layer, do not know each other, so it is read here as data). A result whose
+/// `extra` does not parse is read from its name (`calibrate/<method>/<change>`) and metrics instead.
+#[derive(Debug, Clone, Deserialize)]
+struct CalibrationRow {
+    method: String,
+    slowdown: f64,
+    comparisons: usize,
+    rows: usize,
+    flagged: usize,
+    #[serde(default)]
+    per_op: BTreeMap<String, (usize, usize)>,
+    #[serde(default)]
+    median_detectable: Option<f64>,
+    #[serde(default)]
+    pair_spread: Option<f64>,
+    #[serde(default)]
+    secs_per_comparison: f64,
+}
+
+impl CalibrationRow {
+    fn of(r: &BenchResult) -> Option<CalibrationRow> {
+        if r.kind != BenchKind::Calibration {
+            return None;
+        }
+        if let Ok(row) = serde_json::from_value::<CalibrationRow>(r.extra.clone()) {
+            return Some(row);
+        }
+        let (method, change) = r.name.strip_prefix("calibrate/")?.split_once('/')?;
+        let slowdown = match change {
+            "A/A" => 0.0,
+            c => {
+                c.strip_prefix('+')?
+                    .strip_suffix('%')?
+                    .parse::<f64>()
+                    .ok()?
+                    / 100.0
+            }
+        };
+        let m = |k: &str| r.metrics.get(k).copied().filter(|v| v.is_finite());
+        Some(CalibrationRow {
+            method: method.to_string(),
+            slowdown,
+            comparisons: m("comparisons")? as usize,
+            rows: m("rows")? as usize,
+            flagged: m("flagged")? as usize,
+            per_op: BTreeMap::new(),
+            median_detectable: m("median_detectable"),
+            pair_spread: m("pair_spread"),
+            secs_per_comparison: m("secs_per_comparison").unwrap_or(0.0),
+        })
+    }
+
+    fn is_aa(&self) -> bool {
+        self.slowdown == 0.0
+    }
+
+    /// "A/A" or the injected slowdown, e.g. "+3%", "+2.5%".
+    fn change(&self) -> String {
+        if self.is_aa() {
+            return "A/A".into();
+        }
+        let p = format!("{:.2}", self.slowdown * 100.0);
+        format!("+{}%", p.trim_end_matches('0').trim_end_matches('.'))
+    }
+
+    /// The flagged share of the judged op rows, e.g. "12.5%"; "–" when none was judged.
+    fn rate(&self) -> String {
+        if self.rows == 0 {
+            return "–".into();
+        }
+        format!("{:.1}%", self.flagged as f64 / self.rows as f64 * 100.0)
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct CalibrationRowView {
+    method: String,
+    change: String,
+    /// An A/A row that flagged something (false alarms).
+    alarm: bool,
+    comparisons: usize,
+    flagged: String,
+    rate: String,
+    per_op: String,
+    median_detectable: String,
+    pair_spread: String,
+    secs_per_comparison: String,
+}
+
+#[derive(Debug, Serialize)]
+struct CalibrationRunView {
+    id: String,
+    date: String,
+    commit: String,
+    commit_href: Option<String>,
+    branch: String,
+    dirty: bool,
+    suite: String,
+    runner: String,
+    rows: Vec<CalibrationRowView>,
+}
+
+/// An earlier calibration of a machine as one compact row: a cell per (method, change) column of the machine's
+/// history, the A/A false-alarm rate or the catch rate, "–" where that run did not measure it.
+#[derive(Debug, Serialize)]
+struct CalibrationHistoryRow {
+    id: String,
+    date: String,
+    commit: String,
+    commit_href: Option<String>,
+    cells: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct MachineCalibrationView {
+    fingerprint: String,
+    summary: String,
+    facts: Vec<(String, String)>,
+    runs: usize,
+    latest: CalibrationRunView,
+    columns: Vec<String>,
+    history: Vec<CalibrationHistoryRow>,
+}
+
+fn machine_facts(f: &Fingerprint) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("CPU".to_string(), f.cpu_model.clone()),
+        ("logical cores".to_string(), f.cpu_cores.to_string()),
+        ("OS".to_string(), f.os.clone()),
+        (
+            "kernel".to_string(),
+            f.kernel.clone().unwrap_or_else(|| "–".into()),
+        ),
+    ];
+    for g in &f.gpus {
+        v.push((
+            "GPU".to_string(),
+            format!(
+                "{} (driver {}, CUDA {})",
+                g.name,
+                g.driver,
+                g.cuda.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    v.push(("rustc".to_string(), f.rustc.clone()));
+    v
+}
+
+/// `calibration.html`: per machine fingerprint (newest calibration first), the newest calibration run's table and
+/// the older calibration runs of that machine, one compact row each. Returns how many calibration runs it shows.
+fn calibration_page(site: &mut Site, store: &Store, metas: &[RunMeta]) -> Result<usize> {
+    let opt = site.opt;
+    let mut by_machine: BTreeMap<&str, Vec<&RunMeta>> = BTreeMap::new();
+    for m in metas {
+        by_machine.entry(&m.fingerprint_id).or_default().push(m);
+    }
+    let mut shown = 0;
+    let mut machines: Vec<(chrono::DateTime<chrono::Utc>, MachineCalibrationView)> = Vec::new();
+    for (fp, ms) in by_machine {
+        // Oldest first (list_runs' order); the newest `limit` of the machine.
+        let keep = &ms[ms.len().saturating_sub(opt.limit.max(1))..];
+        let mut runs: Vec<(Run, Vec<CalibrationRow>)> = Vec::new();
+        for m in keep.iter().rev() {
+            let run = store.load_run(&m.id)?;
+            let rows = run.results.iter().filter_map(CalibrationRow::of).collect();
+            runs.push((run, rows));
+        }
+        shown += runs.len();
+        let (newest, newest_rows) = &runs[0];
+        let nm = &newest.meta;
+        let latest = CalibrationRunView {
+            id: nm.id.clone(),
+            date: nm.started_at.format("%Y-%m-%d %H:%M").to_string(),
+            commit: short_sha(nm.commit.as_deref()),
+            commit_href: commit_href(opt, nm.commit.as_deref()),
+            branch: nm.branch.clone().unwrap_or_else(|| "–".into()),
+            dirty: nm.dirty,
+            suite: nm.suite.clone(),
+            runner: nm.runner_version.clone(),
+            rows: newest_rows
+                .iter()
+                .map(|r| CalibrationRowView {
+                    method: r.method.clone(),
+                    change: r.change(),
+                    alarm: r.is_aa() && r.flagged > 0,
+                    comparisons: r.comparisons,
+                    flagged: format!("{}/{}", r.flagged, r.rows),
+                    rate: r.rate(),
+                    per_op: r
+                        .per_op
+                        .iter()
+                        .map(|(k, (f, n))| format!("{} {f}/{n}", k.trim_start_matches("op/")))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    median_detectable: r
+                        .median_detectable
+                        .map(|d| format!("±{:.1}%", d * 100.0))
+                        .unwrap_or_else(|| "–".into()),
+                    pair_spread: r
+                        .pair_spread
+                        .map(|d| format!("{:.1}%", d * 100.0))
+                        .unwrap_or_else(|| "–".into()),
+                    secs_per_comparison: crate::fmt_seconds(r.secs_per_comparison),
+                })
+                .collect(),
+        };
+        // The history's columns: every (method, change) an older run measured, counted before timed, A/A first,
+        // then by slowdown.
+        let mut cols: Vec<(String, f64, String)> = Vec::new();
+        for (_, rows) in &runs[1..] {
+            for r in rows {
+                let key = (r.method.clone(), r.slowdown, r.change());
+                if !cols.iter().any(|c| c.0 == key.0 && c.2 == key.2) {
+                    cols.push(key);
+                }
+            }
+        }
+        cols.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let history = runs[1..]
+            .iter()
+            .map(|(run, rows)| CalibrationHistoryRow {
+                id: run.meta.id.clone(),
+                date: run.meta.started_at.format("%Y-%m-%d %H:%M").to_string(),
+                commit: short_sha(run.meta.commit.as_deref()),
+                commit_href: commit_href(opt, run.meta.commit.as_deref()),
+                cells: cols
+                    .iter()
+                    .map(|(method, _, change)| {
+                        rows.iter()
+                            .find(|r| &r.method == method && &r.change() == change)
+                            .map(|r| format!("{} ({}/{})", r.rate(), r.flagged, r.rows))
+                            .unwrap_or_else(|| "–".into())
+                    })
+                    .collect(),
+            })
+            .collect();
+        machines.push((
+            nm.started_at,
+            MachineCalibrationView {
+                fingerprint: fp.to_string(),
+                summary: nm.fingerprint.summary(),
+                facts: machine_facts(&nm.fingerprint),
+                runs: ms.len(),
+                latest,
+                columns: cols
+                    .into_iter()
+                    .map(|(method, _, change)| format!("{method} {change}"))
+                    .collect(),
+                history,
+            },
+        ));
+    }
+    machines.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| a.1.fingerprint.cmp(&b.1.fingerprint))
+    });
+    let machines: Vec<MachineCalibrationView> = machines.into_iter().map(|(_, m)| m).collect();
+    site.write(
+        "calibration.html",
+        "calibration.html",
+        minijinja::context! {
+            root => "", title => &opt.title, page_title => "Detector calibration",
+            machines => &machines, profile => CALIBRATION_PROFILE,
+        },
+    )?;
+    Ok(shown)
 }
 
 #[derive(Serialize)]
@@ -1046,6 +1332,7 @@ fn run_page(
                     BenchKind::Op => "op",
                     BenchKind::Resources => "kernel resources (ptxas)",
                     BenchKind::CudaOps => "CUDA ops vs cuBLAS",
+                    BenchKind::Calibration => "detector calibration",
                 }
                 .into(),
                 status: match &r.status {
@@ -1218,4 +1505,56 @@ pub fn check_out_dir(out: &Path) -> Result<()> {
         "{} is not empty and does not hold a saeperf dashboard; choose another --out",
         out.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &str, extra: serde_json::Value) -> BenchResult {
+        BenchResult {
+            name: name.into(),
+            kind: BenchKind::Calibration,
+            status: BenchStatus::Ok,
+            samples: vec![],
+            yardstick: vec![],
+            metrics: BTreeMap::from([
+                ("flagged".to_string(), 3.0),
+                ("rows".to_string(), 8.0),
+                ("comparisons".to_string(), 2.0),
+                ("secs_per_comparison".to_string(), 1.5),
+            ]),
+            metric_seeds: BTreeMap::new(),
+            deterministic: true,
+            curve: vec![],
+            extra,
+        }
+    }
+
+    #[test]
+    fn calibration_rows_read_from_extra_or_name_and_metrics() {
+        // The bench crate's CalibrationRow as serialized (per_op pairs are JSON arrays).
+        let extra = serde_json::json!({
+            "method": "timed", "slowdown": 0.07, "comparisons": 4, "rows": 8, "flagged": 6,
+            "per_op": { "op/encode": [4, 4], "op/decode": [2, 4] },
+            "median_detectable": 0.021, "pair_spread": 0.004, "secs_per_comparison": 12.5
+        });
+        let r = CalibrationRow::of(&result("calibrate/timed/+7.000000000000001%", extra)).unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.change(), r.rate()),
+            ("timed", "+7%".to_string(), "75.0%".to_string())
+        );
+        assert_eq!(r.per_op["op/decode"], (2, 4));
+        // A result whose extra is not a row: its name and metrics.
+        let r = CalibrationRow::of(&result("calibrate/counted/+2.5%", serde_json::Value::Null))
+            .unwrap();
+        assert_eq!((r.method.as_str(), r.change()), ("counted", "+2.5%".into()));
+        assert_eq!((r.flagged, r.rows, r.comparisons), (3, 8, 2));
+        let r =
+            CalibrationRow::of(&result("calibrate/counted/A/A", serde_json::Value::Null)).unwrap();
+        assert!(r.is_aa() && r.change() == "A/A");
+        let mut other = result("op/encode", serde_json::Value::Null);
+        other.kind = BenchKind::Op;
+        assert!(CalibrationRow::of(&other).is_none());
+    }
 }

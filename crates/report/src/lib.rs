@@ -53,6 +53,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "regressions.html",
         include_str!("../../../dashboards/regressions.html"),
     ),
+    (
+        "calibration.html",
+        include_str!("../../../dashboards/calibration.html"),
+    ),
     ("feed.xml", include_str!("../../../dashboards/feed.xml")),
     (
         "status.html",

@@ -23,7 +23,8 @@ use thiserror::Error;
 
 pub use fingerprint::Fingerprint;
 pub use schema::{
-    BenchKind, BenchResult, BenchStatus, Run, RunBackend, RunMeta, RunState, SCHEMA_VERSION,
+    BenchKind, BenchResult, BenchStatus, Run, RunBackend, RunMeta, RunState, CALIBRATION_PROFILE,
+    SCHEMA_VERSION,
 };
 
 /// Errors from the store, each naming the store or the record involved.

@@ -16,6 +16,11 @@ use crate::fingerprint::Fingerprint;
 /// Version of the on-disk and bundle schema. Stores and bundles with another version are refused with a clear error.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The profile `runner calibrate` stores its runs under (the detector measured on a machine, one result per method
+/// and injected slowdown, kind [`BenchKind::Calibration`]). Such a run is never a benchmark series, a baseline or a
+/// point of history: only the dashboard's calibration page shows it.
+pub const CALIBRATION_PROFILE: &str = "calibrate";
+
 /// Whether a run finished. Only `Complete` runs are compared or used as baselines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +58,13 @@ pub struct RunMeta {
     /// Names of the benchmarks the run committed (filled at completion; `db check` verifies each one exists).
     pub benchmarks: Vec<String>,
     pub runner_version: String,
+}
+
+impl RunMeta {
+    /// A `runner calibrate` run ([`CALIBRATION_PROFILE`]), not a benchmark run.
+    pub fn is_calibration(&self) -> bool {
+        self.profile == CALIBRATION_PROFILE
+    }
 }
 
 /// The backend a run used, as recorded (`"cpu"`, `"reference"`, `"cuda"` in JSON). Chosen once per run by the
@@ -116,6 +128,8 @@ pub enum BenchKind {
     Resources,
     /// The CUDA ops timed with CUDA events next to cuBLAS SGEMM (GPU only); one median per metric.
     CudaOps,
+    /// `runner calibrate`: the detector measured on this machine (A/A comparisons, injected slowdowns).
+    Calibration,
 }
 
 /// Outcome of one benchmark.

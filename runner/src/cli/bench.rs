@@ -221,3 +221,78 @@ pub fn cmd_worker(a: WorkerArgs) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// `runner calibrate`: the detector measuring itself on this machine.
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    #[arg(long)]
+    pub suite: Option<PathBuf>,
+    /// The suite profile whose op benchmarks are calibrated.
+    #[arg(long, default_value = "quick")]
+    pub profile: String,
+    /// Only op benchmarks whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// A/A comparisons of counted cost.
+    #[arg(long, default_value_t = 50)]
+    pub counted_aa: usize,
+    /// A/A comparisons of paired timing.
+    #[arg(long, default_value_t = 50)]
+    pub timed_aa: usize,
+    /// Paired-timing comparisons per injected slowdown.
+    #[arg(long, default_value_t = 10)]
+    pub trials: usize,
+    /// Counted comparisons per injected slowdown (counts repeat exactly; the A/A rows show it).
+    #[arg(long, default_value_t = 1)]
+    pub counted_trials: usize,
+    /// Injected slowdowns (fractions of each op's own work).
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.03,0.05,0.1")]
+    pub slowdowns: Vec<f64>,
+    /// Skip counted cost.
+    #[arg(long)]
+    pub no_counted: bool,
+    /// Skip paired timing.
+    #[arg(long)]
+    pub no_timed: bool,
+    /// Print the table as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `runner calibrate`.
+pub fn cmd_calibrate(db: Option<&Path>, a: CalibrateArgs, quiet: bool) -> Result<i32> {
+    if let Some(bad) = a.slowdowns.iter().find(|s| !(s.is_finite() && **s > 0.0 && **s < 10.0)) {
+        anyhow::bail!("--slowdowns: {bad} is not a fraction in (0, 10)");
+    }
+    // Open the store first: a locked or corrupt store fails before an hour of measuring.
+    let store = super::open_store(db)?;
+    let started = chrono::Utc::now();
+    let req = saeperf_bench::calibrate::CalibrateRequest {
+        suite: a.suite.clone(),
+        profile: a.profile,
+        filter: a.filter,
+        counted_aa: a.counted_aa,
+        timed_aa: a.timed_aa,
+        trials: a.trials,
+        counted_trials: a.counted_trials.max(1),
+        slowdowns: a.slowdowns,
+        counted: !a.no_counted,
+        timed: !a.no_timed,
+        progress: !quiet,
+    };
+    let exe = std::env::current_exe()?;
+    let table = saeperf_bench::calibrate::calibrate(&req, &exe)?;
+    let (suite, _) = saeperf_bench::Suite::load(a.suite.as_deref())?;
+    let run = saeperf_bench::calibrate::as_run(&table, &Repo::current().state(), &suite.name, started);
+    store.commit_run(&run)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "run": run.meta.id, "rows": table }))?
+        );
+    } else {
+        print!("{}", saeperf_bench::calibrate::render(&table));
+        println!("stored as run {} (machine {})", run.meta.id, run.meta.fingerprint_id);
+    }
+    Ok(0)
+}

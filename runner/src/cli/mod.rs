@@ -68,6 +68,9 @@ pub enum Command {
     /// One side of paired timing: serves "time op i for n iterations" requests on stdin.
     #[command(hide = true)]
     BenchWorker(bench::WorkerArgs),
+    /// Measure the speed detector on this machine: A/A false alarms and injected slowdowns caught, for counted cost
+    /// and paired timing; stored as a run and printed as a table.
+    Calibrate(bench::CalibrateArgs),
     /// The results store: check, list, export.
     #[command(subcommand)]
     Db(store::DbCmd),
@@ -139,6 +142,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Bench(a) => bench::cmd_bench(db, a, cli.quiet),
         Command::BenchOps(a) => bench::cmd_bench_ops(a),
         Command::CountOps(a) => bench::cmd_count_ops(a),
+        Command::Calibrate(a) => bench::cmd_calibrate(db, a, cli.quiet),
         Command::BenchWorker(a) => bench::cmd_worker(a),
         Command::Db(c) => store::run_db(db, &c),
         Command::Ingest { bundles } => store::run_ingest(db, &bundles),

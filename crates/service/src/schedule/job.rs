@@ -107,7 +107,8 @@ pub fn already_benchmarked(
 }
 
 /// The newest run of `commit` on this machine begun at or after `since`, whatever its state: the run a bench
-/// child began (found in the store when the child left no document: it crashed, timed out or was stopped).
+/// child began (found in the store when the child left no document: it crashed, timed out or was stopped). A
+/// `runner calibrate` run of the same checkout started meanwhile is not it.
 pub fn run_begun_since(
     store: &Store,
     commit: &str,
@@ -117,6 +118,7 @@ pub fn run_begun_since(
     let run = store.newest(|m| {
         m.commit.as_deref() == Some(commit)
             && m.fingerprint_id == fingerprint_id
+            && !m.is_calibration()
             && m.started_at >= since - chrono::Duration::seconds(1)
     })?;
     Ok(run.map(|m| m.id))
