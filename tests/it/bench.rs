@@ -222,7 +222,9 @@ fn aa_is_quiet_slowdown_and_quality_drop_are_regressions() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["metric"] == "instructions" && r["bench"].as_str().unwrap().starts_with("op/"))
+        .filter(|r| {
+            r["metric"] == "instructions" && r["bench"].as_str().unwrap().starts_with("op/")
+        })
         .collect();
     assert_eq!(counted.len(), 4);
     for r in &counted {
@@ -467,10 +469,28 @@ fn baseline_auto_times_the_merge_base_interleaved() {
         .iter()
         .filter(|r| r["metric"] == "time" && r["bench"].as_str().unwrap().starts_with("op/"))
         .collect();
-    assert!(times.iter().all(|r| r["detail"].as_str().unwrap().contains("paired")), "{times:?}");
-    assert!(times.iter().filter(|r| r["verdict"] == "regression").count() >= 3, "{times:?}");
+    assert!(
+        times
+            .iter()
+            .all(|r| r["detail"].as_str().unwrap().contains("paired")),
+        "{times:?}"
+    );
+    assert!(
+        times
+            .iter()
+            .filter(|r| r["verdict"] == "regression")
+            .count()
+            >= 3,
+        "{times:?}"
+    );
     // Counted cost of the merge base's ops, from its own runner: the head's 10x work is a regression there too.
-    assert!(verdicts(&v, "instructions").iter().filter(|x| *x == "regression").count() >= 4);
+    assert!(
+        verdicts(&v, "instructions")
+            .iter()
+            .filter(|x| *x == "regression")
+            .count()
+            >= 4
+    );
     // The merge base's run is stored: the next plain bench on the PR uses it.
     let (o, next) = bench(&e, &[]);
     assert!(
@@ -486,12 +506,25 @@ fn baseline_auto_times_the_merge_base_interleaved() {
 #[test]
 fn baseline_auto_aa_is_quiet_on_counted_cost_and_paired_time() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let e = setup(&tiny_suite(20, 12).replace("min_threshold = 1.0", "min_threshold = 1.0\npaired_threshold = 0.05"));
+    let e = setup(&tiny_suite(20, 12).replace(
+        "min_threshold = 1.0",
+        "min_threshold = 1.0\npaired_threshold = 0.05",
+    ));
     git(&e.repo, &["checkout", "-qb", "pr"]);
     std::fs::write(e.repo.join("notes.txt"), "a change").unwrap();
     git(&e.repo, &["add", "."]);
     git(&e.repo, &["commit", "-qm", "change"]);
-    let mut c = cmd(&e, &["bench", "--suite", "suite.toml", "--json", "--baseline", "auto"]);
+    let mut c = cmd(
+        &e,
+        &[
+            "bench",
+            "--suite",
+            "suite.toml",
+            "--json",
+            "--baseline",
+            "auto",
+        ],
+    );
     c.env("SAEPERF_AUTO_BASE_RUNNER", env!("CARGO_BIN_EXE_runner"));
     let o = c.output().unwrap();
     let v: serde_json::Value =
@@ -505,7 +538,11 @@ fn baseline_auto_aa_is_quiet_on_counted_cost_and_paired_time() {
             .filter(|r| r["metric"] == m && r["bench"].as_str().unwrap().starts_with("op/"))
             .collect();
         assert_eq!(rows.len(), 4, "{m}");
-        assert!(rows.iter().all(|r| !["regression", "failed"].contains(&r["verdict"].as_str().unwrap())), "{rows:?}");
+        assert!(
+            rows.iter()
+                .all(|r| !["regression", "failed"].contains(&r["verdict"].as_str().unwrap())),
+            "{rows:?}"
+        );
     }
 }
 
@@ -517,15 +554,36 @@ fn calibrate_writes_its_table_and_stores_it() {
     let o = cmd(
         &e,
         &[
-            "calibrate", "--suite", "suite.toml", "--profile", "standard", "--filter", "op/adam",
-            "--counted-aa", "2", "--timed-aa", "1", "--trials", "1", "--slowdowns", "0.03,2.0",
+            "calibrate",
+            "--suite",
+            "suite.toml",
+            "--profile",
+            "standard",
+            "--filter",
+            "op/adam",
+            "--counted-aa",
+            "2",
+            "--timed-aa",
+            "1",
+            "--trials",
+            "1",
+            "--slowdowns",
+            "0.03,2.0",
         ],
     )
     .output()
     .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    for want in ["counted", "timed", "A/A", "+3%", "+200%", "op rows flagged", "stored as run"] {
+    for want in [
+        "counted",
+        "timed",
+        "A/A",
+        "+3%",
+        "+200%",
+        "op rows flagged",
+        "stored as run",
+    ] {
         assert!(out.contains(want), "{want}: {out}");
     }
     // Counted cost: A/A quiet (0/2), 3% more work caught (1/1).

@@ -265,7 +265,11 @@ pub fn paired_ops(
             (Worker::start(bc, "the merge base's")?, h)
         })
     };
-    let token = format!("auto-{}-{}", short(&base.commit), chrono::Utc::now().timestamp_micros());
+    let token = format!(
+        "auto-{}-{}",
+        short(&base.commit),
+        chrono::Utc::now().timestamp_micros()
+    );
     let seed = chrono::Utc::now().timestamp_micros() as u64;
     let (pairs, report, ready) = paired::time_pairs(&mut start, warmup, settings, rules, seed)?;
     let (b, h) = paired::results(&pairs, specs, (&ready.0, &ready.1), &token);

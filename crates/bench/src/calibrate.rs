@@ -117,13 +117,23 @@ fn as_result(name: &str, metrics: &BTreeMap<String, f64>) -> BenchResult {
 }
 
 /// Judge one counted comparison like `runner compare`: an op row is flagged when instructions or est_cycles is.
-fn judge_counted(row: &mut CalibrationRow, base: &Counted, head: &Counted, rules: &Rules, aa: bool) {
+fn judge_counted(
+    row: &mut CalibrationRow,
+    base: &Counted,
+    head: &Counted,
+    rules: &Rules,
+    aa: bool,
+) {
     for (op, b) in base {
         let Some(h) = head.get(op) else { continue };
         let (rb, rh) = (as_result(op, b), as_result(op, h));
         let verdicts: Vec<Verdict> = [INSTRUCTIONS, EST_CYCLES]
             .iter()
-            .filter_map(|m| rules.rule(m).map(|r| judge_metric(op, m, &rb, &rh, r).verdict))
+            .filter_map(|m| {
+                rules
+                    .rule(m)
+                    .map(|r| judge_metric(op, m, &rb, &rh, r).verdict)
+            })
             .collect();
         let flagged = if aa {
             verdicts.iter().any(|v| v.needs_attention())
@@ -161,12 +171,20 @@ fn worker_cmd(exe: &Path, req: &CalibrateRequest, slowdown: f64) -> Command {
     if slowdown > 0.0 {
         c.env(INJECT_ENV, slowdown.to_string());
     }
-    c.args(["--quiet", "bench-worker", "--profile", &req.profile, "--backend", "cpu"]);
+    c.args([
+        "--quiet",
+        "bench-worker",
+        "--profile",
+        &req.profile,
+        "--backend",
+        "cpu",
+    ]);
     if let Some(f) = &req.filter {
         c.args(["--filter", f]);
     }
     if let Some(s) = &req.suite {
-        c.arg("--suite").arg(std::path::absolute(s).unwrap_or(s.clone()));
+        c.arg("--suite")
+            .arg(std::path::absolute(s).unwrap_or(s.clone()));
     }
     c
 }
@@ -184,7 +202,8 @@ pub fn calibrate(req: &CalibrateRequest, exe: &Path) -> Result<Vec<CalibrationRo
             _ => None,
         })
         .context("the profile has no op benchmark to calibrate")?;
-    let total = (req.counted as usize) * (req.counted_aa + 1 + req.slowdowns.len() * req.counted_trials)
+    let total = (req.counted as usize)
+        * (req.counted_aa + 1 + req.slowdowns.len() * req.counted_trials)
         + (req.timed as usize) * (req.timed_aa + req.slowdowns.len() * req.trials);
     let pb = if req.progress {
         indicatif::ProgressBar::new(total as u64)
@@ -225,7 +244,8 @@ pub fn calibrate(req: &CalibrateRequest, exe: &Path) -> Result<Vec<CalibrationRo
                     row.comparisons += 1;
                     pb.inc(1);
                 }
-                row.secs_per_comparison = t0.elapsed().as_secs_f64() / req.counted_trials.max(1) as f64;
+                row.secs_per_comparison =
+                    t0.elapsed().as_secs_f64() / req.counted_trials.max(1) as f64;
                 table.push(row);
             }
         }

@@ -78,17 +78,19 @@ impl Counts {
             .collect();
         let totals: Vec<u64> = text
             .lines()
-            .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
             .context("no `summary:` line in the callgrind output")?
             .split_whitespace()
             .map(|v| v.parse::<u64>())
             .collect::<Result<_, _>>()
             .context("a callgrind total is not a number")?;
         let get = |name: &str| -> Result<u64> {
-            let i = events
-                .iter()
-                .position(|e| *e == name)
-                .with_context(|| format!("callgrind did not record {name} (was --cache-sim=yes given?)"))?;
+            let i = events.iter().position(|e| *e == name).with_context(|| {
+                format!("callgrind did not record {name} (was --cache-sim=yes given?)")
+            })?;
             // Trailing zero columns may be left out.
             Ok(totals.get(i).copied().unwrap_or(0))
         };
@@ -176,13 +178,17 @@ pub fn count_child<B: Backend>(
                 };
                 match saeperf_counted_region(&mut || bench.call()) {
                     Ok(()) => doc.regions.push(name.clone()),
-                    Err(e) => bail!("{name}: {e:#} (the counted region failed; its dump cannot be attributed)"),
+                    Err(e) => bail!(
+                        "{name}: {e:#} (the counted region failed; its dump cannot be attributed)"
+                    ),
                 }
             }
             BenchSpec::Train(t) | BenchSpec::Prune(t) if !req.only_ops => {
                 let Some(set) = data.as_ref().and_then(|d| d.set(&t.data)) else {
-                    doc.skipped
-                        .push((t.name.clone(), format!("activation set {:?} is not prepared", t.data)));
+                    doc.skipped.push((
+                        t.name.clone(),
+                        format!("activation set {:?} is not prepared", t.data),
+                    ));
                     continue;
                 };
                 let cfg = train_count_config(t, &c);

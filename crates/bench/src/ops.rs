@@ -42,7 +42,11 @@ const FIRING: usize = 32;
 /// features (every op's cost is proportional to the dictionary size, packing of the weights included; scaling the
 /// batch instead would leave the per-weight costs of backward and adam whole).
 fn injected_shape(s: Shape, frac: f64) -> Shape {
-    Shape::new(s.batch, s.d_in, ((s.d_sae as f64 * frac).round() as usize).max(1))
+    Shape::new(
+        s.batch,
+        s.d_in,
+        ((s.d_sae as f64 * frac).round() as usize).max(1),
+    )
 }
 
 /// One op at one shape on one backend, with its inputs and outputs allocated once.
@@ -75,7 +79,9 @@ impl<'a, B: Backend> OpBench<'a, B> {
         if frac > 0.0 {
             let x = injected_shape(s, frac);
             // The same firing density as the op's own codes.
-            let firing = ((FIRING * x.d_sae) as f64 / s.d_sae.max(1) as f64).round().max(1.0) as usize;
+            let firing = ((FIRING * x.d_sae) as f64 / s.d_sae.max(1) as f64)
+                .round()
+                .max(1.0) as usize;
             b.extra = Some(Box::new(Self::plain(be, op, x, firing)?));
         }
         Ok(b)

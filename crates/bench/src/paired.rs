@@ -337,7 +337,7 @@ pub fn time_pairs(
     let mut round = 0usize;
     let mut restart = |round: &mut usize, base: &mut Worker, head: &mut Worker| -> Result<()> {
         *round += 1;
-        if *round % s.rounds_per_process.max(1) == 0 {
+        if (*round).is_multiple_of(s.rounds_per_process.max(1)) {
             base_first = !base_first;
             // The old pair stops before the new one allocates.
             let (b, h) = {
@@ -360,7 +360,13 @@ pub fn time_pairs(
             break;
         }
         for i in active {
-            take_block(&mut base, &mut head, &mut ops[i], s.pairs_per_block, &mut rng)?;
+            take_block(
+                &mut base,
+                &mut head,
+                &mut ops[i],
+                s.pairs_per_block,
+                &mut rng,
+            )?;
         }
         restart(&mut round, &mut base, &mut head)?;
     }
@@ -402,8 +408,11 @@ pub fn results(
         else {
             continue;
         };
-        let flops = matches!(op, saeperf_kernels::Op::Encode | saeperf_kernels::Op::Decode)
-            .then(|| 2.0 * (shape.batch * shape.d_in * shape.d_sae) as f64);
+        let flops = matches!(
+            op,
+            saeperf_kernels::Op::Encode | saeperf_kernels::Op::Decode
+        )
+        .then(|| 2.0 * (shape.batch * shape.d_in * shape.d_sae) as f64);
         let mk = |samples: Vec<f64>, status: BenchStatus, extra: serde_json::Value| BenchResult {
             name: name.clone(),
             kind: BenchKind::Op,

@@ -20,10 +20,10 @@ use saeperf_store::{
 };
 
 use crate::auto::{self, AutoBase};
+use crate::count::{self, CountRequest, Counted};
 use crate::document::BenchDocument;
 use crate::suite::{BenchSpec, ResolvedSuite, Suite};
 use crate::train::DataCtx;
-use crate::count::{self, CountRequest, Counted};
 use crate::{kernels, ops, train};
 
 /// What to run, as checked values (the command line builds it from its flags).
@@ -387,7 +387,11 @@ pub fn execute(p: &Prepared) -> Result<Executed> {
                 &p.resolved.paired,
                 &p.rules,
             )?;
-            tracing::info!(secs = report.secs, budget_spent = report.budget_spent, "paired timing done");
+            tracing::info!(
+                secs = report.secs,
+                budget_spent = report.budget_spent,
+                "paired timing done"
+            );
             if report.budget_spent {
                 pb.suspend(|| {
                     eprintln!(
@@ -428,7 +432,10 @@ pub fn execute(p: &Prepared) -> Result<Executed> {
 /// The counted cost of this run's benchmarks (CPU backends only), or nothing with a one-line note saying why.
 fn count_run(p: &Prepared) -> Counted {
     if !matches!(p.device.selected, Selected::Cpu(_)) {
-        eprintln!("counted cost skipped: it counts the CPU backends' work, and this run uses {}", p.device.backend);
+        eprintln!(
+            "counted cost skipped: it counts the CPU backends' work, and this run uses {}",
+            p.device.backend
+        );
         return Counted::new();
     }
     if let Some(why) = count::unavailable() {
@@ -451,7 +458,10 @@ fn count_run(p: &Prepared) -> Counted {
         }
     };
     count::count(&exe, None, &req, &[], &[]).unwrap_or_else(|e| {
-        eprintln!("counted cost skipped: {}", format!("{e:#}").replace('\n', " "));
+        eprintln!(
+            "counted cost skipped: {}",
+            format!("{e:#}").replace('\n', " ")
+        );
         Counted::new()
     })
 }
@@ -474,7 +484,10 @@ fn count_base_ops(p: &Prepared, base: &AutoBase) -> Counted {
         &[],
     )
     .unwrap_or_else(|e| {
-        eprintln!("the merge base's counted cost skipped: {}", format!("{e:#}").replace('\n', " "));
+        eprintln!(
+            "the merge base's counted cost skipped: {}",
+            format!("{e:#}").replace('\n', " ")
+        );
         Counted::new()
     })
 }

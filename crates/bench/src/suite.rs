@@ -561,7 +561,10 @@ impl Suite {
                 return bad("speed.alpha must be in (0, 1)".into());
             }
         }
-        if self.profiles.contains_key(saeperf_store::CALIBRATION_PROFILE) {
+        if self
+            .profiles
+            .contains_key(saeperf_store::CALIBRATION_PROFILE)
+        {
             return bad(format!(
                 "profile {:?} is reserved for `runner calibrate`'s runs",
                 saeperf_store::CALIBRATION_PROFILE
@@ -569,7 +572,9 @@ impl Suite {
         }
         let (c, pr) = (&self.count, &self.paired);
         if c.batch == 0 || c.train_steps == 0 || c.train_batch == 0 {
-            return bad("count.batch, count.train_steps and count.train_batch must be positive".into());
+            return bad(
+                "count.batch, count.train_steps and count.train_batch must be positive".into(),
+            );
         }
         if pr.min_blocks < 3 || pr.max_blocks < pr.min_blocks || pr.pairs_per_block == 0 {
             return bad("paired.min_blocks must be at least 3, paired.max_blocks at least min_blocks, and paired.pairs_per_block positive".into());

@@ -503,7 +503,9 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
             row.verdict = Verdict::Noise;
             row.p = None;
             row.detectable = None;
-            row.detail = "timed by different methods (one side paired, the other in rounds): not judged".into();
+            row.detail =
+                "timed by different methods (one side paired, the other in rounds): not judged"
+                    .into();
             rows.push(row);
         } else if same_fp && !h.samples.is_empty() {
             let norm = match (b.normalized(), h.normalized()) {

@@ -261,7 +261,11 @@ pub struct CalibrateArgs {
 
 /// `runner calibrate`.
 pub fn cmd_calibrate(db: Option<&Path>, a: CalibrateArgs, quiet: bool) -> Result<i32> {
-    if let Some(bad) = a.slowdowns.iter().find(|s| !(s.is_finite() && **s > 0.0 && **s < 10.0)) {
+    if let Some(bad) = a
+        .slowdowns
+        .iter()
+        .find(|s| !(s.is_finite() && **s > 0.0 && **s < 10.0))
+    {
         anyhow::bail!("--slowdowns: {bad} is not a fraction in (0, 10)");
     }
     // Open the store first: a locked or corrupt store fails before an hour of measuring.
@@ -283,16 +287,22 @@ pub fn cmd_calibrate(db: Option<&Path>, a: CalibrateArgs, quiet: bool) -> Result
     let exe = std::env::current_exe()?;
     let table = saeperf_bench::calibrate::calibrate(&req, &exe)?;
     let (suite, _) = saeperf_bench::Suite::load(a.suite.as_deref())?;
-    let run = saeperf_bench::calibrate::as_run(&table, &Repo::current().state(), &suite.name, started);
+    let run =
+        saeperf_bench::calibrate::as_run(&table, &Repo::current().state(), &suite.name, started);
     store.commit_run(&run)?;
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "run": run.meta.id, "rows": table }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "run": run.meta.id, "rows": table })
+            )?
         );
     } else {
         print!("{}", saeperf_bench::calibrate::render(&table));
-        println!("stored as run {} (machine {})", run.meta.id, run.meta.fingerprint_id);
+        println!(
+            "stored as run {} (machine {})",
+            run.meta.id, run.meta.fingerprint_id
+        );
     }
     Ok(0)
 }
