@@ -7,7 +7,7 @@
 //! - [`calibrate`]: `runner calibrate`, the detector's false alarms and catches measured on this machine;
 //! - [`count`]: counted cost (instructions, estimated cycles) of ops and training steps under Valgrind;
 //! - [`paired`]: paired timing of two builds by long-lived workers (`runner bench-worker`);
-//! - [`auto`]: `--baseline auto`, the merge base built in a worktree and timed interleaved with the head;
+//! - [`auto`]: `--baseline auto`, the merge base built in a worktree and its ops timed in pairs with the head's;
 //! - [`document`]: the versioned documents `runner bench --json` and `runner bench-ops` write and their readers;
 //! - [`table`]: the run as a table for people; [`synthetic`]: synthetic stores for measuring compare on big histories.
 //!

@@ -370,8 +370,9 @@ pub fn time_pairs(
         }
         restart(&mut round, &mut base, &mut head)?;
     }
-    // Confirmation: a borderline op gets as many blocks again (within half the budget more) before its verdict.
-    let confirm_until = start.elapsed() + budget / 2;
+    // Confirmation: a borderline op gets as many blocks again (within a quarter of the budget more) before its
+    // verdict, so sampling, confirmation included, stays within 1.25 budgets.
+    let confirm_until = start.elapsed() + budget / 4;
     for o in ops.iter_mut() {
         let row = judge_paired(&o.name, &o.base, &o.head, rules);
         if !saeperf_compare::paired::borderline(&row, rules) {

@@ -510,7 +510,7 @@ pub fn judge(p: &Prepared, repo: &Repo, done: Executed) -> Result<BenchDocument>
             BaselineChoice {
                 run: Some(brun.meta.id.clone()),
                 why: format!(
-                    "--baseline auto: merge base {} built and run here, op timings interleaved with the head",
+                    "--baseline auto: merge base {} built and run here, op timings paired with the head's",
                     short(brun.meta.commit.as_deref().unwrap_or(""))
                 ),
             }

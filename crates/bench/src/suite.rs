@@ -304,7 +304,7 @@ pub struct PairSettings {
     /// Sampling of an op stops once its detectable change is at most this (relative, e.g. 0.03).
     #[serde(default = "default_target")]
     pub target: f64,
-    /// Wall-clock budget of the timing phase, all ops together (seconds); confirmation gets up to half as much again.
+    /// Wall-clock budget of the timing phase, all ops together (seconds); confirmation gets up to a quarter more.
     #[serde(default = "default_budget")]
     pub budget_secs: f64,
 }
@@ -325,7 +325,7 @@ fn default_target() -> f64 {
     0.03
 }
 fn default_budget() -> f64 {
-    150.0
+    140.0
 }
 
 impl Default for PairSettings {
