@@ -13,7 +13,8 @@
 //! counts describe the AVX2 code paths, whatever the machine runs natively.
 //!
 //! Ops are counted at the count shape (the op's shape with the batch capped at `[count] batch`; the op's cost is
-//! linear in the batch), training at `[count] train_steps` steps with the batch capped at `[count] train_batch`.
+//! linear in the batch), training at `[count] train_steps` steps with the batch capped at `[count] train_batch` and
+//! at [`TRAIN_STEP_MACS`] per GEMM.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -134,10 +135,19 @@ pub fn count_shape(s: Shape, c: &CountSettings) -> Shape {
     Shape::new(s.batch.min(c.batch.max(1)), s.d_in, s.d_sae)
 }
 
-fn train_count_config(t: &TrainSpec, c: &CountSettings) -> saeperf_sae::train::TrainConfig {
+/// A counted training step does at most this many multiply-adds per GEMM (batch · d_in · d_sae): about the counted
+/// encode's, so a language-model dictionary (576 × 4608) is counted at batch 25 rather than for minutes.
+pub const TRAIN_STEP_MACS: usize = 1 << 26;
+
+fn train_count_config(
+    t: &TrainSpec,
+    d_in: usize,
+    c: &CountSettings,
+) -> saeperf_sae::train::TrainConfig {
     let mut t = t.clone();
     t.steps = c.train_steps.max(1);
-    t.batch = t.batch.min(c.train_batch.max(1));
+    let by_work = (TRAIN_STEP_MACS / (d_in * t.d_sae).max(1)).max(1);
+    t.batch = t.batch.min(c.train_batch.max(1)).min(by_work);
     t.log_every = t.steps + 1;
     t.resample = None;
     crate::train::train_config(&t, t.seed)
@@ -191,7 +201,7 @@ pub fn count_child<B: Backend>(
                     ));
                     continue;
                 };
-                let cfg = train_count_config(t, &c);
+                let cfg = train_count_config(t, set.d_in(), &c);
                 let mut run = || {
                     saeperf_sae::train::train_on(backend, &cfg, set, false).map(|o| {
                         std::hint::black_box(o);
