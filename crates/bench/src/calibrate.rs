@@ -205,16 +205,7 @@ pub fn calibrate(req: &CalibrateRequest, exe: &Path) -> Result<Vec<CalibrationRo
     let total = (req.counted as usize)
         * (req.counted_aa + 1 + req.slowdowns.len() * req.counted_trials)
         + (req.timed as usize) * (req.timed_aa + req.slowdowns.len() * req.trials);
-    let pb = if req.progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let pb = crate::run::progress_bar(total, req.progress);
     let mut table = Vec::new();
     if req.counted {
         if let Some(why) = count::unavailable() {

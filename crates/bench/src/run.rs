@@ -313,6 +313,21 @@ pub fn run_ops(specs: &[&BenchSpec], device: &Device) -> Vec<BenchResult> {
         .collect()
 }
 
+/// The progress bar of long bench work (hidden when `show` is false).
+pub fn progress_bar(len: usize, show: bool) -> indicatif::ProgressBar {
+    let pb = if show {
+        indicatif::ProgressBar::new(len as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb
+}
+
 /// Step 2: run every benchmark on the run's backend (each result saved as it finishes), then commit the run as
 /// `Complete` in one transaction. With `--baseline auto` and a merge base to time, the base's suite runs once and the
 /// op micro-benchmarks of both sides are interleaved.
@@ -324,16 +339,7 @@ pub fn execute(p: &Prepared) -> Result<Executed> {
         .iter()
         .partition(|b| matches!(b, BenchSpec::Op { .. }));
     let steps = other_specs.len() + usize::from(!op_specs.is_empty());
-    let pb = if p.request.progress {
-        indicatif::ProgressBar::new(steps as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let pb = progress_bar(steps, p.request.progress);
     let counted = if p.request.count {
         pb.set_message("counted cost under Valgrind (one thread)".to_string());
         count_run(p)

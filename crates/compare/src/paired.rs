@@ -78,23 +78,8 @@ pub fn wilcoxon(d: &[f64]) -> Option<f64> {
         return None;
     }
     a.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let mut ranks = vec![0.0; n];
-    let (mut ties, mut tie_term) = (false, 0.0);
-    let mut i = 0;
-    while i < n {
-        let mut j = i;
-        while j + 1 < n && a[j + 1].0 == a[i].0 {
-            j += 1;
-        }
-        let t = (j - i + 1) as f64;
-        if t > 1.0 {
-            ties = true;
-            tie_term += t * t * t - t;
-        }
-        let r = (i + j) as f64 / 2.0 + 1.0;
-        ranks[i..=j].iter_mut().for_each(|x| *x = r);
-        i = j + 1;
-    }
+    let (ranks, tie_term) = stats::tied_ranks(&a, |x| x.0);
+    let ties = tie_term > 0.0;
     let w_plus: f64 = a
         .iter()
         .zip(&ranks)

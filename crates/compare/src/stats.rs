@@ -34,25 +34,8 @@ pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<MannWhitney> {
         .chain(b.iter().map(|&x| (x, 1)))
         .collect();
     all.sort_by(|x, y| x.0.total_cmp(&y.0));
-    // Average ranks over ties; collect tie-group sizes for the variance correction.
-    let mut ranks = vec![0.0; n];
-    let mut tie_term = 0.0;
-    let mut has_ties = false;
-    let mut i = 0;
-    while i < n {
-        let mut j = i;
-        while j + 1 < n && all[j + 1].0 == all[i].0 {
-            j += 1;
-        }
-        let t = (j - i + 1) as f64;
-        if t > 1.0 {
-            has_ties = true;
-            tie_term += t * t * t - t;
-        }
-        let r = (i + j) as f64 / 2.0 + 1.0;
-        ranks[i..=j].iter_mut().for_each(|x| *x = r);
-        i = j + 1;
-    }
+    let (ranks, tie_term) = tied_ranks(&all, |x| x.0);
+    let has_ties = tie_term > 0.0;
     let r1: f64 = all
         .iter()
         .zip(&ranks)
@@ -84,6 +67,27 @@ pub fn mann_whitney(a: &[f64], b: &[f64]) -> Option<MannWhitney> {
     let normal = Normal::new(0.0, 1.0).expect("standard normal");
     let p = (2.0 * (1.0 - normal.cdf(z))).min(1.0);
     Some(MannWhitney { u, p, exact: false })
+}
+
+/// Ranks (1-based) of `sorted` by `key`, ties given their average rank, and the tie correction Σ(t³ − t) over tie
+/// groups (0 without ties). Shared by the Mann–Whitney and the signed-rank tests.
+pub fn tied_ranks<T>(sorted: &[T], key: impl Fn(&T) -> f64) -> (Vec<f64>, f64) {
+    let n = sorted.len();
+    let mut ranks = vec![0.0; n];
+    let mut tie_term = 0.0;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && key(&sorted[j + 1]) == key(&sorted[i]) {
+            j += 1;
+        }
+        let t = (j - i + 1) as f64;
+        tie_term += t * t * t - t;
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        ranks[i..=j].iter_mut().for_each(|x| *x = r);
+        i = j + 1;
+    }
+    (ranks, tie_term)
 }
 
 /// Number of arrangements giving each U = 0..=n1·n2 under the null (no ties), as f64 counts.
