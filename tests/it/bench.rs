@@ -96,7 +96,7 @@ train_batch = 64
 pairs_per_block = 2
 rounds_per_process = 2
 min_blocks = 4
-max_blocks = 8
+max_blocks = 12
 budget_secs = 20
 
 [speed]
@@ -460,7 +460,8 @@ fn baseline_auto_times_the_merge_base_interleaved() {
         .find(|r| r["name"] == "op/encode")
         .unwrap();
     let n = op["samples"].as_array().unwrap().len();
-    assert!((4..=16).contains(&n), "{op}");
+    // Never fewer than the 10 blocks the signed-rank test needs to reach alpha 0.002 (unless the budget ran out).
+    assert!((4..=24).contains(&n), "{op}");
     assert!(op["extra"]["paired"]["with"].as_str().is_some(), "{op}");
     assert!(verdicts(&v, "mse").iter().all(|x| x == "noise"));
     let times: Vec<&serde_json::Value> = v["comparison"]["rows"]

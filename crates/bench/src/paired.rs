@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use saeperf_compare::paired::{judge_paired, log_ratio_se};
 use saeperf_compare::rules::Rules;
-use saeperf_compare::stats::detectable_change;
+use saeperf_compare::stats::{detectable_change, signed_rank_min_pairs};
 use saeperf_kernels::{Backend, Shape};
 use saeperf_store::{BenchKind, BenchResult, BenchStatus};
 use serde::{Deserialize, Serialize};
@@ -286,7 +286,9 @@ fn take_block<R: Rng>(
 
 fn done(o: &OpPairs, s: &PairSettings, rules: &Rules) -> bool {
     let n = o.base.len();
-    if n < s.min_blocks {
+    // Never stop before the signed-rank test can reach alpha at all: with fewer blocks a narrow spread would look
+    // precise while no change, however large, could be flagged.
+    if n < s.min_blocks.max(signed_rank_min_pairs(rules.speed.alpha)) {
         return false;
     }
     if n >= s.max_blocks {
@@ -456,4 +458,38 @@ pub fn results(
         }
     }
     (base, head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tight blocks would reach any detectable target after 4 blocks, but the signed-rank test cannot reach alpha
+    /// 0.002 before 10: sampling goes on to 10, and a judge of fewer blocks shows nothing detectable.
+    #[test]
+    fn sampling_never_stops_before_the_test_can_reject() {
+        let rules = Rules::default();
+        let s = PairSettings {
+            min_blocks: 4,
+            max_blocks: 40,
+            ..PairSettings::default()
+        };
+        let mut o = OpPairs::default();
+        for i in 0..12 {
+            // Distinct ratios (no ties: the exact test applies), all about 3x.
+            let w = 1.0 + 1e-3 * (i % 3) as f64;
+            o.base.push(1e-3 * w);
+            o.head.push(3e-3 * w * (1.0 + 1e-4 * (i * i) as f64));
+            let n = o.base.len();
+            assert_eq!(done(&o, &s, &rules), n >= 10, "{n} blocks");
+            let row = judge_paired("op", &o.base, &o.head, &rules);
+            if (3..10).contains(&n) {
+                assert_eq!(row.detectable, None, "{row:?}");
+                assert!(row.detail.contains("cannot reach alpha"), "{row:?}");
+            }
+            if n >= 10 {
+                assert_eq!(row.verdict, saeperf_compare::Verdict::Regression, "{row:?}");
+            }
+        }
+    }
 }

@@ -579,6 +579,14 @@ impl Suite {
         if pr.min_blocks < 3 || pr.max_blocks < pr.min_blocks || pr.pairs_per_block == 0 {
             return bad("paired.min_blocks must be at least 3, paired.max_blocks at least min_blocks, and paired.pairs_per_block positive".into());
         }
+        let alpha = self.rules().speed.alpha;
+        let need = saeperf_compare::stats::signed_rank_min_pairs(alpha);
+        if pr.max_blocks < need {
+            return bad(format!(
+                "paired.max_blocks {} is below {need}, the fewest blocks with which the signed-rank test can reach alpha {alpha}",
+                pr.max_blocks
+            ));
+        }
         if !(pr.target > 0.0 && pr.budget_secs > 0.0) {
             return bad("paired.target and paired.budget_secs must be positive".into());
         }
@@ -744,6 +752,11 @@ mod tests {
         text = format!("{DEFAULT_SUITE}\n[metrics.\"*\"]\ndirection = \"none\"\n");
         let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("needs a metric name"), "{e}");
+        text = DEFAULT_SUITE
+            .replace("max_blocks = 80", "max_blocks = 8")
+            .replace("min_blocks = 10", "min_blocks = 4");
+        let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("paired.max_blocks 8 is below 10"), "{e}");
         let s = Suite::parse(DEFAULT_SUITE, "d").unwrap();
         assert!(s
             .resolve(Some("nope"), None)

@@ -148,7 +148,6 @@ pub fn judge_paired(bench: &str, base: &[f64], head: &[f64], rules: &Rules) -> R
     let se = log_ratio_se(base, head);
     row.change = Some(change);
     row.p = Some(p);
-    row.detectable = Some(detectable_change(se, s.alpha, t));
     row.detail = format!(
         "paired: Wilcoxon signed-rank p={p:.2e} (alpha {}), threshold {:.1}%, {} paired blocks, spread {:.1}% per block",
         s.alpha,
@@ -156,6 +155,17 @@ pub fn judge_paired(bench: &str, base: &[f64], head: &[f64], rules: &Rules) -> R
         d.len(),
         pair_spread(base, head).unwrap_or(f64::NAN) * 100.0
     );
+    // The smallest change detected with 95% power; none when even pairs that all moved one way cannot reach alpha.
+    if stats::min_signed_rank_p(d.len()) < s.alpha {
+        row.detectable = Some(detectable_change(se, s.alpha, t));
+    } else {
+        row.detail.push_str(&format!(
+            "; with {} blocks the signed-rank test cannot reach alpha {} (it needs {}): no change is detectable",
+            d.len(),
+            s.alpha,
+            stats::signed_rank_min_pairs(s.alpha)
+        ));
+    }
     if p < s.alpha && change.abs() >= t {
         row.verdict = if change > 0.0 {
             Verdict::Regression

@@ -179,6 +179,19 @@ pub fn min_rank_p(n1: usize, n2: usize) -> f64 {
     (2.0 / c).min(1.0)
 }
 
+/// The smallest two-sided p-value the exact Wilcoxon signed-rank test can give with `n` pairs: 2 / 2^n (every
+/// pair moved the same way).
+pub fn min_signed_rank_p(n: usize) -> f64 {
+    (2.0 / 2f64.powi(n.min(1000) as i32)).min(1.0)
+}
+
+/// The fewest pairs with which the signed-rank test can reach `alpha` at all (10 for alpha 0.002).
+pub fn signed_rank_min_pairs(alpha: f64) -> usize {
+    (1..=1000)
+        .find(|&n| min_signed_rank_p(n) < alpha)
+        .unwrap_or(1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +287,8 @@ mod tests {
         assert!((min_rank_p(7, 7) - 2.0 / 3432.0).abs() < 1e-15);
         assert!(min_rank_p(6, 6) > 0.002 && min_rank_p(7, 7) < 0.002);
         assert_eq!(min_rank_p(1, 1), 1.0);
+        assert!((min_signed_rank_p(10) - 2.0 / 1024.0).abs() < 1e-15);
+        assert_eq!(signed_rank_min_pairs(0.002), 10);
+        assert_eq!(signed_rank_min_pairs(0.05), 6);
     }
 }
