@@ -11,3 +11,4 @@ mod report;
 mod schedule;
 mod store;
 mod structure;
+mod triage;

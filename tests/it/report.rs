@@ -401,7 +401,7 @@ pub struct Recorded {
     pub at: Instant,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Fault {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
@@ -411,6 +411,19 @@ pub struct Fault {
 #[derive(Default)]
 pub struct State {
     pub comments: Vec<(u64, String)>,
+    /// Who wrote each comment (absent: "octocat"); the token's comments are the bot's, "saeperf-bot".
+    pub authors: std::collections::BTreeMap<u64, String>,
+    /// When each comment was written (absent: long ago).
+    pub created: std::collections::BTreeMap<u64, String>,
+    /// `labeled` events of the pull request: (actor, label, created_at).
+    pub label_events: Vec<(String, String, String)>,
+    /// Logins with write permission on the repository (everyone else reads).
+    pub writers: Vec<String>,
+    /// Every value of the headers each request carried more than once (name, count), by request index.
+    pub repeated_headers: Vec<(usize, String, usize)>,
+    /// Store the next created comment, but answer only after this long: the client has given up by then (a
+    /// timeout after the server acted).
+    pub late_comment_post: Option<Duration>,
     pub statuses: Vec<(String, serde_json::Value)>,
     pub requests: Vec<Recorded>,
     pub faults: VecDeque<Fault>,
@@ -468,7 +481,17 @@ impl FakeGitHub {
                     .iter()
                     .find(|h| h.field.equiv("authorization"))
                     .map(|h| h.value.as_str().to_string());
+                let mut counts = std::collections::BTreeMap::<String, usize>::new();
+                for h in req.headers() {
+                    *counts
+                        .entry(h.field.as_str().as_str().to_ascii_lowercase())
+                        .or_default() += 1;
+                }
                 let mut s = st.lock().unwrap();
+                let index = s.requests.len();
+                for (k, n) in counts.into_iter().filter(|(_, n)| *n > 1) {
+                    s.repeated_headers.push((index, k, n));
+                }
                 s.requests.push(Recorded {
                     method: method.clone(),
                     url: url.clone(),
@@ -481,6 +504,11 @@ impl FakeGitHub {
                     respond(req, f.status, &f.headers, f.body);
                     continue;
                 }
+                let late = if method == "POST" && url.contains("/comments") {
+                    s.late_comment_post.take()
+                } else {
+                    None
+                };
                 if let Some(code) = s.always {
                     drop(s);
                     respond(req, code, &[], r#"{"message":"Server Error"}"#.into());
@@ -494,7 +522,38 @@ impl FakeGitHub {
                 let path = url.split('?').next().unwrap().to_string();
                 let base = format!("/repos/{repo}");
                 let comments_path = format!("{base}/issues/{pr}/comments");
-                let (status, out) = if method == "GET" && path == comments_path {
+                let (status, out) = if method == "GET" && path == "/user" {
+                    (
+                        200,
+                        serde_json::json!({ "login": "saeperf-bot" }).to_string(),
+                    )
+                } else if method == "GET" && path == format!("{base}/issues/{pr}/events") {
+                    let list: Vec<serde_json::Value> = s
+                        .label_events
+                        .iter()
+                        .map(|(actor, label, at)| {
+                            serde_json::json!({
+                            "event": "labeled", "actor": { "login": actor },
+                            "label": { "name": label }, "created_at": at })
+                        })
+                        .collect();
+                    (200, serde_json::to_string(&list).unwrap())
+                } else if method == "GET"
+                    && path.starts_with(&format!("{base}/collaborators/"))
+                    && path.ends_with("/permission")
+                {
+                    let user = path.split('/').nth_back(1).unwrap().to_string();
+                    let perm = if s.writers.contains(&user) {
+                        "write"
+                    } else {
+                        "read"
+                    };
+                    (
+                        200,
+                        serde_json::json!({ "permission": perm, "user": { "login": user } })
+                            .to_string(),
+                    )
+                } else if method == "GET" && path == comments_path {
                     let query = url.split_once('?').map(|q| q.1).unwrap_or("");
                     let page: usize = query
                         .split('&')
@@ -506,7 +565,11 @@ impl FakeGitHub {
                         .iter()
                         .skip((page - 1) * 100)
                         .take(100)
-                        .map(|(id, b)| serde_json::json!({ "id": id, "body": b, "html_url": format!("http://gh.test/c/{id}") }))
+                        .map(|(id, b)| serde_json::json!({
+                            "id": id, "body": b, "html_url": format!("http://gh.test/c/{id}"),
+                            "user": { "login": s.authors.get(id).map(String::as_str).unwrap_or("octocat") },
+                            "created_at": s.created.get(id).cloned().unwrap_or_else(|| "2020-01-01T00:00:00Z".into()),
+                        }))
                         .collect();
                     (200, serde_json::to_string(&list).unwrap())
                 } else if method == "POST" && path == comments_path {
@@ -515,6 +578,7 @@ impl FakeGitHub {
                     let id = s.next_id;
                     s.comments
                         .push((id, v["body"].as_str().unwrap().to_string()));
+                    s.authors.insert(id, "saeperf-bot".into());
                     (201, serde_json::json!({ "id": id, "body": v["body"], "html_url": format!("http://gh.test/c/{id}") }).to_string())
                 } else if method == "PATCH" && path.starts_with(&format!("{base}/issues/comments/"))
                 {
@@ -551,6 +615,9 @@ impl FakeGitHub {
                     (404, r#"{"message":"Not Found"}"#.into())
                 };
                 drop(s);
+                if let Some(d) = late {
+                    std::thread::sleep(d);
+                }
                 respond(req, status, &[], out);
             }
         });
@@ -638,8 +705,15 @@ fn post_creates_then_updates_one_sticky_comment_with_a_status() {
             "{st}"
         );
         let methods: Vec<&str> = s.requests.iter().map(|r| r.method.as_str()).collect();
-        assert_eq!(methods, ["GET", "POST", "POST"]);
-        assert!(s.requests[1].body.contains("saeperf-report:default"));
+        // The bot's own login, the comments, the comment, the status.
+        assert_eq!(methods, ["GET", "GET", "POST", "POST"]);
+        assert_eq!(s.requests[0].url, "/user");
+        assert!(s.requests[2].body.contains("saeperf-report:default"));
+        assert!(
+            s.repeated_headers.is_empty(),
+            "each header once: {:?}",
+            s.repeated_headers
+        );
     }
     // A new head on the same PR: the same comment is updated in place.
     let store = Store::open(&db).unwrap();
@@ -717,19 +791,139 @@ fn post_retries_server_errors_and_rate_limits_honouring_retry_after() {
             "--base",
             "20260101T000000-base01",
             "--no-status",
+            "--secondary-wait-ms",
+            "300",
         ],
     ));
     assert!(out.contains("Created comment"), "{out}");
     let s = gh.state.lock().unwrap();
     assert_eq!(s.comments.len(), 1);
     assert!(s.statuses.is_empty());
-    // 3 faulted GETs, the GET that succeeded, the POST.
-    assert_eq!(s.requests.len(), 5, "{:?}", s.requests);
+    // 3 faulted GETs, the GET /user that succeeded, the comments, the POST.
+    assert_eq!(s.requests.len(), 6, "{:?}", s.requests);
     let gap = s.requests[2].at - s.requests[1].at;
     assert!(
         gap >= Duration::from_millis(950),
         "Retry-After: 1 not honoured, waited {gap:?}"
     );
+    // A 429 naming no time is a secondary limit: at least the configured minimum (300 ms here, a minute by
+    // default), not the 100 ms backoff.
+    let gap = s.requests[3].at - s.requests[2].at;
+    assert!(
+        gap >= Duration::from_millis(290),
+        "secondary limit: waited {gap:?}"
+    );
+}
+
+/// GitHub's rules, against the local stand-in: a marker in a stranger's comment is left alone and the bot creates
+/// its own; a create that timed out after the server stored it is found again, not sent twice; a primary limit that
+/// resets in an hour fails at once with one line; a secondary limit waits the configured minimum; every header is
+/// sent once.
+#[test]
+fn post_edits_only_its_own_comment_and_follows_githubs_retry_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    two_run_store(&db);
+    let gh = FakeGitHub::start("octo/saeperf", 7);
+    let args = [
+        "--head",
+        "20260101T010000-head01",
+        "--base",
+        "20260101T000000-base01",
+        "--no-status",
+    ];
+    {
+        let mut s = gh.state.lock().unwrap();
+        s.comments
+            .push((1, "<!-- saeperf-report:default --> I am the bot now".into()));
+        s.authors.insert(1, "mallory".into());
+    }
+    let out = common::ok(&mut post_cmd(tmp.path(), &db, &gh.url, &args));
+    assert!(out.contains("Created comment 1001"), "{out}");
+    {
+        let s = gh.state.lock().unwrap();
+        assert_eq!(
+            s.comments[0].1,
+            "<!-- saeperf-report:default --> I am the bot now"
+        );
+        assert!(!s.requests.iter().any(|r| r.method == "PATCH"));
+        assert!(s.repeated_headers.is_empty(), "{:?}", s.repeated_headers);
+    }
+    // With a configured bot login, GET /user is not asked; the bot's comment is updated in place.
+    let n = gh.state.lock().unwrap().requests.len();
+    let mut c = post_cmd(tmp.path(), &db, &gh.url, &args);
+    let out = common::ok(c.args(["--bot-login", "saeperf-bot", "--note", "approved by @alice"]));
+    assert!(out.contains("Updated comment 1001"), "{out}");
+    {
+        let s = gh.state.lock().unwrap();
+        assert!(s.requests[n..].iter().all(|r| r.url != "/user"));
+        assert!(
+            s.comments[1].1.contains("approved by @alice"),
+            "{}",
+            s.comments[1].1
+        );
+    }
+
+    // The create is stored but answered only after the client gave up (1 s timeout): the client lists the comments
+    // again, finds it, and does not create a second.
+    gh.state.lock().unwrap().late_comment_post = Some(Duration::from_millis(2500));
+    let mut c = post_cmd(tmp.path(), &db, &gh.url, &args);
+    let out = common::ok(c.args(["--key", "second", "--timeout-secs", "1"]));
+    assert!(out.contains("Created comment 1002"), "{out}");
+    {
+        let s = gh.state.lock().unwrap();
+        let mine: Vec<_> = s
+            .comments
+            .iter()
+            .filter(|c| c.1.contains("saeperf-report:second"))
+            .collect();
+        assert_eq!(mine.len(), 1, "{:?}", s.comments);
+        let posts = s.requests.iter().filter(|r| r.method == "POST").count();
+        assert_eq!(posts, 2, "the timed-out create was not sent again");
+    }
+
+    // A primary limit whose reset is an hour away: one line, exit 1, within seconds, one request.
+    let reset = (chrono::Utc::now().timestamp() + 3600).to_string();
+    let n = {
+        let mut s = gh.state.lock().unwrap();
+        s.faults.push_back(Fault {
+            status: 403,
+            headers: vec![
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", reset),
+            ],
+            body: r#"{"message":"API rate limit exceeded"}"#.into(),
+        });
+        s.requests.len()
+    };
+    let t = Instant::now();
+    let o = common::run(&mut post_cmd(tmp.path(), &db, &gh.url, &args));
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("rate limit is spent until") && err.contains("try again"),
+        "{err}"
+    );
+    assert_eq!(gh.state.lock().unwrap().requests.len(), n + 1);
+
+    // A secondary limit naming no time: the configured minimum (1.5 s), not the 50 ms backoff.
+    let n = {
+        let mut s = gh.state.lock().unwrap();
+        s.faults.push_back(Fault {
+            status: 403,
+            headers: vec![],
+            body: r#"{"message":"You have exceeded a secondary rate limit"}"#.into(),
+        });
+        s.requests.len()
+    };
+    let mut c = post_cmd(tmp.path(), &db, &gh.url, &args);
+    common::ok(c.args(["--secondary-wait-ms", "1500"]));
+    let s = gh.state.lock().unwrap();
+    let gap = s.requests[n + 1].at - s.requests[n].at;
+    assert!(gap >= Duration::from_millis(1490), "waited {gap:?}");
+    assert!(s.repeated_headers.is_empty(), "{:?}", s.repeated_headers);
 }
 
 #[test]
@@ -941,4 +1135,61 @@ fn bundle_and_post_read_their_documents_through_the_types() {
     let s = gh.state.lock().unwrap();
     assert_eq!(s.comments.len(), 1);
     assert_eq!(s.statuses.len(), 1);
+}
+
+/// The comment policy: `never` sets the status only; `on-change` creates no comment for a quiet run, creates one for a
+/// regression, and then keeps updating it (a quiet run after a regression says so instead of leaving it stale).
+#[test]
+fn comment_policy_decides_whether_to_comment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    two_run_store(&db);
+    let store = Store::open(&db).unwrap();
+    commit(
+        &store,
+        meta(
+            "20260101T030000-head03",
+            180,
+            &"d".repeat(40),
+            "feature/x",
+            Some(7),
+        ),
+        Knobs::default(),
+    );
+    drop(store);
+    let gh = FakeGitHub::start("octo/saeperf", 7);
+    let post = |head: &str, policy: &str| {
+        let mut c = post_cmd(tmp.path(), &db, &gh.url, &[]);
+        c.args(["--head", head, "--base", "20260101T000000-base01", "--json"]);
+        c.args(["--comment-policy", policy]);
+        let out = common::ok(&mut c);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let doc = post("20260101T010000-head01", "never");
+    assert!(doc["comment"].is_null(), "{doc}");
+    assert_eq!(doc["policy"], "never");
+    {
+        let s = gh.state.lock().unwrap();
+        assert!(s.comments.is_empty());
+        assert_eq!(s.statuses.len(), 1);
+        assert!(
+            s.requests.iter().all(|r| r.url != "/user"),
+            "no comment, no login"
+        );
+    }
+    let doc = post("20260101T030000-head03", "on-change");
+    assert!(doc["comment"].is_null(), "quiet: no new comment: {doc}");
+    assert!(gh.state.lock().unwrap().comments.is_empty());
+    let doc = post("20260101T010000-head01", "on-change");
+    assert_eq!(doc["comment"]["action"], "created", "{doc}");
+    let doc = post("20260101T030000-head03", "on-change");
+    assert_eq!(doc["comment"]["action"], "updated", "{doc}");
+    let s = gh.state.lock().unwrap();
+    assert_eq!(s.comments.len(), 1);
+    assert!(
+        s.comments[0].1.contains("no significant change"),
+        "{}",
+        s.comments[0].1
+    );
+    assert_eq!(s.statuses.len(), 4);
 }

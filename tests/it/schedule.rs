@@ -483,6 +483,15 @@ fn stop(child: &mut Child, log: &dyn Fn() -> String) {
     assert_eq!(code.code(), Some(0), "{}", log());
 }
 
+/// The bot's own comments on the stand-in.
+fn bot_comments(gh: &FakeGitHub) -> usize {
+    let s = gh.state.lock().unwrap();
+    s.comments
+        .iter()
+        .filter(|c| s.authors.get(&c.0).map(String::as_str) == Some("saeperf-bot"))
+        .count()
+}
+
 fn pull(number: u64, head: &str, base: &str, labels: &[&str]) -> serde_json::Value {
     serde_json::json!({
         "number": number,
@@ -526,8 +535,9 @@ fn schedule_benchmarks_labelled_pull_requests_and_posts_once() {
     {
         let mut s = gh.state.lock().unwrap();
         s.pr_head = c2.clone();
-        // Open, but not labelled yet.
+        // Open, but not labelled yet. Only "maintainer" may write to the repository.
         s.pulls = vec![pull(5, &c2, &c1, &["docs"])];
+        s.writers = vec!["maintainer".into()];
     }
     let exe = env!("CARGO_BIN_EXE_runner");
     let config = root.join("saeperf.toml");
@@ -548,8 +558,9 @@ attempts = 2
 retry_delay_ms = 50
 
 [commands]
-# The commit's code must not see the token (pull requests may come from forks).
-build = "test -x {exe} && ! test -e BROKEN && test -z \"$SAEPERF_TEST_GH_TOKEN\""
+# The commit's code must not see the token (pull requests may come from forks). A pull request's build (in the
+# sandbox) finds the shared store and the scheduler's state empty, and what it plants there never reaches them.
+build = "test -x {exe} && ! test -e BROKEN && test -z \"$SAEPERF_TEST_GH_TOKEN\" && {{ test -z \"$SAEPERF_SANDBOX\" || {{ test ! -e {root}/store/conf && test ! -e {root}/store.schedule/state.json && touch {root}/store/planted && ! touch {root}/repo/planted; }}; }}"
 bench = "test -z \"$SAEPERF_TEST_GH_TOKEN\" && {exe} --db {{db}} bench --json --profile {{profile}} --commit {{commit}} --branch {{branch}} --base-branch {{base_branch}} {{suite_args}} {{pr_args}}"
 
 [[job]]
@@ -564,7 +575,8 @@ cron = "*/2 * * * * *"
 pull_requests = {{ label = "benchmark" }}
 suite = "suite.toml"
 "#,
-            api = gh.url
+            api = gh.url,
+            root = root.display()
         ),
     )
     .unwrap();
@@ -625,9 +637,17 @@ suite = "suite.toml"
     assert!(attempts(&status(&e)).iter().all(|a| a["job"] == "main"));
     assert!(gh.state.lock().unwrap().comments.is_empty());
 
-    // Labelled (GitHub compares labels case-insensitively): the head is fetched, benchmarked against the merge
-    // base's run, and reported on the pull request.
-    gh.state.lock().unwrap().pulls = vec![pull(5, &c2, &c1, &["docs", "Benchmark"])];
+    // Labelled by a maintainer after the head was seen (GitHub compares labels case-insensitively): the head is
+    // approved, fetched, benchmarked in the sandbox against the merge base's run, and reported on the pull request.
+    {
+        let mut s = gh.state.lock().unwrap();
+        s.label_events.push((
+            "maintainer".into(),
+            "Benchmark".into(),
+            chrono::Utc::now().to_rfc3339(),
+        ));
+        s.pulls = vec![pull(5, &c2, &c1, &["docs", "Benchmark"])];
+    }
     let a2 = wait_for(
         "the pull request's run",
         Duration::from_secs(60),
@@ -662,6 +682,13 @@ suite = "suite.toml"
             "the merge base is the baseline: {body}"
         );
         assert!(body.to_lowercase().contains("regression"), "{body}");
+        assert!(
+            body.contains(&format!(
+                "Benchmarked {}, approved by @maintainer (label benchmark",
+                &c2[..7]
+            )),
+            "{body}"
+        );
         assert_eq!(s.statuses.len(), 1);
         assert_eq!(s.statuses[0].0, c2);
         assert_eq!(s.statuses[0].1["state"], "failure");
@@ -672,6 +699,9 @@ suite = "suite.toml"
             .all(|r| r.auth.as_deref() == Some("Bearer test-token")));
     }
     git(&e.repo, &["cat-file", "-e", "refs/saeperf/pull/5"]);
+    // The pull request's build planted files in the shared store and the clone: neither is there.
+    assert!(!root.join("store/planted").exists());
+    assert!(!root.join("repo/planted").exists());
 
     // More fires: the head is not benchmarked again and nothing more is posted.
     let n = listings();
@@ -708,6 +738,65 @@ suite = "suite.toml"
     );
     assert!(page.contains("status-logs/"), "log links: {page}");
 
+    // A maintainer acknowledges the regression on the pull request (a drive-by's ack is ignored): it is recorded in
+    // the store, the comment is posted again, and the status turns to success, marked acknowledged.
+    {
+        let mut s = gh.state.lock().unwrap();
+        s.comments
+            .push((40, "/saeperf ack tiny-relu mse I approve".into()));
+        s.authors.insert(40, "drive-by".into());
+        for (id, m) in [(41, "mse"), (42, "fvu"), (43, "fve"), (44, "l0")] {
+            s.comments.push((
+                id,
+                format!("/saeperf ack tiny-relu {m} fewer steps on purpose"),
+            ));
+            s.authors.insert(id, "maintainer".into());
+        }
+    }
+    let t = Instant::now();
+    let st = loop {
+        let found = {
+            let s = gh.state.lock().unwrap();
+            s.statuses
+                .iter()
+                .find(|x| x.0 == c2 && x.1["state"] == "success")
+                .map(|x| x.1.clone())
+        };
+        if let Some(st) = found {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for the acknowledged status\n{}",
+            sched_log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        st["description"].as_str().unwrap().contains("acknowledged"),
+        "{st}"
+    );
+    {
+        let s = gh.state.lock().unwrap();
+        let body = &s.comments.iter().find(|c| c.0 == 1001).unwrap().1;
+        assert!(
+            body.contains("fewer steps on purpose") && body.contains("maintainer"),
+            "{body}"
+        );
+        assert!(!body.contains("I approve"), "{body}");
+    }
+    let triage = runner(&e)
+        .arg("--db")
+        .arg(root.join("store"))
+        .args(["triage", "list", "--json"])
+        .output()
+        .unwrap();
+    let t: serde_json::Value = serde_json::from_slice(&triage.stdout).unwrap();
+    let t = t.as_array().unwrap();
+    assert_eq!(t.len(), 4, "{t:?}");
+    assert_eq!(t[0]["by"], "maintainer");
+    assert_eq!(t[0]["run"], run2.as_str());
+
     // A new head whose post is refused (GitHub still reports the old head: --verify-head) is recorded as a failed
     // post; once GitHub agrees, the next fire posts it without benchmarking it again.
     git(&origin, &["checkout", "-qb", "feature2", &c2]);
@@ -715,6 +804,60 @@ suite = "suite.toml"
     git(&origin, &["update-ref", "refs/pull/5/head", &c3]);
     git(&origin, &["checkout", "-q", "main"]);
     gh.state.lock().unwrap().pulls = vec![pull(5, &c3, &c1, &["benchmark"])];
+    // A new push needs a new approval: the label's event is older than the head. It waits, saying so.
+    let pending = wait_for(
+        "the pending status",
+        Duration::from_secs(30),
+        &mut child,
+        || {
+            let s = gh.state.lock().unwrap();
+            s.statuses
+                .iter()
+                .find(|x| x.0 == c3 && x.1["state"] == "pending")
+                .map(|x| x.1.clone())
+        },
+    );
+    assert!(
+        pending["description"].as_str().unwrap().contains(&format!(
+            "waiting for a maintainer's approval of {}",
+            &c3[..7]
+        )),
+        "{pending}"
+    );
+    // `/saeperf bench` from someone without write permission is ignored.
+    {
+        let mut s = gh.state.lock().unwrap();
+        s.comments.push((50, "/saeperf bench".into()));
+        s.authors.insert(50, "drive-by".into());
+        s.created.insert(50, chrono::Utc::now().to_rfc3339());
+    }
+    let n = listings();
+    wait_for(
+        "two more listings",
+        Duration::from_secs(15),
+        &mut child,
+        || (listings() >= n + 2).then_some(()),
+    );
+    assert!(
+        attempts(&status(&e))
+            .iter()
+            .all(|a| a["commit"] != c3.as_str()),
+        "not benchmarked without approval"
+    );
+    assert!(gh
+        .state
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .any(|r| r.url == "/repos/octo/saeperf/collaborators/drive-by/permission"));
+    // The maintainer's `/saeperf bench` approves it.
+    {
+        let mut s = gh.state.lock().unwrap();
+        s.comments.push((51, "/saeperf bench\nplease".into()));
+        s.authors.insert(51, "maintainer".into());
+        s.created.insert(51, chrono::Utc::now().to_rfc3339());
+    }
     let a3 = wait_for(
         "the new head's run",
         Duration::from_secs(60),
@@ -728,8 +871,10 @@ suite = "suite.toml"
     assert_eq!(a3["outcome"], "github_failed", "{a3}\n{}", sched_log());
     let detail = a3["detail"].as_str().unwrap();
     assert!(
-        detail.starts_with("benchmarked (regression")
-            && detail.contains("posting to #5 failed")
+        detail.starts_with(&format!(
+            "benchmarked (run {} stored",
+            a3["run_id"].as_str().unwrap()
+        )) && detail.contains("posting to #5 failed")
             && detail.contains("refusing to post"),
         "{detail}"
     );
@@ -752,19 +897,39 @@ suite = "suite.toml"
     {
         assert_eq!(a["run_id"], run3.as_str(), "{a}");
     }
-    assert_eq!(a4["outcome"], "regression", "{a4}\n{}", sched_log());
+    // The new head is at the acknowledged level: the acks carry over from the acknowledged run (its baseline, the
+    // merge base, is older than the acks), so it is not flagged again.
+    assert_eq!(a4["outcome"], "ok", "{a4}\n{}", sched_log());
+    assert!(
+        a4["detail"].as_str().unwrap().contains("(acknowledged)"),
+        "{a4}"
+    );
     assert_eq!(a4["run_id"], run3.as_str(), "posted, not benchmarked again");
     {
         let s = gh.state.lock().unwrap();
-        assert_eq!(
-            s.comments.len(),
-            1,
-            "the sticky comment is updated in place"
+        let bot: Vec<_> = s
+            .comments
+            .iter()
+            .filter(|c| s.authors.get(&c.0).map(String::as_str) == Some("saeperf-bot"))
+            .collect();
+        assert_eq!(bot.len(), 1, "the sticky comment is updated in place");
+        assert!(bot[0].1.contains(&c3[..7]));
+        assert!(
+            bot[0]
+                .1
+                .contains("approved by @maintainer (comment /saeperf bench"),
+            "{}",
+            bot[0].1
         );
-        assert!(s.comments[0].1.contains(&c3[..7]));
-        assert_eq!(s.requests.iter().filter(|r| r.method == "PATCH").count(), 1);
-        assert_eq!(s.statuses.len(), 2);
-        assert_eq!(s.statuses[1].0, c3);
+        // (The acknowledgement's post and this one.)
+        assert_eq!(s.requests.iter().filter(|r| r.method == "PATCH").count(), 2);
+        let done: Vec<_> = s
+            .statuses
+            .iter()
+            .filter(|x| x.1["state"] != "pending")
+            .collect();
+        assert_eq!(done.len(), 3);
+        assert_eq!(done[2].0, c3);
     }
     let o = runner(&e)
         .arg("--db")
@@ -789,9 +954,14 @@ suite = "suite.toml"
     git(&origin, &["update-ref", "refs/pull/5/head", &cb]);
     git(&origin, &["checkout", "-q", "main"]);
     {
+        // Approved by a comment that names the head (whenever it was written).
         let mut s = gh.state.lock().unwrap();
         s.pr_head = cb.clone();
         s.pulls = vec![pull(5, &cb, &c1, &["benchmark"])];
+        s.comments
+            .push((52, format!("/saeperf bench {}", &cb[..9])));
+        s.authors.insert(52, "maintainer".into());
+        s.created.insert(52, "2020-01-01T00:00:00Z".into());
     }
     let st = wait_for(
         "the failure status",
@@ -816,7 +986,7 @@ suite = "suite.toml"
         .find(|a| a["commit"] == cb.as_str())
         .unwrap();
     assert_eq!(ab["outcome"], "build_failed", "{ab}");
-    assert_eq!(gh.state.lock().unwrap().comments.len(), 1);
+    assert_eq!(bot_comments(&gh), 1);
 
     // GitHub failing: the listing is recorded as a failed attempt, and the service carries on.
     gh.state.lock().unwrap().always = Some(502);
@@ -839,7 +1009,7 @@ suite = "suite.toml"
     assert!(st["current"].is_null());
     let page = std::fs::read_to_string(root.join("site/status.html")).unwrap();
     assert!(page.contains("No scheduler is running"), "{page}");
-    assert_eq!(gh.state.lock().unwrap().comments.len(), 1);
+    assert_eq!(bot_comments(&gh), 1);
 }
 
 /// The scheduler reads a bench's result only through its document: a bench that exits "regression" but prints

@@ -305,6 +305,7 @@ mod tests {
             detectable: None,
             verdict,
             detail: "d".into(),
+            triage: None,
         }
     }
 

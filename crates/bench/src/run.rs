@@ -533,7 +533,12 @@ pub fn judge(p: &Prepared, repo: &Repo, done: Executed) -> Result<BenchDocument>
         Some(id) => {
             let base = store.run_meta(id)?.context("baseline vanished")?;
             Some(saeperf_compare::compare_stored(
-                store, &base, head, &p.rules, true,
+                store,
+                &base,
+                head,
+                &p.rules,
+                true,
+                &store.triage()?,
             )?)
         }
         None => None,

@@ -1,5 +1,6 @@
-//! Comparison of two runs: per benchmark and metric a verdict (improvement, regression, noise, new, missing,
-//! failed), one overall verdict, and the exit code CI acts on.
+//! Comparison of two runs: per benchmark and metric a verdict (improvement, regression, acknowledged, noise, new,
+//! missing, failed), one overall verdict, and the exit code CI acts on. Maintainers' acks and dismissals
+//! ([`triage`]) turn regressions into `acknowledged` or `noise` and restart the noise band at an acked run.
 //!
 //! Speed ("time", the per-iteration samples): significant only when the Mann–Whitney test on the raw samples rejects
 //! at `alpha` AND the relative change of the medians reaches the noise threshold — rustc-perf's fence learned from the
@@ -19,15 +20,17 @@ pub mod rules;
 pub mod series;
 pub mod stats;
 pub mod steps;
+pub mod triage;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use saeperf_store::{BenchResult, BenchStatus, Run, RunMeta, RunState, Store};
+use saeperf_store::{BenchResult, BenchStatus, Run, RunMeta, RunState, Store, Triage};
 
 pub use history::SpeedHistory;
 use rules::{Direction, MetricRule, Rules};
+pub use triage::TriageSet;
 
 /// Exit code when nothing regressed (noise, improvements, new or missing benchmarks).
 pub const EXIT_OK: i32 = 0;
@@ -43,6 +46,9 @@ pub enum Verdict {
     New,
     Missing,
     Improvement,
+    /// A regression a maintainer acknowledged (`runner triage ack`, docs/verdicts.md "Triage"): accepted, so it
+    /// needs no attention and does not fail; it outranks an improvement in the overall verdict.
+    Acknowledged,
     Regression,
     Failed,
 }
@@ -54,6 +60,7 @@ impl Verdict {
             Verdict::New => "new",
             Verdict::Missing => "missing",
             Verdict::Improvement => "improvement",
+            Verdict::Acknowledged => "acknowledged",
             Verdict::Regression => "regression",
             Verdict::Failed => "failed",
         }
@@ -91,6 +98,10 @@ pub struct Row {
     pub detectable: Option<f64>,
     pub verdict: Verdict,
     pub detail: String,
+    /// The maintainer's record that decided this row: an ack (verdict `acknowledged`; of the head run, or of an
+    /// earlier run whose acked change this comparison spans) or a dismissal (a regression turned `noise`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triage: Option<Triage>,
 }
 
 /// A relative change as a percentage for people: one decimal, two below 1%.
@@ -116,16 +127,18 @@ impl Row {
                 Some(format!("no change ≥ {} (could detect ±{})", pct(d), pct(d)))
             }
             (Verdict::Noise, None) => Some("not judged".into()),
-            (Verdict::Regression | Verdict::Improvement, Some(d)) => Some(format!(
-                "{}{} (could detect ±{})",
-                if self.change.unwrap_or(0.0) >= 0.0 {
-                    "+"
-                } else {
-                    "-"
-                },
-                pct(self.change.unwrap_or(0.0).abs()),
-                pct(d)
-            )),
+            (Verdict::Regression | Verdict::Improvement | Verdict::Acknowledged, Some(d)) => {
+                Some(format!(
+                    "{}{} (could detect ±{})",
+                    if self.change.unwrap_or(0.0) >= 0.0 {
+                        "+"
+                    } else {
+                        "-"
+                    },
+                    pct(self.change.unwrap_or(0.0).abs()),
+                    pct(d)
+                ))
+            }
             _ => None,
         }
     }
@@ -188,12 +201,14 @@ pub fn exit_code(v: Verdict) -> i32 {
     }
 }
 
-/// Overall verdict: failed > regression > improvement > noise; `new` when nothing could be compared.
+/// Overall verdict: failed > regression > acknowledged > improvement > noise; `new` when nothing could be compared.
 pub fn overall(rows: &[Row]) -> Verdict {
     let worst = rows.iter().map(|r| r.verdict).max();
     match worst {
         None => Verdict::New,
-        Some(Verdict::Failed | Verdict::Regression | Verdict::Improvement) => worst.unwrap(),
+        Some(
+            Verdict::Failed | Verdict::Regression | Verdict::Acknowledged | Verdict::Improvement,
+        ) => worst.unwrap(),
         Some(_) if rows.iter().all(|r| r.verdict == Verdict::New) => Verdict::New,
         Some(_) => Verdict::Noise,
     }
@@ -219,6 +234,7 @@ pub fn judge_speed(bench: &str, base: &[f64], head: &[f64], history: &[f64], rul
         detectable: None,
         verdict: Verdict::Noise,
         detail: String::new(),
+        triage: None,
     };
     let (Some(mb), Some(mh)) = (mb, mh) else {
         row.verdict = if mb.is_none() {
@@ -345,6 +361,7 @@ pub fn judge_metric(
         detectable: None,
         verdict: Verdict::Noise,
         detail: String::new(),
+        triage: None,
     };
     let (b, h) = match (b, h) {
         (None, _) => {
@@ -461,6 +478,7 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
                     Verdict::Failed
                 },
                 detail: status_text(h),
+                triage: None,
             });
             continue;
         };
@@ -476,6 +494,7 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
                 detectable: None,
                 verdict: Verdict::Failed,
                 detail: status_text(h),
+                triage: None,
             });
             continue;
         }
@@ -566,6 +585,7 @@ pub fn compare(base: &Run, head: &Run, history: &SpeedHistory, rules: &Rules) ->
                 detectable: None,
                 verdict: Verdict::Missing,
                 detail: "in the base run, not in the head run".into(),
+                triage: None,
             });
         }
     }
@@ -592,7 +612,9 @@ pub fn same_series(a: &RunMeta, b: &RunMeta) -> bool {
     a.fingerprint_id == b.fingerprint_id && a.backend == b.backend && a.profile == b.profile
 }
 
-/// Compare two stored runs (refusing different machines), with history from the store.
+/// Compare two stored runs (refusing different machines), with history from the store, and apply the maintainers'
+/// `triage` records (the store's, read by the caller; [`triage`]): the one comparison of stored runs behind
+/// `runner compare`, `runner bench`, the pull-request comment and `report post`.
 /// With `use_yardstick` false, op samples are compared raw (for measuring the detector both ways).
 pub fn compare_stored(
     store: &Store,
@@ -600,6 +622,7 @@ pub fn compare_stored(
     head: &RunMeta,
     rules: &Rules,
     use_yardstick: bool,
+    triage: &[Triage],
 ) -> anyhow::Result<Comparison> {
     if base.fingerprint_id != head.fingerprint_id {
         anyhow::bail!(
@@ -619,14 +642,15 @@ pub fn compare_stored(
             head.backend
         );
     }
-    let mut b = store.load_run(&base.id)?;
-    let mut h = store.load_run(&head.id)?;
-    if !use_yardstick {
-        b.results
-            .iter_mut()
-            .chain(h.results.iter_mut())
-            .for_each(|r| r.yardstick.clear());
-    }
+    let load = |id: &str| -> anyhow::Result<Run> {
+        let mut r = store.load_run(id)?;
+        if !use_yardstick {
+            r.results.iter_mut().for_each(|r| r.yardstick.clear());
+        }
+        Ok(r)
+    };
+    let b = load(&base.id)?;
+    let h = load(&head.id)?;
     for r in [&b, &h] {
         if r.meta.state != RunState::Complete {
             anyhow::bail!(
@@ -635,8 +659,56 @@ pub fn compare_stored(
             );
         }
     }
-    let hist = history::stored(store, base, rules.speed.history)?;
-    Ok(compare(&b, &h, &hist, rules))
+    let metas = store.list_runs()?;
+    let set = TriageSet::new(triage, &metas);
+    let hist = history::stored(store, base, rules.speed.history, &set)?;
+    let mut c = compare(&b, &h, &hist, rules);
+    triage::apply(&mut c, &set, &mut |acked, row| {
+        let a = load(&acked.id)?;
+        // The history of the runs from the ack on: the head's series before the head (restarted at the ack).
+        let mut since = SpeedHistory::default();
+        for m in history::before(&metas, |m| m, &h.meta, rules.speed.history) {
+            let results = m
+                .benchmarks
+                .iter()
+                .filter(|n| **n == row.bench)
+                .map(|n| store.result(&m.id, n))
+                .collect::<Result<Vec<_>, _>>()?;
+            since.push_run(&m.id, results.iter().flatten(), &set);
+        }
+        Ok(judge_against(
+            &a,
+            &h,
+            &row.bench,
+            &row.metric,
+            &since,
+            rules,
+        ))
+    })?;
+    Ok(c)
+}
+
+/// The row of (bench, metric) comparing `head` with `acked` (a run whose change of it a maintainer acknowledged),
+/// with `history` for the fence; None when either run lacks the benchmark or the row. [`triage::apply`] uses it to
+/// decide whether a later head is still at the acked level.
+pub fn judge_against(
+    acked: &Run,
+    head: &Run,
+    bench: &str,
+    metric: &str,
+    history: &SpeedHistory,
+    rules: &Rules,
+) -> Option<Row> {
+    let one = |r: &Run| -> Option<Run> {
+        Some(Run {
+            meta: r.meta.clone(),
+            results: vec![r.result(bench)?.clone()],
+        })
+    };
+    compare(&one(acked)?, &one(head)?, history, rules)
+        .rows
+        .into_iter()
+        .find(|r| r.metric == metric)
 }
 
 fn fmt_val(metric: &str, v: Option<f64>) -> String {
@@ -663,7 +735,8 @@ pub fn render(c: &Comparison, all: bool) -> String {
     ]);
     let mut hidden = BTreeMap::<&str, usize>::new();
     for r in &c.rows {
-        if !all && !r.verdict.needs_attention() {
+        // Acknowledged rows need no attention but are few and say who accepted what: shown too.
+        if !all && !r.verdict.needs_attention() && r.verdict != Verdict::Acknowledged {
             *hidden.entry(r.verdict.as_str()).or_default() += 1;
             continue;
         }
@@ -989,6 +1062,7 @@ mod tests {
             detectable: None,
             verdict: v,
             detail: String::new(),
+            triage: None,
         };
         assert_eq!(overall(&[]), Verdict::New);
         assert_eq!(

@@ -129,6 +129,7 @@ pub fn judge_paired(bench: &str, base: &[f64], head: &[f64], rules: &Rules) -> R
         verdict: Verdict::Noise,
         detail: String::new(),
         detectable: None,
+        triage: None,
     };
     if d.len() < 3 {
         row.threshold = None;

@@ -19,7 +19,7 @@ use serde::Serialize;
 use saeperf_compare::{Comparison, Row, Verdict};
 use saeperf_store::{BenchKind, BenchResult, BenchStatus, Run, RunBackend, RunMeta};
 
-use crate::view::{icon, RowView};
+use crate::view::{icon, RowView, TriageView};
 use crate::{fmt_change, fmt_value, short_sha, slug};
 
 /// Quality metrics shown per reference dictionary, in this order.
@@ -88,6 +88,15 @@ struct Links {
     regressions: String,
 }
 
+/// A row a maintainer acknowledged or dismissed, for the comment's triage tables.
+#[derive(Debug, Serialize)]
+struct TriagedView {
+    row: RowView,
+    triage: TriageView,
+    /// The record is on an earlier run than the head (an acked change this comparison spans).
+    earlier: bool,
+}
+
 #[derive(Debug, Serialize)]
 struct FailedView {
     bench: String,
@@ -106,6 +115,12 @@ struct CommentView {
     base_commit: Option<String>,
     baseline_why: Option<String>,
     significant: Vec<RowView>,
+    /// Significant changes under [`crate::view::MINOR_BELOW`] times their threshold, folded away.
+    minor: Vec<RowView>,
+    /// Regressions a maintainer acknowledged (`runner triage ack`), with who and why.
+    acknowledged: Vec<TriagedView>,
+    /// Regressions a maintainer dismissed as false alarms (`runner triage dismiss`).
+    dismissed: Vec<TriagedView>,
     /// How many speed rows were quiet and the least sensitive one's detectable change
     /// ([`saeperf_compare::quiet_speed_summary`]).
     quiet_speed: Option<String>,
@@ -251,6 +266,8 @@ pub struct Comment {
     pub verdict: Verdict,
     /// One line for the commit status: the headline, the commits and the counts (plain text, not Markdown).
     pub status_line: String,
+    /// "BENCH METRIC" of each regression the comment reports.
+    pub regressions: Vec<String>,
 }
 
 /// Render the comment for `head` compared with `base` (None: no baseline was found; `why` says why).
@@ -292,6 +309,60 @@ pub fn render(
             })
         })
         .collect();
+    let triaged = |f: &dyn Fn(&Row) -> bool| -> Vec<TriagedView> {
+        rows.iter()
+            .filter(|r| f(r))
+            .filter_map(|r| {
+                let t = r.triage.as_ref()?;
+                Some(TriagedView {
+                    row: RowView::of(r),
+                    triage: TriageView::of(t),
+                    earlier: t.run != head.meta.id,
+                })
+            })
+            .collect()
+    };
+    let acknowledged = triaged(&|r| r.verdict == Verdict::Acknowledged);
+    let dismissed = triaged(&|r| {
+        r.verdict != Verdict::Acknowledged
+            && r.triage
+                .as_ref()
+                .is_some_and(|t| t.action == saeperf_store::TriageAction::Dismiss)
+    });
+    let plural = |k: usize, one: &str, many: &str| {
+        if k == 1 {
+            format!("{k} {one}")
+        } else {
+            format!("{k} {many}")
+        }
+    };
+    let by_whom = |v: &[TriagedView]| {
+        let mut people: Vec<(&str, &str)> = v
+            .iter()
+            .map(|a| (a.triage.by.as_str(), a.triage.reason.as_str()))
+            .collect();
+        people.sort();
+        people.dedup();
+        match people.as_slice() {
+            [] => String::new(),
+            [(by, reason)] => format!(" by {by}: {reason}"),
+            many => {
+                let mut names: Vec<&str> = many.iter().map(|p| p.0).collect();
+                names.sort();
+                names.dedup();
+                format!(" by {}", names.join(", "))
+            }
+        }
+    };
+    let dismissed_note = if dismissed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} dismissed{})",
+            plural(dismissed.len(), "false alarm", "false alarms"),
+            by_whom(&dismissed)
+        )
+    };
     let headline = match overall {
         Verdict::Failed => format!(
             "saeperf: {} benchmark{} failed",
@@ -299,26 +370,42 @@ pub fn render(
             if failed.len() == 1 { "" } else { "s" }
         ),
         Verdict::Regression => format!(
-            "saeperf: regression — {} slower, {} worse in quality{}",
+            "saeperf: regression — {} slower, {} worse in quality{}{}",
             speed_regr,
             qual_regr,
             if res_regr > 0 {
                 format!(", {res_regr} kernel resources worse")
             } else {
                 String::new()
+            },
+            if acknowledged.is_empty() {
+                String::new()
+            } else {
+                format!("; {} acknowledged", acknowledged.len())
+            }
+        ),
+        Verdict::Acknowledged => format!(
+            "saeperf: {} acknowledged{}{}",
+            plural(acknowledged.len().max(1), "regression", "regressions"),
+            by_whom(&acknowledged),
+            if n(Verdict::Improvement) > 0 {
+                format!("; {} better", n(Verdict::Improvement))
+            } else {
+                String::new()
             }
         ),
         Verdict::Improvement => format!(
-            "saeperf: improvement — {} better, nothing worse",
+            "saeperf: improvement — {} better, nothing worse{dismissed_note}",
             n(Verdict::Improvement)
         ),
-        Verdict::Noise => "saeperf: no significant change".to_string(),
+        Verdict::Noise => format!("saeperf: no significant change{dismissed_note}"),
         Verdict::New | Verdict::Missing => "saeperf: no baseline to compare with".to_string(),
     };
     let summary = if cmp.is_some() {
         let parts: Vec<String> = [
             Verdict::Regression,
             Verdict::Failed,
+            Verdict::Acknowledged,
             Verdict::Improvement,
             Verdict::Noise,
             Verdict::New,
@@ -355,6 +442,29 @@ pub fn render(
         })
     });
 
+    // rustc-perf's magnitude in the headline: the largest change of the verdict's kind, in times its threshold.
+    let largest = rows
+        .iter()
+        .filter(|r| {
+            r.verdict == overall && matches!(overall, Verdict::Regression | Verdict::Improvement)
+        })
+        .filter_map(|r| crate::view::magnitude(r).map(|m| (m, r)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let headline = match largest {
+        Some((m, r)) => format!(
+            "{headline} · largest: {} {} {} ({m:.1}× its threshold, {})",
+            r.bench,
+            r.metric,
+            crate::view::RowView::of(r).change,
+            crate::view::severity(m)
+        ),
+        None => headline,
+    };
+    // Minor changes (just past their threshold) are folded; failures and rows without a magnitude never are.
+    let (significant, minor): (Vec<&Row>, Vec<&Row>) = significant.into_iter().partition(|r| {
+        r.verdict == Verdict::Failed
+            || crate::view::magnitude(r).is_none_or(|m| m >= crate::view::MINOR_BELOW)
+    });
     let verdict_of: BTreeMap<(&str, &str), Verdict> = rows
         .iter()
         .map(|r| ((r.bench.as_str(), r.metric.as_str()), r.verdict))
@@ -386,6 +496,7 @@ pub fn render(
                     match verdict_of.get(&(h.name.as_str(), *m)) {
                         Some(Verdict::Regression) => s.push_str(" 🔴"),
                         Some(Verdict::Improvement) => s.push_str(" 🟢"),
+                        Some(Verdict::Acknowledged) => s.push_str(" ☑️"),
                         _ => {}
                     }
                     s
@@ -486,6 +597,9 @@ pub fn render(
         base_commit: base.map(|b| short_sha(b.meta.commit.as_deref())),
         baseline_why: why.map(str::to_string),
         significant: significant.into_iter().map(RowView::of).collect(),
+        minor: minor.into_iter().map(RowView::of).collect(),
+        acknowledged,
+        dismissed,
         quiet_speed: saeperf_compare::quiet_speed_summary(rows),
         failed,
         all_rows: rows.iter().map(RowView::of).collect(),
@@ -520,6 +634,11 @@ pub fn render(
         view.all_rows.clear();
         text = render_view(&view)?;
     }
+    if text.chars().count() > MAX_COMMENT_CHARS && !view.minor.is_empty() {
+        view.omitted_significant += view.minor.len();
+        view.minor.clear();
+        text = render_view(&view)?;
+    }
     while text.chars().count() > MAX_COMMENT_CHARS && !view.significant.is_empty() {
         let keep = view.significant.len() / 2;
         view.omitted_significant += view.significant.len() - keep;
@@ -533,10 +652,20 @@ pub fn render(
             view.marker
         );
     }
+    let regressions = cmp
+        .map(|c| {
+            c.rows
+                .iter()
+                .filter(|r| r.verdict == Verdict::Regression)
+                .map(|r| format!("{} {}", r.bench, r.metric))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Comment {
         body: text,
         verdict: overall,
         status_line,
+        regressions,
     })
 }
 
@@ -587,7 +716,12 @@ pub fn for_stored_run(
         Some(b) => (
             Some(store.load_run(&b.id)?),
             Some(saeperf_compare::compare_stored(
-                store, b, &head_meta, rules, true,
+                store,
+                b,
+                &head_meta,
+                rules,
+                true,
+                &store.triage()?,
             )?),
         ),
         None => (None, None),
@@ -628,4 +762,182 @@ fn render_view(view: &CommentView) -> Result<String> {
         text.push('\n');
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use saeperf_store::{Triage, TriageAction};
+
+    fn meta(id: &str) -> RunMeta {
+        RunMeta {
+            id: id.into(),
+            state: RunState::Complete,
+            commit: Some("c".repeat(40)),
+            branch: Some("main".into()),
+            pr: Some(7),
+            dirty: false,
+            started_at: chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+            finished_at: None,
+            fingerprint: Default::default(),
+            fingerprint_id: "fp".into(),
+            backend: RunBackend::Cpu,
+            suite: "s".into(),
+            profile: "quick".into(),
+            suite_hash: "h".repeat(16),
+            activation_sets: BTreeMap::new(),
+            benchmarks: vec![],
+            runner_version: "0".into(),
+        }
+    }
+
+    fn row(bench: &str, verdict: Verdict, triage: Option<Triage>) -> Row {
+        Row {
+            bench: bench.into(),
+            metric: "time".into(),
+            base: Some(1e-3),
+            head: Some(1.3e-3),
+            change: Some(0.3),
+            threshold: Some(0.05),
+            p: Some(1e-6),
+            detectable: Some(0.05),
+            verdict,
+            detail: String::new(),
+            triage,
+        }
+    }
+
+    fn record(action: TriageAction, by: &str, reason: &str) -> Triage {
+        Triage {
+            run: "head".into(),
+            bench: "op/encode".into(),
+            metric: "time".into(),
+            action,
+            by: by.into(),
+            reason: reason.into(),
+            at: chrono::Utc::now(),
+            source: "cli".into(),
+        }
+    }
+
+    fn comment(rows: Vec<Row>) -> Comment {
+        let head = Run {
+            meta: meta("head"),
+            results: vec![],
+        };
+        let base = Run {
+            meta: meta("base"),
+            results: vec![],
+        };
+        let overall = saeperf_compare::overall(&rows);
+        let cmp = Comparison {
+            base: base.meta.clone(),
+            head: head.meta.clone(),
+            rows,
+            overall,
+            notes: vec![],
+        };
+        render(
+            &head,
+            Some(&base),
+            Some(&cmp),
+            None,
+            &CommentOptions::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn acknowledged_and_dismissed_rows_in_headline_status_and_tables() {
+        let ack = record(TriageAction::Ack, "alice", "new steps");
+        let c = comment(vec![
+            row("op/encode", Verdict::Acknowledged, Some(ack.clone())),
+            row("op/decode", Verdict::Noise, None),
+        ]);
+        assert_eq!(c.verdict, Verdict::Acknowledged);
+        assert!(
+            c.status_line
+                .starts_with("saeperf: 1 regression acknowledged by @alice: new steps · head"),
+            "{}",
+            c.status_line
+        );
+        assert!(
+            c.body.contains("### Acknowledged regressions"),
+            "{}",
+            c.body
+        );
+        assert!(c.body.contains("| &#64;alice | new steps |"), "{}", c.body);
+        assert!(!c.body.contains("No significant change"), "{}", c.body);
+        // Two people: both named; with an open regression the headline stays a regression and counts the acks.
+        let mut bob = record(TriageAction::Ack, "bob", "expected");
+        bob.bench = "op/adam".into();
+        let c = comment(vec![
+            row("op/encode", Verdict::Acknowledged, Some(ack.clone())),
+            row("op/adam", Verdict::Acknowledged, Some(bob)),
+        ]);
+        assert!(
+            c.status_line
+                .starts_with("saeperf: 2 regressions acknowledged by @alice, @bob ·"),
+            "{}",
+            c.status_line
+        );
+        let c = comment(vec![
+            row("op/encode", Verdict::Acknowledged, Some(ack)),
+            row("op/adam", Verdict::Regression, None),
+        ]);
+        assert_eq!(c.verdict, Verdict::Regression);
+        assert!(
+            c.status_line.contains("; 1 acknowledged"),
+            "{}",
+            c.status_line
+        );
+        // A dismissed false alarm: noise, said in the headline and listed.
+        let c = comment(vec![row(
+            "op/encode",
+            Verdict::Noise,
+            Some(record(TriageAction::Dismiss, "bob", "busy machine")),
+        )]);
+        assert_eq!(c.verdict, Verdict::Noise);
+        assert!(
+            c.status_line.starts_with(
+                "saeperf: no significant change (1 false alarm dismissed by @bob: busy machine)"
+            ),
+            "{}",
+            c.status_line
+        );
+        assert!(c.body.contains("### Dismissed false alarms"), "{}", c.body);
+    }
+
+    /// The headline names the largest change in times its threshold; a change just past its threshold is folded.
+    #[test]
+    fn magnitude_in_the_headline_and_minor_changes_folded() {
+        let big = row("op/encode", Verdict::Regression, None);
+        let mut small = row("op/decode", Verdict::Regression, None);
+        small.change = Some(0.06);
+        let c = comment(vec![big, small]);
+        let headline = c.body.lines().next().unwrap();
+        assert!(
+            headline.contains("largest: op/encode time +30.00% (6.0× its threshold, large)"),
+            "{headline}"
+        );
+        assert!(
+            c.body.contains("1 minor change (under 2× their threshold)"),
+            "{}",
+            c.body
+        );
+        let (main, folded) = c.body.split_once("minor change").unwrap();
+        assert!(
+            main.contains("| op/encode |") && !main.contains("| op/decode |"),
+            "{}",
+            c.body
+        );
+        assert!(
+            folded.contains("| op/decode | time |") && folded.contains("1.2× minor"),
+            "{}",
+            c.body
+        );
+        assert_eq!(c.regressions, ["op/encode time", "op/decode time"]);
+    }
 }

@@ -16,6 +16,12 @@
 //! regressions page attributed to the first run after it, and a regression step is one feed entry whose id is made
 //! of the series and that run, so a step is reported once however often the site is rebuilt.
 //!
+//! Triage: the maintainers' acks and dismissals (the store's `triage` tree) are applied to every comparison through
+//! compare's `triage::apply`, as `runner compare` and the comment apply them; the regressions page lists open
+//! regressions, the acknowledged ones (who, when, why) and the dismissed false alarms, a step whose first run after
+//! it was acknowledged is marked so (and makes no feed entry), and the calibration page counts each machine's
+//! dismissed false alarms.
+//!
 //! A series group is one machine fingerprint × backend × profile (runs on different machines are never compared).
 //! Within a group the history is the runs on the main branch (all runs when the main branch has none); every run of
 //! another branch is compared with the newest main-branch run before it, which is its branch point in practice.
@@ -29,14 +35,15 @@ use serde::{Deserialize, Serialize};
 use saeperf_compare::history::{self, SpeedHistory};
 use saeperf_compare::rules::{Direction, Rules};
 use saeperf_compare::steps::{self, StepRule};
+use saeperf_compare::triage::{self, TriageSet};
 use saeperf_compare::{self as compare, stats, Comparison, Verdict};
 use saeperf_store::{
-    BenchKind, BenchResult, BenchStatus, Fingerprint, Run, RunMeta, RunState, Store,
+    BenchKind, BenchResult, BenchStatus, Fingerprint, Run, RunMeta, RunState, Store, TriageAction,
     CALIBRATION_PROFILE,
 };
 
 use crate::svg::{self, LinePoint};
-use crate::view::RowView;
+use crate::view::{RowView, TriageView};
 use crate::{fmt_change, fmt_value, short_sha, slug};
 
 /// Feature contexts to show on a run page: (run id, benchmark, file).
@@ -145,6 +152,21 @@ struct RegressionView {
     updated: String,
 }
 
+/// A maintainer's ack or dismissal on the regressions page, with the flagged row when the site compared that run.
+#[derive(Debug, Serialize)]
+struct TriageRecordView {
+    triage: TriageView,
+    /// The run's link, when the run is on the site.
+    run: Option<RunLink>,
+    /// The row of the site's comparison of that run (base, head, change), when there is one.
+    row: Option<RowView>,
+    compare_href: Option<String>,
+    /// The machine the run was made on.
+    machine: String,
+    /// Later runs whose comparison spans the acked change and that it kept quiet (an ack carried over).
+    carried: usize,
+}
+
 /// A step in a main-branch series (compare's `steps`), attributed to the first run after it.
 #[derive(Debug, Serialize)]
 struct StepView {
@@ -163,6 +185,8 @@ struct StepView {
     n_before: usize,
     n_after: usize,
     updated: String,
+    /// The maintainer's ack of this change in the first run after the step, if any (no feed entry then).
+    acknowledged: Option<TriageView>,
 }
 
 /// One run's data as embedded in compare.html.
@@ -223,13 +247,65 @@ fn series_href(root: &str, group: &str, bench: &str, metric: &str) -> String {
 
 /// Speed history of the series `series` (indices into `infos`, oldest first) for the run at position `upto - 1`, the
 /// base of the comparison: the one selection rule and builder of compare's history module.
-fn speed_history(infos: &[RunInfo], series: &[usize], upto: usize, window: usize) -> SpeedHistory {
+fn speed_history(
+    infos: &[RunInfo],
+    series: &[usize],
+    upto: usize,
+    window: usize,
+    set: &TriageSet,
+) -> SpeedHistory {
     let base = &infos[series[upto - 1]].run.meta;
     let mut h = SpeedHistory::default();
     for &i in history::select(&series[..upto], |&i| &infos[i].run.meta, base, window) {
-        infos[i].run.results.iter().for_each(|r| h.push(r));
+        h.push_run(&infos[i].run.meta.id, &infos[i].run.results, set);
     }
     h
+}
+
+/// Compare run `base` with run `head` (indices into `infos`) and apply the triage: compare's one rule, with the
+/// acked run of a carried ack from the site (or the store, when the site left it out) and the history of the
+/// head's group before it (`members`, oldest first).
+#[allow(clippy::too_many_arguments)]
+fn judged(
+    store: &Store,
+    infos: &[RunInfo],
+    members: &[usize],
+    base: usize,
+    head: usize,
+    hist: &SpeedHistory,
+    rules: &Rules,
+    set: &TriageSet,
+) -> Result<Comparison> {
+    let h = &infos[head].run;
+    let mut c = compare::compare(&infos[base].run, h, hist, rules);
+    triage::apply(&mut c, set, &mut |acked, row| {
+        let loaded;
+        let a = match infos.iter().find(|x| x.run.meta.id == acked.id) {
+            Some(x) => &x.run,
+            None => {
+                loaded = store.load_run(&acked.id)?;
+                &loaded
+            }
+        };
+        let mut since = SpeedHistory::default();
+        for &j in history::before(
+            members,
+            |&j| &infos[j].run.meta,
+            &h.meta,
+            rules.speed.history,
+        ) {
+            since.push_run(&infos[j].run.meta.id, &infos[j].run.results, set);
+        }
+        Ok(compare::judge_against(
+            a,
+            h,
+            &row.bench,
+            &row.metric,
+            &since,
+            rules,
+        ))
+    })?;
+    Ok(c)
 }
 
 /// Build the site from every complete run in `store`.
@@ -237,11 +313,14 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
     std::fs::create_dir_all(&opt.out)
         .with_context(|| format!("creating the output directory {}", opt.out.display()))?;
     // Calibration runs go to their own page only: never a series, a listed run or a base.
-    let (calibrations, metas): (Vec<_>, Vec<_>) = store
+    let complete: Vec<RunMeta> = store
         .list_runs()?
         .into_iter()
         .filter(|m| m.state == RunState::Complete)
-        .partition(RunMeta::is_calibration);
+        .collect();
+    let set = TriageSet::new(&store.triage()?, &complete);
+    let (calibrations, metas): (Vec<_>, Vec<_>) =
+        complete.iter().cloned().partition(RunMeta::is_calibration);
     // Group, keeping the newest `limit` runs of each group.
     let mut by_group: BTreeMap<String, Vec<RunMeta>> = BTreeMap::new();
     for m in metas {
@@ -292,8 +371,8 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             main_series.insert(g.clone());
         }
         for (pos, &i) in s.iter().enumerate().skip(1) {
-            let hist = speed_history(&infos, &s, pos, rules.speed.history);
-            let c = compare::compare(&infos[s[pos - 1]].run, &infos[i].run, &hist, rules);
+            let hist = speed_history(&infos, &s, pos, rules.speed.history, &set);
+            let c = judged(store, &infos, &members, s[pos - 1], i, &hist, rules, &set)?;
             infos[i].base = Some(s[pos - 1]);
             infos[i].cmp = Some(c);
         }
@@ -306,8 +385,8 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             if pos == 0 {
                 continue;
             }
-            let hist = speed_history(&infos, &s, pos, rules.speed.history);
-            let c = compare::compare(&infos[s[pos - 1]].run, &infos[i].run, &hist, rules);
+            let hist = speed_history(&infos, &s, pos, rules.speed.history, &set);
+            let c = judged(store, &infos, &members, s[pos - 1], i, &hist, rules, &set)?;
             infos[i].base = Some(s[pos - 1]);
             infos[i].cmp = Some(c);
         }
@@ -378,7 +457,8 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             });
             for m in ms {
                 let on_main = main_series.contains(g);
-                let (row, page, found) = series_page(&infos, s, g, b, m, rules, on_main, &link)?;
+                let (row, page, found) =
+                    series_page(&infos, s, g, b, m, rules, on_main, &set, &link)?;
                 all_steps.extend(found);
                 site.write(
                     &series_href("", g, b, m),
@@ -453,6 +533,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             .cmp(&a.updated)
             .then_with(|| a.row.bench.cmp(&b.row.bench))
     });
+    let (acknowledged, dismissed) = triage_records(&infos, &complete, &set, &link);
     all_steps.sort_by(|a, b| {
         b.updated
             .cmp(&a.updated)
@@ -482,6 +563,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
         "regressions.html",
         minijinja::context! {
             root => "", title => &opt.title, page_title => "Regressions", regressions => &regressions,
+            acknowledged => &acknowledged, dismissed => &dismissed,
             steps => &all_steps, step_min_run => StepRule::default().min_run,
         },
     )?;
@@ -509,7 +591,10 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
         });
     }
     // One entry per regression step, its id made of the series and the first run after the step.
-    for st in all_steps.iter().filter(|st| st.kind == "regression") {
+    for st in all_steps
+        .iter()
+        .filter(|st| st.kind == "regression" && st.acknowledged.is_none())
+    {
         entries.push(minijinja::context! {
             id => format!("urn:saeperf:step:{}:{}", st.id, st.run.id),
             title => format!("Step in {} {}: {} from run {} ({} on {})", st.bench, st.metric, st.change, st.run.id, st.run.commit, st.run.branch),
@@ -527,7 +612,7 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
         .chain(
             all_steps
                 .iter()
-                .filter(|s| s.kind == "regression")
+                .filter(|s| s.kind == "regression" && s.acknowledged.is_none())
                 .map(|s| s.updated.clone()),
         )
         .max();
@@ -599,7 +684,21 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
             has_runs => !infos.is_empty(),
         },
     )?;
-    let n_calibrations = calibration_page(&mut site, store, &calibrations)?;
+    let mut dismissed_by_machine: BTreeMap<String, usize> = BTreeMap::new();
+    for t in set.records().filter(|t| t.action == TriageAction::Dismiss) {
+        if let Some(m) = complete.iter().find(|m| m.id == t.run) {
+            *dismissed_by_machine
+                .entry(m.fingerprint_id.clone())
+                .or_default() += 1;
+        }
+    }
+    let n_calibrations = calibration_page(
+        &mut site,
+        store,
+        &calibrations,
+        &complete,
+        &dismissed_by_machine,
+    )?;
     if crate::status::render(&site.env, &opt.out, opt.repo_url.as_deref())? {
         site.pages += 1;
     }
@@ -615,6 +714,57 @@ pub fn build(store: &Store, rules: &Rules, opt: &DashboardOptions) -> Result<Sit
         steps: all_steps.len(),
         calibrations: n_calibrations,
     })
+}
+
+/// The regressions page's triage tables: every ack and every dismissal that applies (the newer of the two on one
+/// row), newest first, each with the run's row from the site's comparison when there is one.
+fn triage_records(
+    infos: &[RunInfo],
+    complete: &[RunMeta],
+    set: &TriageSet,
+    link: &dyn Fn(usize, &str) -> RunLink,
+) -> (Vec<TriageRecordView>, Vec<TriageRecordView>) {
+    let mut acks = Vec::new();
+    let mut dismissals = Vec::new();
+    for t in set.records() {
+        let i = infos.iter().position(|x| x.run.meta.id == t.run);
+        let row = i.and_then(|i| {
+            infos[i].cmp.as_ref()?.rows.iter().find(|r| {
+                r.bench == t.bench && r.metric == t.metric && r.triage.as_ref() == Some(t)
+            })
+        });
+        let carried = infos
+            .iter()
+            .filter(|x| x.run.meta.id != t.run)
+            .filter_map(|x| x.cmp.as_ref())
+            .flat_map(|c| &c.rows)
+            .filter(|r| r.triage.as_ref() == Some(t))
+            .count();
+        let v = TriageRecordView {
+            triage: TriageView::of(t),
+            run: i.map(|i| link(i, "")),
+            row: row.map(RowView::of),
+            compare_href: i.and_then(|i| {
+                let b = infos[i].base?;
+                row.map(|_| compare_href("", &infos[b].run.meta.id, &t.run))
+            }),
+            machine: complete
+                .iter()
+                .find(|m| m.id == t.run)
+                .map(|m| m.fingerprint.summary())
+                .unwrap_or_default(),
+            carried,
+        };
+        match t.action {
+            TriageAction::Ack => acks.push((t.at, v)),
+            TriageAction::Dismiss => dismissals.push((t.at, v)),
+        }
+    }
+    let newest_first = |mut v: Vec<(chrono::DateTime<chrono::Utc>, TriageRecordView)>| {
+        v.sort_by_key(|b| std::cmp::Reverse(b.0));
+        v.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
+    };
+    (newest_first(acks), newest_first(dismissals))
 }
 
 /// The link to a commit on the repository's site, when there is one and the commit is a SHA.
@@ -750,6 +900,16 @@ struct MachineCalibrationView {
     latest: CalibrationRunView,
     columns: Vec<String>,
     history: Vec<CalibrationHistoryRow>,
+    /// False alarms maintainers dismissed on this machine (`runner triage dismiss`).
+    dismissed: usize,
+}
+
+/// A machine with dismissed false alarms but no calibration run.
+#[derive(Debug, Serialize)]
+struct UncalibratedMachineView {
+    fingerprint: String,
+    summary: String,
+    dismissed: usize,
 }
 
 fn machine_facts(f: &Fingerprint) -> Vec<(String, String)> {
@@ -779,7 +939,15 @@ fn machine_facts(f: &Fingerprint) -> Vec<(String, String)> {
 
 /// `calibration.html`: per machine fingerprint (newest calibration first), the newest calibration run's table and
 /// the older calibration runs of that machine, one compact row each. Returns how many calibration runs it shows.
-fn calibration_page(site: &mut Site, store: &Store, metas: &[RunMeta]) -> Result<usize> {
+/// `dismissed` counts, per machine fingerprint, the false alarms maintainers dismissed there (`runner triage
+/// dismiss`); machines with dismissals and no calibration are listed apart.
+fn calibration_page(
+    site: &mut Site,
+    store: &Store,
+    metas: &[RunMeta],
+    all: &[RunMeta],
+    dismissed: &BTreeMap<String, usize>,
+) -> Result<usize> {
     let opt = site.opt;
     let mut by_machine: BTreeMap<&str, Vec<&RunMeta>> = BTreeMap::new();
     for m in metas {
@@ -878,6 +1046,7 @@ fn calibration_page(site: &mut Site, store: &Store, metas: &[RunMeta]) -> Result
                     .map(|(method, _, change)| format!("{method} {change}"))
                     .collect(),
                 history,
+                dismissed: dismissed.get(fp).copied().unwrap_or(0),
             },
         ));
     }
@@ -886,12 +1055,26 @@ fn calibration_page(site: &mut Site, store: &Store, metas: &[RunMeta]) -> Result
             .then_with(|| a.1.fingerprint.cmp(&b.1.fingerprint))
     });
     let machines: Vec<MachineCalibrationView> = machines.into_iter().map(|(_, m)| m).collect();
+    let uncalibrated: Vec<UncalibratedMachineView> = dismissed
+        .iter()
+        .filter(|(fp, _)| !machines.iter().any(|m| &m.fingerprint == *fp))
+        .map(|(fp, n)| UncalibratedMachineView {
+            fingerprint: fp.clone(),
+            summary: all
+                .iter()
+                .rev()
+                .find(|m| &m.fingerprint_id == fp)
+                .map(|m| m.fingerprint.summary())
+                .unwrap_or_default(),
+            dismissed: *n,
+        })
+        .collect();
     site.write(
         "calibration.html",
         "calibration.html",
         minijinja::context! {
             root => "", title => &opt.title, page_title => "Detector calibration",
-            machines => &machines, profile => CALIBRATION_PROFILE,
+            machines => &machines, profile => CALIBRATION_PROFILE, uncalibrated => &uncalibrated,
         },
     )?;
     Ok(shown)
@@ -923,6 +1106,7 @@ fn series_page(
     metric: &str,
     rules: &Rules,
     on_main: bool,
+    set: &TriageSet,
     link: &dyn Fn(usize, &str) -> RunLink,
 ) -> Result<(IndexRow, SeriesPage, Vec<StepView>)> {
     let values: Vec<(usize, Option<f64>, Option<&BenchResult>)> = s
@@ -1002,6 +1186,7 @@ fn series_page(
                 class: match verdict {
                     Some(Verdict::Regression) => "regression".into(),
                     Some(Verdict::Improvement) => "improvement".into(),
+                    Some(Verdict::Acknowledged) => "acknowledged".into(),
                     _ => "point".into(),
                 },
                 title: format!(
@@ -1010,7 +1195,10 @@ fn series_page(
                     l.commit,
                     l.branch,
                     fmt_value(metric, Some(*v)),
-                    if status == "regression" || status == "improvement" {
+                    if matches!(
+                        status.as_str(),
+                        "regression" | "improvement" | "acknowledged"
+                    ) {
                         format!(" ({status} {})", fmt_change(change))
                     } else {
                         String::new()
@@ -1018,6 +1206,10 @@ fn series_page(
                 ),
                 href: Some(l.href.clone()),
             });
+            // The noise band restarts at a run where the speed change was acknowledged (compare's history rule).
+            if metric == "time" && set.restarts(&infos[*i].run.meta.id, bench) {
+                hist.clear();
+            }
             hist.push(*v);
         }
         xlabels.push((
@@ -1101,6 +1293,10 @@ fn series_page(
                 .meta
                 .started_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            acknowledged: set
+                .effective(&infos[i].run.meta.id, bench, metric)
+                .filter(|t| t.action == TriageAction::Ack)
+                .map(TriageView::of),
         }
     };
     let page_steps: Vec<StepView> = found.iter().map(|st| step_view(st, "../")).collect();

@@ -5,8 +5,6 @@
 //! renders the comment (the caller then closes the store), [`send`] talks to GitHub. Nothing is ever written to the
 //! store: a failed post loses nothing and can simply run again.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
 use saeperf_compare::rules::Rules;
 use saeperf_compare::Verdict;
@@ -32,6 +30,59 @@ pub struct PostRequest {
     /// Post the comment only, no commit status.
     pub no_status: bool,
     pub retry: RetryPolicy,
+    /// The login whose comments are the bot's (None: the token's own, `GET /user`).
+    pub bot_login: Option<String>,
+    /// A line added to the comment, after its headline (e.g. which head was approved by whom).
+    pub note: Option<String>,
+    /// When a comment is written at all.
+    pub policy: CommentPolicy,
+}
+
+/// When `report post` writes the sticky comment (per repository; CodSpeed's setting). The commit status is set
+/// whatever the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommentPolicy {
+    /// Create the comment, or update it, on every post.
+    #[default]
+    Always,
+    /// Create it only when there is something to see (a regression, an improvement, a failed or acknowledged
+    /// benchmark); an existing comment is always updated, so it never shows a stale verdict.
+    OnChange,
+    /// Never comment; the commit status only.
+    Never,
+}
+
+impl std::str::FromStr for CommentPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(CommentPolicy::Always),
+            "on-change" => Ok(CommentPolicy::OnChange),
+            "never" => Ok(CommentPolicy::Never),
+            _ => Err(format!(
+                "comment policy {s:?} is not always, on-change or never"
+            )),
+        }
+    }
+}
+
+impl CommentPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommentPolicy::Always => "always",
+            CommentPolicy::OnChange => "on-change",
+            CommentPolicy::Never => "never",
+        }
+    }
+}
+
+/// Whether a verdict is a change worth a new comment under `on-change`.
+pub fn is_change(v: Verdict) -> bool {
+    matches!(
+        v,
+        Verdict::Regression | Verdict::Improvement | Verdict::Failed | Verdict::Acknowledged
+    )
 }
 
 /// What [`prepare`] read from the store: everything [`send`] needs.
@@ -45,7 +96,10 @@ pub struct Prepared {
 /// Read the head run and its baseline, render the comment, and check the request against the run (the pull request
 /// is known, `--verify-head` matches the run's commit). Only reads the store.
 pub fn prepare(store: &Store, git: &GitRepo, rules: &Rules, req: &PostRequest) -> Result<Prepared> {
-    let (comment, head) = comment::for_stored_run(store, git, rules, &req.comment)?;
+    let (mut comment, head) = comment::for_stored_run(store, git, rules, &req.comment)?;
+    if let Some(note) = req.note.as_deref().filter(|n| !n.trim().is_empty()) {
+        comment.body = with_note(&comment.body, note);
+    }
     let pr = req
         .pr
         .or(head.pr)
@@ -60,6 +114,16 @@ pub fn prepare(store: &Store, git: &GitRepo, rules: &Rules, req: &PostRequest) -
         }
     }
     Ok(Prepared { comment, head, pr })
+}
+
+/// The comment with `note` as its own paragraph after the first one (the headline); one line, Markdown escaped
+/// of nothing but newlines.
+fn with_note(body: &str, note: &str) -> String {
+    let note = note.replace(['\r', '\n'], " ");
+    match body.find("\n\n") {
+        Some(i) => format!("{}\n\n{note}{}", &body[..i], &body[i..]),
+        None => format!("{body}\n\n{note}\n"),
+    }
 }
 
 /// The commit status a post set.
@@ -83,14 +147,22 @@ pub struct PostDocument {
     pub head_run: String,
     pub commit: Option<String>,
     pub verdict: Verdict,
-    pub comment: CommentOutcome,
+    /// None when the comment policy wrote none.
+    pub comment: Option<CommentOutcome>,
+    /// The comment policy the post followed.
+    #[serde(default)]
+    pub policy: CommentPolicy,
     /// None with `--no-status`, or when the run has no commit.
     pub status: Option<PostedStatus>,
+    /// "BENCH METRIC" of each regression reported.
+    #[serde(default)]
+    pub regressions: Vec<String>,
 }
 
 impl Document for PostDocument {
     const KIND: &'static str = "post";
-    const VERSION: u32 = 1;
+    /// 2: `comment` may be null (the comment policy), `policy` and `regressions` added.
+    const VERSION: u32 = 2;
 }
 
 impl PostDocument {
@@ -100,19 +172,27 @@ impl PostDocument {
 
     /// The line `runner report post` prints for people.
     pub fn line(&self) -> String {
-        format!(
-            "{:?} comment {} on {}#{}{} ({})",
-            self.comment.action,
-            self.comment.id,
-            self.repo,
-            self.pr,
-            self.comment
-                .url
-                .as_deref()
-                .map(|u| format!(" {u}"))
-                .unwrap_or_default(),
-            self.verdict.as_str()
-        )
+        match &self.comment {
+            Some(c) => format!(
+                "{:?} comment {} on {}#{}{} ({})",
+                c.action,
+                c.id,
+                self.repo,
+                self.pr,
+                c.url
+                    .as_deref()
+                    .map(|u| format!(" {u}"))
+                    .unwrap_or_default(),
+                self.verdict.as_str()
+            ),
+            None => format!(
+                "no comment on {}#{} (comment policy {}) ({})",
+                self.repo,
+                self.pr,
+                self.policy.as_str(),
+                self.verdict.as_str()
+            ),
+        }
     }
 }
 
@@ -146,7 +226,23 @@ pub fn send(p: &Prepared, req: &PostRequest, token: &str) -> Result<PostDocument
                 );
             }
         }
-        let c = gh.upsert_comment(repo, pr, &p.comment.body, &marker).await?;
+        let bot = match (&req.bot_login, req.policy) {
+            (_, CommentPolicy::Never) => String::new(),
+            (Some(l), _) => l.clone(),
+            (None, _) => gh.login().await?,
+        };
+        let c = match req.policy {
+            CommentPolicy::Never => None,
+            CommentPolicy::Always => Some(
+                gh.upsert_comment(repo, pr, &p.comment.body, &marker, &bot, true)
+                    .await?
+                    .expect("created when missing"),
+            ),
+            CommentPolicy::OnChange => {
+                gh.upsert_comment(repo, pr, &p.comment.body, &marker, &bot, is_change(p.comment.verdict))
+                    .await?
+            }
+        };
         let mut status = None;
         if !req.no_status {
             match p.head.commit.as_deref() {
@@ -168,7 +264,7 @@ pub fn send(p: &Prepared, req: &PostRequest, token: &str) -> Result<PostDocument
                                     saeperf_report::slug(&p.head.id)
                                 )
                             })
-                            .or_else(|| c.url.clone()),
+                            .or_else(|| c.as_ref().and_then(|c| c.url.clone())),
                     };
                     gh.set_status(
                         repo,
@@ -194,17 +290,10 @@ pub fn send(p: &Prepared, req: &PostRequest, token: &str) -> Result<PostDocument
         commit: p.head.commit.clone(),
         verdict: p.comment.verdict,
         comment: c,
+        policy: req.policy,
         status,
+        regressions: p.comment.regressions.clone(),
     })
-}
-
-/// Retries as `runner report post` configures them: `attempts` in all, the first wait `first_delay`, doubling.
-pub fn retry_policy(attempts: u32, first_delay: Duration) -> RetryPolicy {
-    RetryPolicy {
-        attempts: attempts.max(1),
-        base_delay: first_delay,
-        max_delay: Duration::from_secs(120),
-    }
 }
 
 #[cfg(test)]
@@ -220,12 +309,14 @@ mod tests {
             head_run: "20260101T010000-bead01".into(),
             commit: Some("b".repeat(40)),
             verdict: Verdict::Regression,
-            comment: CommentOutcome {
+            comment: Some(CommentOutcome {
                 action: crate::github::CommentAction::Updated,
                 id: 1001,
                 url: Some("http://gh.test/c/1001".into()),
-            },
+            }),
+            policy: CommentPolicy::Always,
             status: None,
+            regressions: vec!["op/encode time".into()],
         };
         let text = serde_json::to_string(&doc).unwrap();
         assert_eq!(PostDocument::parse(&text).unwrap(), doc);
@@ -239,11 +330,11 @@ mod tests {
                 "not a saeperf post document",
             ),
             (
-                r#"{"document": "bench", "version": 1}"#,
+                r#"{"document": "bench", "version": 2}"#,
                 "a \"bench\" document",
             ),
             (
-                r#"{"document": "post", "version": 1, "pr": 7}"#,
+                r#"{"document": "post", "version": 2, "pr": 7}"#,
                 "missing field",
             ),
         ] {

@@ -1,15 +1,16 @@
 //! Self-contained JSON bundles of runs: `runner db export` writes one, `runner ingest` reads one into a store.
 //!
 //! A bundle carries whole complete runs (metadata, fingerprint, raw samples, metrics, curves), so runs made on
-//! several machines (CI runners, a GPU box) merge into one store. Ingest is idempotent: a run already present with the
-//! same contents is skipped; the same id with different contents is refused.
+//! several machines (CI runners, a GPU box) merge into one store, and the triage records (acks, dismissals) of the
+//! runs it carries. Ingest is idempotent: a run already present with the same contents is skipped; the same id with
+//! different contents is refused; a triage record is written unless the store holds the same or a newer one.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{Run, RunState, Store, StoreError, SCHEMA_VERSION};
+use super::{Run, RunState, Store, StoreError, Triage, SCHEMA_VERSION};
 
 /// The marker in every bundle's `format` field.
 pub const BUNDLE_FORMAT: &str = "saeperf-bundle";
@@ -20,6 +21,9 @@ pub struct Bundle {
     pub schema_version: u32,
     pub exported_at: chrono::DateTime<chrono::Utc>,
     pub runs: Vec<Run>,
+    /// The triage records of the bundled runs, oldest first (absent in bundles written before triage existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triage: Vec<Triage>,
 }
 
 #[derive(Debug, Error)]
@@ -40,11 +44,13 @@ pub enum BundleError {
     Schema { path: String, found: u32 },
     #[error("bundle {path}: run {id} is incomplete; only complete runs can be ingested")]
     Incomplete { path: String, id: String },
+    #[error("bundle {path}: a triage record names run {run}, which the bundle does not carry")]
+    TriageRun { path: String, run: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Collect complete runs (all, or those whose ids are listed) into a bundle.
+/// Collect complete runs (all, or those whose ids are listed) and their triage records into a bundle.
 pub fn export(store: &Store, ids: &[String]) -> Result<Bundle, StoreError> {
     let mut runs = Vec::new();
     for m in store.list_runs()? {
@@ -53,11 +59,17 @@ pub fn export(store: &Store, ids: &[String]) -> Result<Bundle, StoreError> {
         }
         runs.push(store.load_run(&m.id)?);
     }
+    let triage = store
+        .triage()?
+        .into_iter()
+        .filter(|t| runs.iter().any(|r| r.meta.id == t.run))
+        .collect();
     Ok(Bundle {
         format: BUNDLE_FORMAT.into(),
         schema_version: SCHEMA_VERSION,
         exported_at: chrono::Utc::now(),
         runs,
+        triage,
     })
 }
 
@@ -105,10 +117,20 @@ pub fn read(path: &Path) -> Result<Bundle, BundleError> {
             id: r.meta.id.clone(),
         });
     }
+    if let Some(t) = b
+        .triage
+        .iter()
+        .find(|t| !b.runs.iter().any(|r| r.meta.id == t.run))
+    {
+        return Err(BundleError::TriageRun {
+            path: p,
+            run: t.run.clone(),
+        });
+    }
     Ok(b)
 }
 
-/// Ingest every run of a bundle; returns (added, skipped as already present).
+/// Ingest every run of a bundle, then its triage records; returns (runs added, runs skipped as already present).
 pub fn ingest(store: &Store, bundle: &Bundle) -> Result<(usize, usize), BundleError> {
     let (mut added, mut skipped) = (0, 0);
     for run in &bundle.runs {
@@ -117,6 +139,9 @@ pub fn ingest(store: &Store, bundle: &Bundle) -> Result<(usize, usize), BundleEr
         } else {
             skipped += 1;
         }
+    }
+    for t in &bundle.triage {
+        store.ingest_triage(t)?;
     }
     Ok((added, skipped))
 }

@@ -2,7 +2,9 @@
 //! it to `$SAEPERF_HOME/store`; `--db` for another). This crate knows nothing of comparison, benchmarking or reports.
 //!
 //! Layout (schema [`schema::SCHEMA_VERSION`]): the default tree holds `schema_version`; tree `runs` maps a run id to
-//! its [`RunMeta`] as JSON; tree `results` maps `run id \0 benchmark name` to a [`BenchResult`] as JSON.
+//! its [`RunMeta`] as JSON; tree `results` maps `run id \0 benchmark name` to a [`BenchResult`] as JSON; tree
+//! `triage` maps `run id \0 benchmark \0 metric \0 action` to a maintainer's [`Triage`] record as JSON (an ack or a
+//! dismissal of a change flagged in that run; added within schema 1: a store without the tree simply has none).
 //! Invariants: a run is written `Incomplete` when it starts and flipped to `Complete` in the same sled transaction
 //! that writes all its results, so readers see either a finished run or one marked incomplete, never half of one;
 //! incomplete runs are never returned as baselines. sled holds an exclusive file lock while a store is open: a second
@@ -23,8 +25,8 @@ use thiserror::Error;
 
 pub use fingerprint::Fingerprint;
 pub use schema::{
-    BenchKind, BenchResult, BenchStatus, Run, RunBackend, RunMeta, RunState, CALIBRATION_PROFILE,
-    SCHEMA_VERSION,
+    BenchKind, BenchResult, BenchStatus, Run, RunBackend, RunMeta, RunState, Triage, TriageAction,
+    CALIBRATION_PROFILE, SCHEMA_VERSION,
 };
 
 /// Errors from the store, each naming the store or the record involved.
@@ -54,6 +56,10 @@ pub enum StoreError {
     Ambiguous { spec: String, candidates: String },
     #[error("run {0} already exists with different contents")]
     Conflict(String),
+    #[error("store {path} has no run {run}: a triage record names the run in which the change was flagged (its exact id)")]
+    UnknownRun { path: PathBuf, run: String },
+    #[error("triage record for run {run}: {reason}")]
+    BadTriage { run: String, reason: String },
 }
 
 /// An open store. Dropping it flushes and releases the lock.
@@ -62,6 +68,7 @@ pub struct Store {
     db: sled::Db,
     runs: sled::Tree,
     results: sled::Tree,
+    triage: sled::Tree,
 }
 
 /// What `runner db check` found.
@@ -70,6 +77,9 @@ pub struct CheckReport {
     pub complete: usize,
     pub incomplete: Vec<String>,
     pub results: usize,
+    /// Triage records (acks and dismissals).
+    #[serde(default)]
+    pub triage: usize,
     pub problems: Vec<String>,
 }
 
@@ -78,6 +88,15 @@ fn result_key(run_id: &str, bench: &str) -> Vec<u8> {
     k.extend_from_slice(run_id.as_bytes());
     k.push(0);
     k.extend_from_slice(bench.as_bytes());
+    k
+}
+
+fn triage_key(t: &Triage) -> Vec<u8> {
+    let mut k = result_key(&t.run, &t.bench);
+    for part in [t.metric.as_str(), t.action.as_str()] {
+        k.push(0);
+        k.extend_from_slice(part.as_bytes());
+    }
     k
 }
 
@@ -120,11 +139,13 @@ impl Store {
         }
         let runs = db.open_tree("runs").map_err(sled_err)?;
         let results = db.open_tree("results").map_err(sled_err)?;
+        let triage = db.open_tree("triage").map_err(sled_err)?;
         Ok(Store {
             path: path.to_path_buf(),
             db,
             runs,
             results,
+            triage,
         })
     }
 
@@ -342,8 +363,79 @@ impl Store {
         Err(StoreError::NotFound(spec.to_string()))
     }
 
-    /// Verify integrity: schema version, every record parses, results belong to known runs, complete runs have all
-    /// the results they list.
+    /// Record a maintainer's ack or dismissal of a change flagged in `t.run` (durably). The run must be stored (its
+    /// exact id); benchmark and metric must be non-empty and free of NUL bytes. Recording the same (run, bench,
+    /// metric, action) again replaces the earlier record. Whether the benchmark and metric exist in the run is the
+    /// caller's check (the command line and the scheduler know which rows a comparison had).
+    pub fn record_triage(&self, t: &Triage) -> Result<(), StoreError> {
+        self.put_triage(t)?;
+        self.flush()
+    }
+
+    fn put_triage(&self, t: &Triage) -> Result<(), StoreError> {
+        let bad = |reason: &str| StoreError::BadTriage {
+            run: t.run.clone(),
+            reason: reason.to_string(),
+        };
+        for (name, v) in [("benchmark", &t.bench), ("metric", &t.metric)] {
+            if v.trim().is_empty() {
+                return Err(bad(&format!("the {name} is empty")));
+            }
+            if v.contains('\0') {
+                return Err(bad(&format!("the {name} contains a NUL byte")));
+            }
+        }
+        if t.run.contains('\0') || self.run_meta(&t.run)?.is_none() {
+            return Err(StoreError::UnknownRun {
+                path: self.path.clone(),
+                run: t.run.clone(),
+            });
+        }
+        let v = serde_json::to_vec(t).expect("Triage serializes");
+        self.triage
+            .insert(triage_key(t), v)
+            .map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
+    /// Add a triage record from elsewhere (a bundle): written when the store has none under its key or an older one
+    /// (by `at`); returns whether it was written.
+    pub fn ingest_triage(&self, t: &Triage) -> Result<bool, StoreError> {
+        let newer = match self
+            .triage
+            .get(triage_key(t))
+            .map_err(|e| self.sled_err(e))?
+        {
+            Some(v) => match serde_json::from_slice::<Triage>(&v) {
+                Ok(have) => have != *t && have.at < t.at,
+                Err(_) => true,
+            },
+            None => true,
+        };
+        if newer {
+            self.record_triage(t)?;
+        }
+        Ok(newer)
+    }
+
+    /// Every triage record, oldest first (by `at`, then key).
+    pub fn triage(&self) -> Result<Vec<Triage>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.triage.iter() {
+            let (k, v) = kv.map_err(|e| self.sled_err(e))?;
+            let t: Triage = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                key: format!("triage/{}", String::from_utf8_lossy(&k).replace('\0', "/")),
+                reason: e.to_string(),
+            })?;
+            out.push((k, t));
+        }
+        out.sort_by(|(ka, a), (kb, b)| a.at.cmp(&b.at).then_with(|| ka.cmp(kb)));
+        Ok(out.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// Verify integrity: schema version, every record parses, results and triage records belong to known runs,
+    /// complete runs have all the results they list.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
         let mut rep = CheckReport::default();
         match self
@@ -398,6 +490,21 @@ impl Store {
                 Err(e) => rep
                     .problems
                     .push(format!("results/{run}/{bench}: unreadable: {e}")),
+            }
+        }
+        for kv in self.triage.iter() {
+            let (k, v) = kv.map_err(|e| self.sled_err(e))?;
+            rep.triage += 1;
+            let key = String::from_utf8_lossy(&k).replace('\0', "/");
+            match serde_json::from_slice::<Triage>(&v) {
+                Ok(t) if triage_key(&t) != k.as_ref() => rep
+                    .problems
+                    .push(format!("triage/{key}: record names another key")),
+                Ok(t) if !metas.contains_key(&t.run) => rep
+                    .problems
+                    .push(format!("triage/{key}: belongs to no run")),
+                Ok(_) => {}
+                Err(e) => rep.problems.push(format!("triage/{key}: unreadable: {e}")),
             }
         }
         for m in metas.values().filter(|m| m.state == RunState::Complete) {
@@ -492,5 +599,88 @@ mod tests {
             s.ingest_run(&changed),
             Err(StoreError::Conflict(_))
         ));
+    }
+
+    fn triage(run: &str, metric: &str, action: TriageAction, minutes: i64) -> Triage {
+        Triage {
+            run: run.into(),
+            bench: "op/encode".into(),
+            metric: metric.into(),
+            action,
+            by: "alice".into(),
+            reason: "new steps".into(),
+            at: chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+                + chrono::Duration::minutes(minutes),
+            source: "cli".into(),
+        }
+    }
+
+    #[test]
+    fn triage_records_replace_list_oldest_first_and_refuse_unknown_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let m = meta("20250101T000000-000001");
+        s.begin_run(&m).unwrap();
+        s.commit_run(&Run {
+            meta: m.clone(),
+            results: vec![result("op/encode")],
+        })
+        .unwrap();
+        assert!(s.triage().unwrap().is_empty());
+        s.record_triage(&triage(&m.id, "time", TriageAction::Dismiss, 5))
+            .unwrap();
+        s.record_triage(&triage(&m.id, "time", TriageAction::Ack, 1))
+            .unwrap();
+        // The same (run, bench, metric, action) again replaces the record.
+        let mut again = triage(&m.id, "time", TriageAction::Ack, 9);
+        again.reason = "new steps, measured twice".into();
+        s.record_triage(&again).unwrap();
+        let all = s.triage().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].action, TriageAction::Dismiss, "oldest first");
+        assert_eq!(all[1], again);
+        // An unknown run is a clear one-line error; so are an empty benchmark and a NUL byte.
+        let e = s
+            .record_triage(&triage(
+                "20990101T000000-ffffff",
+                "time",
+                TriageAction::Ack,
+                0,
+            ))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no run 20990101T000000-ffffff"), "{e}");
+        assert!(!e.contains('\n'));
+        let mut empty = triage(&m.id, "time", TriageAction::Ack, 0);
+        empty.bench = " ".into();
+        assert!(matches!(
+            s.record_triage(&empty),
+            Err(StoreError::BadTriage { .. })
+        ));
+        empty.bench = "a\0b".into();
+        assert!(s.record_triage(&empty).is_err());
+        // Ingest keeps the newer of two records under one key.
+        assert!(!s
+            .ingest_triage(&triage(&m.id, "time", TriageAction::Ack, 2))
+            .unwrap());
+        assert!(!s.ingest_triage(&again).unwrap(), "identical: skipped");
+        let newer = triage(&m.id, "time", TriageAction::Ack, 20);
+        assert!(s.ingest_triage(&newer).unwrap());
+        assert_eq!(s.triage().unwrap()[1], newer);
+        // JSON: lowercase actions.
+        let v = serde_json::to_value(&newer).unwrap();
+        assert_eq!(v["action"], "ack");
+        let rep = s.check().unwrap();
+        assert_eq!(rep.triage, 2);
+        assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+        // A corrupt record is a one-line error naming its key, never a panic.
+        s.triage
+            .insert(b"x\0y\0z\0ack", b"{not json".to_vec())
+            .unwrap();
+        let e = s.triage().unwrap_err().to_string();
+        assert!(e.contains("corrupt record triage/x/y/z/ack"), "{e}");
+        assert!(!s.check().unwrap().problems.is_empty());
     }
 }

@@ -225,3 +225,50 @@ pub fn new_run_id(started_at: DateTime<Utc>) -> String {
     let r: u32 = rand::random::<u32>() & 0xff_ffff;
     format!("{}-{:06x}", started_at.format("%Y%m%dT%H%M%S"), r)
 }
+
+/// What a maintainer decided about a change flagged in a run (tree `triage`, [`Triage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriageAction {
+    /// The regression is real and accepted (a new feature costs time, a deliberate trade-off): the comparison's row
+    /// reads `acknowledged`, and the series' noise band restarts at the run (docs/verdicts.md, "Triage").
+    Ack,
+    /// The flagged change is a false alarm (noise, a disturbed machine): the row reads `noise`; the band is kept.
+    Dismiss,
+}
+
+impl TriageAction {
+    pub const ALL: [TriageAction; 2] = [TriageAction::Ack, TriageAction::Dismiss];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriageAction::Ack => "ack",
+            TriageAction::Dismiss => "dismiss",
+        }
+    }
+}
+
+impl std::fmt::Display for TriageAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A maintainer's decision on one (benchmark, metric) flagged in one run. Stored in tree `triage` under
+/// `run \0 bench \0 metric \0 action`: recording the same four again replaces the record. When a (run, bench, metric)
+/// has both an ack and a dismiss, the newer (`at`) is the one that applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Triage {
+    /// The id of the run in which the change was flagged (the head of the comparison that flagged it).
+    pub run: String,
+    pub bench: String,
+    /// `time` or a metric name, as in the comparison's row.
+    pub metric: String,
+    pub action: TriageAction,
+    /// Who decided (a login or a name).
+    pub by: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+    /// Where the decision came from: `cli`, or e.g. `comment https://github.com/o/r/pull/7#issuecomment-1`.
+    pub source: String,
+}

@@ -9,6 +9,7 @@ mod report;
 mod schedule;
 mod store;
 mod train;
+mod triage;
 
 use std::path::{Path, PathBuf};
 
@@ -85,6 +86,9 @@ pub enum Command {
     Compare(store::CompareArgs),
     /// Print a benchmark metric's series over stored runs.
     History(store::HistoryArgs),
+    /// Acknowledge a regression or dismiss a false alarm flagged in a run; list them.
+    #[command(subcommand)]
+    Triage(triage::TriageCmd),
     /// Pull-request reports: render the comment, or post it with a commit status.
     #[command(subcommand)]
     Report(report::ReportCmd),
@@ -149,6 +153,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Bundle(a) => store::run_bundle(db, &a),
         Command::Compare(a) => store::run_compare(db, &a),
         Command::History(a) => store::run_history(db, &a),
+        Command::Triage(c) => triage::run(db, &c),
         Command::Report(c) => report::run_report(db, &c),
         Command::Dashboard(a) => report::run_dashboard(db, &a),
         Command::Kernels(k) => kernels::run(k, cli.quiet),

@@ -16,7 +16,7 @@ use saeperf_compare::baseline::Baseline;
 use saeperf_git::Repo as GitRepo;
 use saeperf_report::comment::{self, CommentOptions, CommentRequest};
 use saeperf_report::dashboard::{self, DashboardOptions, FeatureAttach};
-use saeperf_service::github::Repo;
+use saeperf_service::github::{Repo, RetryPolicy};
 use saeperf_service::post::{self, PostRequest};
 use saeperf_store::{RunState, Store};
 
@@ -27,7 +27,7 @@ pub enum ReportCmd {
     /// Render the pull-request comment (Markdown) for a run and its baseline.
     Comment(CommentArgs),
     /// Post (or update in place) the sticky pull-request comment and set a commit status with the verdict.
-    Post(PostArgs),
+    Post(Box<PostArgs>),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -92,6 +92,27 @@ pub struct PostArgs {
     /// First retry delay in milliseconds (doubles each time; Retry-After wins when GitHub sends it).
     #[arg(long, default_value_t = 2000)]
     pub retry_delay_ms: u64,
+    /// The longest wait for a rate limit, in seconds: a limit that resets later fails at once, saying when to try
+    /// again (waiting while limited can get an integration banned).
+    #[arg(long, default_value_t = 300)]
+    pub max_wait_secs: u64,
+    /// The least wait after a secondary rate limit that names no time, in milliseconds (GitHub: a minute).
+    #[arg(long, default_value_t = 60_000)]
+    pub secondary_wait_ms: u64,
+    /// Seconds one request may take before it counts as timed out.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+    /// The login whose comments are the bot's (default: the token's own, from GET /user). A workflow's
+    /// GITHUB_TOKEN cannot read GET /user: pass `github-actions[bot]`.
+    #[arg(long, env = "SAEPERF_BOT_LOGIN")]
+    pub bot_login: Option<String>,
+    /// Add this line to the comment (the scheduler says which head was approved, and by whom).
+    #[arg(long)]
+    pub note: Option<String>,
+    /// When to comment: always (create or update), on-change (create only for a regression, improvement, failed
+    /// or acknowledged benchmark; update an existing comment always), never (the commit status only).
+    #[arg(long, env = "SAEPERF_COMMENT_POLICY", default_value = "always")]
+    pub comment_policy: post::CommentPolicy,
     /// Print what was posted as a post document (docs/documents.md) instead of one line.
     #[arg(long)]
     pub json: bool,
@@ -190,7 +211,16 @@ fn cmd_post(db: Option<&Path>, a: &PostArgs) -> Result<i32> {
         verify_head: a.verify_head.clone(),
         status_context: a.status_context.clone(),
         no_status: a.no_status,
-        retry: post::retry_policy(a.attempts, Duration::from_millis(a.retry_delay_ms)),
+        retry: RetryPolicy {
+            attempts: a.attempts.max(1),
+            base_delay: Duration::from_millis(a.retry_delay_ms),
+            max_wait: Duration::from_secs(a.max_wait_secs),
+            secondary_min_wait: Duration::from_millis(a.secondary_wait_ms),
+            timeout: Duration::from_secs(a.timeout_secs.max(1)),
+        },
+        bot_login: a.bot_login.clone(),
+        note: a.note.clone(),
+        policy: a.comment_policy,
     };
     if let Some(dir) = &a.bundle {
         let p = dir.join("meta.json");

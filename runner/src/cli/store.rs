@@ -219,7 +219,14 @@ pub fn run_compare(db: Option<&Path>, a: &CompareArgs) -> Result<i32> {
     let head = store.resolve(&a.head, &|_| true)?;
     // A commit or `latest` for the base means: on the head's machine, backend and profile.
     let base = baseline::resolve_base(&store, &a.base, &head)?;
-    let c = saeperf_compare::compare_stored(&store, &base, &head, &rules, !a.no_yardstick)?;
+    let c = saeperf_compare::compare_stored(
+        &store,
+        &base,
+        &head,
+        &rules,
+        !a.no_yardstick,
+        &store.triage()?,
+    )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {

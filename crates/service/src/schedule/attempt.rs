@@ -13,6 +13,7 @@ use saeperf_store::{Store, StoreError};
 
 use super::config::Job;
 use super::job;
+use super::sandbox;
 use super::scheduler::{ChildEnd, Scheduler};
 use super::state::{Attempt, Outcome};
 use crate::notify;
@@ -38,6 +39,16 @@ pub(super) struct AttemptCtx<'a> {
     pub env: Vec<(&'static str, OsString)>,
     /// Variables removed for the commit's own code (the secrets).
     pub unset: Vec<String>,
+    /// For a pull request: how its own code (build, bench) runs instead (see [`sandbox`]).
+    pub untrusted: Option<Untrusted>,
+}
+
+/// How a pull request's own commands run: their placeholders (`{db}` and `{target_dir}` in the untrusted area),
+/// their variables, and the namespace wrapper.
+pub(super) struct Untrusted {
+    pub vars: Vec<(&'static str, String)>,
+    pub env: Vec<(&'static str, OsString)>,
+    pub area: sandbox::Area,
 }
 
 impl AttemptCtx<'_> {
@@ -53,6 +64,33 @@ impl AttemptCtx<'_> {
     fn spawn(&self, cmd: &str, stdout: &std::path::Path) -> anyhow::Result<std::process::Child> {
         let unset: Vec<&str> = self.unset.iter().map(String::as_str).collect();
         job::spawn(cmd, &self.worktree, &unset, &self.env, stdout, &self.log)
+    }
+
+    /// Start one of the commit's own commands (`template`: build or bench) without the secrets; for a pull request
+    /// with the untrusted area's placeholders and variables, inside the sandbox. Returns what it runs, too.
+    fn spawn_code(
+        &self,
+        cfg: &super::config::Config,
+        template: &str,
+        stdout: &std::path::Path,
+    ) -> (String, anyhow::Result<std::process::Child>) {
+        let unset: Vec<&str> = self.unset.iter().map(String::as_str).collect();
+        match &self.untrusted {
+            None => {
+                let cmd = job::expand(template, &self.vars);
+                let child = job::spawn(&cmd, &self.worktree, &unset, &self.env, stdout, &self.log);
+                (cmd, child)
+            }
+            Some(u) => {
+                let cmd = job::expand(template, &u.vars);
+                let wrapped = sandbox::wrap(cfg, &cmd);
+                let child = job::spawn(&wrapped, &self.worktree, &unset, &u.env, stdout, &self.log);
+                (
+                    format!("{cmd} (a pull request's code: in the sandbox)"),
+                    child,
+                )
+            }
+        }
     }
 }
 
@@ -146,7 +184,6 @@ impl Scheduler {
             out: log.with_extension("json"),
             log,
             worktree: wt,
-            vars,
             env: vec![(
                 "CARGO_TARGET_DIR",
                 self.cfg.target_dir.clone().into_os_string(),
@@ -154,6 +191,24 @@ impl Scheduler {
             // The commit's own code (build scripts, the bench) never sees the GitHub token: pull requests may come
             // from forks. Only `report post`, this binary, gets it.
             unset: self.secret_vars(),
+            untrusted: pr.map(|_| {
+                let area = sandbox::Area::new(&self.cfg);
+                let mut vars = vars.clone();
+                for (k, v) in vars.iter_mut() {
+                    match *k {
+                        "db" => *v = area.store().display().to_string(),
+                        "target_dir" => *v = area.target().display().to_string(),
+                        "dashboard_dir" => v.clear(),
+                        _ => {}
+                    }
+                }
+                Untrusted {
+                    vars,
+                    env: area.env(),
+                    area,
+                }
+            }),
+            vars,
         }
     }
 
@@ -181,13 +236,20 @@ impl Scheduler {
             Err(end) => return end,
         };
         self.dashboard(ctx);
-        if benched.outcome == Outcome::Regression {
+        // (A pull request's regressions are reported on the pull request; its own document is not trusted.)
+        if benched.outcome == Outcome::Regression && ctx.untrusted.is_none() {
             self.notify(ctx, a, &benched.doc);
         }
         // The pull request's comment and commit status.
         if let (Some(_), Some(run)) = (a.pr, a.run_id.clone()) {
             let (posted, said) = self.post(ctx, &run, a);
             return match posted {
+                Outcome::GithubFailed | Outcome::Interrupted if ctx.untrusted.is_some() => (
+                    posted,
+                    format!(
+                        "benchmarked (run {run} stored; its verdict comes with the post); {said}"
+                    ),
+                ),
                 Outcome::GithubFailed | Outcome::Interrupted => (
                     posted,
                     format!(
@@ -196,6 +258,9 @@ impl Scheduler {
                         benched.detail
                     ),
                 ),
+                // A pull request's bench had no baseline in its throw-away store: the verdict is the post's,
+                // computed here from the shared store.
+                _ if ctx.untrusted.is_some() => (posted, said),
                 _ => (benched.outcome, format!("{}; {said}", benched.detail)),
             };
         }
@@ -204,11 +269,14 @@ impl Scheduler {
 
     /// Build: the configured build command in the worktree.
     fn build(&mut self, ctx: &AttemptCtx) -> Result<(), Ended> {
-        let cmd = job::expand(&self.cfg.commands.build, &ctx.vars);
+        if let Some(u) = &ctx.untrusted {
+            u.area
+                .reset()
+                .map_err(|e| (Outcome::BuildFailed, format!("the untrusted area: {e:#}")))?;
+        }
+        let (cmd, child) = ctx.spawn_code(&self.cfg, &self.cfg.commands.build, &ctx.log);
         ctx.note(&format!("build: {cmd}"));
-        let mut child = ctx
-            .spawn(&cmd, &ctx.log)
-            .map_err(|e| (Outcome::BuildFailed, format!("{e:#}")))?;
+        let mut child = child.map_err(|e| (Outcome::BuildFailed, format!("{e:#}")))?;
         match self.wait(
             &mut child,
             Duration::from_secs(self.cfg.commands.build_timeout_secs),
@@ -228,12 +296,10 @@ impl Scheduler {
 
     /// Bench: the configured bench command; its stdout must be a bench document.
     fn bench(&mut self, ctx: &AttemptCtx, a: &mut Attempt) -> Result<Benched, Ended> {
-        let cmd = job::expand(&self.cfg.commands.bench, &ctx.vars);
-        ctx.note(&format!("bench: {cmd}"));
         let _ = std::fs::remove_file(&ctx.out);
-        let mut child = ctx
-            .spawn(&cmd, &ctx.out)
-            .map_err(|e| (Outcome::BenchCrashed, format!("{e:#}")))?;
+        let (cmd, child) = ctx.spawn_code(&self.cfg, &self.cfg.commands.bench, &ctx.out);
+        ctx.note(&format!("bench: {cmd}"));
+        let mut child = child.map_err(|e| (Outcome::BenchCrashed, format!("{e:#}")))?;
         let end = self.wait(
             &mut child,
             Duration::from_secs(self.cfg.commands.bench_timeout_secs),
@@ -242,9 +308,11 @@ impl Scheduler {
             .map_err(|e| format!("no output ({e})"))
             .and_then(|t| BenchDocument::parse(&t).map_err(|e| e.to_string()));
         // The store run: the document's, else the run this bench began (the child is gone; the store is free).
-        a.run_id = match &doc {
-            Ok(d) => Some(d.run.meta.id.clone()),
-            Err(_) => self.run_begun_since(ctx.commit, a.started_at),
+        a.run_id = match (&doc, &ctx.untrusted) {
+            (Ok(d), _) => Some(d.run.meta.id.clone()),
+            (Err(_), None) => self.run_begun_since(ctx.commit, a.started_at),
+            // A pull request's bench wrote only its throw-away store.
+            (Err(_), Some(_)) => None,
         };
         let code = match end {
             ChildEnd::Exited(st) => st.code(),
@@ -292,6 +360,18 @@ impl Scheduler {
                 ));
             }
         };
+        if let Some(u) = &ctx.untrusted {
+            let r = self.ingest_untrusted(ctx, a, &doc);
+            u.area.clear();
+            if let Err(why) = r {
+                a.run_id = None;
+                ctx.note(&format!("the pull request's run was refused: {why}"));
+                return Err((
+                    Outcome::BenchCrashed,
+                    format!("the pull request's run was refused: {why}"),
+                ));
+            }
+        }
         let (outcome, detail) = match code {
             Some(2) => (
                 Outcome::Regression,
@@ -411,8 +491,63 @@ impl Scheduler {
         v
     }
 
-    /// The worktree directory of a job.
+    /// The worktree directory of a job (a pull-request job's in the untrusted area: its code runs there).
     pub(super) fn worktree(&self, job: &str) -> PathBuf {
-        self.cfg.state_dir.join("worktrees").join(job)
+        let prs = self.cfg.jobs.iter().any(|j| {
+            j.name == job && matches!(j.target, super::config::Target::PullRequests { .. })
+        });
+        if prs {
+            sandbox::Area::new(&self.cfg).worktrees().join(job)
+        } else {
+            self.cfg.state_dir.join("worktrees").join(job)
+        }
+    }
+
+    /// Check the run a pull request's bench handed back and add it to the shared store: it must be complete, of the
+    /// approved commit, of this pull request and branch, and of this machine. Its code never opened the store.
+    fn ingest_untrusted(
+        &self,
+        ctx: &AttemptCtx,
+        a: &Attempt,
+        doc: &BenchDocument,
+    ) -> Result<(), String> {
+        let m = &doc.run.meta;
+        if m.state != saeperf_store::RunState::Complete {
+            return Err(format!("run {} is not complete", m.id));
+        }
+        if m.commit.as_deref() != Some(ctx.commit) {
+            return Err(format!(
+                "run {} is of commit {}, not the approved {}",
+                m.id,
+                m.commit.as_deref().unwrap_or("none"),
+                ctx.commit
+            ));
+        }
+        if m.pr != a.pr || m.branch.as_deref() != Some(ctx.branch) {
+            return Err(format!(
+                "run {} claims pull request {:?} on branch {:?}, not #{} on {}",
+                m.id,
+                m.pr,
+                m.branch,
+                a.pr.unwrap_or(0),
+                ctx.branch
+            ));
+        }
+        if m.fingerprint_id != self.fingerprint_id {
+            return Err(format!(
+                "run {} claims machine {}, not this one ({})",
+                m.id, m.fingerprint_id, self.fingerprint_id
+            ));
+        }
+        if m.is_calibration() {
+            return Err(format!("run {} is a calibration run", m.id));
+        }
+        let store = Store::open(&self.cfg.store).map_err(|e| e.to_string())?;
+        store.ingest_run(&doc.run).map_err(|e| e.to_string())?;
+        ctx.note(&format!(
+            "ingested the pull request's run {} into the shared store",
+            m.id
+        ));
+        Ok(())
     }
 }

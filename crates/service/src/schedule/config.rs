@@ -121,6 +121,20 @@ pub struct Commands {
     /// Seconds a bench may take before it is killed and recorded as failed.
     #[serde(default = "default_bench_timeout")]
     pub bench_timeout_secs: u64,
+    /// How a pull request's build and bench are kept from the shared state: `namespace` (default: a user and
+    /// mount namespace, `unshare`, in which the store, the state directory, the dashboard and the shared target
+    /// directory are empty and the clone, HOME and toolchains read-only) or `none` (only on a throw-away machine).
+    #[serde(default)]
+    pub sandbox: Sandbox,
+}
+
+/// See [`Commands::sandbox`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sandbox {
+    #[default]
+    Namespace,
+    None,
 }
 
 fn default_build() -> String {
@@ -147,6 +161,7 @@ impl Default for Commands {
             dashboard: default_dashboard(),
             build_timeout_secs: default_build_timeout(),
             bench_timeout_secs: default_bench_timeout(),
+            sandbox: Sandbox::default(),
         }
     }
 }
@@ -219,6 +234,12 @@ pub struct GitHubSettings {
     /// First retry delay in milliseconds (doubling).
     #[serde(default = "default_gh_retry_ms")]
     pub retry_delay_ms: u64,
+    /// The login whose comments are the bot's (default: the token's own, `GET /user`).
+    #[serde(default)]
+    pub bot_login: Option<String>,
+    /// When to comment on a pull request: `always`, `on-change` or `never` (`runner report post --comment-policy`).
+    #[serde(default)]
+    pub comment_policy: crate::post::CommentPolicy,
 }
 
 fn default_api_url() -> Spanned<String> {
@@ -245,6 +266,8 @@ impl Default for GitHubSettings {
             status_context: default_status_context(),
             attempts: default_gh_attempts(),
             retry_delay_ms: default_gh_retry_ms(),
+            bot_login: None,
+            comment_policy: Default::default(),
         }
     }
 }
@@ -296,6 +319,8 @@ struct RawConfig {
     #[serde(default)]
     target_dir: Option<PathBuf>,
     #[serde(default)]
+    untrusted_dir: Option<PathBuf>,
+    #[serde(default)]
     timezone: Tz,
     #[serde(default)]
     commands: Commands,
@@ -337,6 +362,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// CARGO_TARGET_DIR shared by every build (incremental rebuilds); default `<state_dir>/target`.
     pub target_dir: PathBuf,
+    /// Where a pull request's worktree, HOME, CARGO_HOME, target directory and throw-away store live while its code
+    /// runs (emptied before and after each attempt); default `<state_dir>.untrusted`. Never inside the state
+    /// directory, the store or the target directory (those are hidden from that code).
+    pub untrusted_dir: PathBuf,
     pub timezone: Tz,
     pub commands: Commands,
     pub notify: Notify,
@@ -354,6 +383,8 @@ pub struct GitHubApi {
     pub status_context: String,
     pub attempts: u32,
     pub retry_delay_ms: u64,
+    pub bot_login: Option<String>,
+    pub comment_policy: crate::post::CommentPolicy,
 }
 
 impl GitHubApi {
@@ -541,6 +572,8 @@ impl Config {
             status_context: gh.status_context.clone(),
             attempts: gh.attempts,
             retry_delay_ms: gh.retry_delay_ms,
+            bot_login: gh.bot_login.clone(),
+            comment_policy: gh.comment_policy,
         };
         if has_pr_jobs && need_token {
             if let Err(e) = github_api.token() {
@@ -562,6 +595,25 @@ impl Config {
             .as_deref()
             .map(abs)
             .unwrap_or_else(|| state_dir.join("target"));
+        let untrusted_dir = raw
+            .untrusted_dir
+            .as_deref()
+            .map(abs)
+            .unwrap_or_else(|| PathBuf::from(format!("{}.untrusted", state_dir.display())));
+        for (name, hidden) in [
+            ("store", &store),
+            ("state_dir", &state_dir),
+            ("target_dir", &target_dir),
+        ] {
+            if untrusted_dir.starts_with(hidden) || hidden.starts_with(&untrusted_dir) {
+                bail!(
+                    "{file}: untrusted_dir {} and {name} {} must not contain one another (a pull request's code \
+                     runs in the first and must not reach the second)",
+                    untrusted_dir.display(),
+                    hidden.display()
+                );
+            }
+        }
         Ok(Config {
             path: path.to_path_buf(),
             repo,
@@ -571,6 +623,7 @@ impl Config {
             dashboard_dir: raw.dashboard_dir.as_deref().map(abs),
             state_dir,
             target_dir,
+            untrusted_dir,
             timezone: raw.timezone,
             commands: raw.commands,
             notify: raw.notify,
@@ -596,6 +649,38 @@ mod tests {
     }
 
     const OK: &str = "store = \"store\"\n[repository]\npath = \"repo\"\n[[job]]\nname = \"nightly\"\ncron = \"0 0 3 * * *\"\nbranch = \"main\"\n";
+
+    #[test]
+    fn the_untrusted_area_stays_apart_from_the_shared_state() {
+        let c = parse(OK).unwrap();
+        assert!(c.untrusted_dir.ends_with("store.schedule.untrusted"));
+        assert_eq!(c.commands.sandbox, Sandbox::Namespace);
+        assert_eq!(
+            c.github_api.comment_policy,
+            crate::post::CommentPolicy::Always
+        );
+        for inside in ["store/x", "store.schedule/u"] {
+            let e = parse(&format!("untrusted_dir = \"{inside}\"\n{OK}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("must not contain one another"), "{e}");
+        }
+        let c = parse(&OK.replace(
+            "[repository]",
+            "[commands]\nsandbox = \"none\"\n[github]\ncomment_policy = \"on-change\"\n[repository]",
+        ))
+        .unwrap();
+        assert_eq!(c.commands.sandbox, Sandbox::None);
+        assert_eq!(
+            c.github_api.comment_policy,
+            crate::post::CommentPolicy::OnChange
+        );
+        assert!(parse(&OK.replace(
+            "[repository]",
+            "[commands]\nsandbox = \"off\"\n[repository]"
+        ))
+        .is_err());
+    }
 
     #[test]
     fn valid_config_and_defaults() {

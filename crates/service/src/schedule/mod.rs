@@ -35,6 +35,7 @@ pub mod attempt;
 pub mod config;
 pub mod job;
 pub mod pulls;
+pub mod sandbox;
 pub mod scheduler;
 pub mod state;
 pub mod status;

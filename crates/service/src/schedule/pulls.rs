@@ -1,7 +1,18 @@
-//! Pull-request jobs: list the open pull requests carrying the job's label, fetch each new head as
-//! `refs/pull/N/head`, benchmark it like a branch commit against its base branch's merge base, and post the job's
-//! sticky comment and commit status through `runner report post` (this binary, as a child), reading what it did from
-//! its `PostDocument`. A head that cannot be fetched, built or benched gets an `error` status instead.
+//! Pull-request jobs: list the open pull requests carrying the job's label, and for each new head that a maintainer
+//! approved, fetch it as `refs/pull/N/head`, benchmark it like a branch commit against its base branch's merge base
+//! (its code in the sandbox, [`super::sandbox`]), and post the job's sticky comment and commit status through
+//! `runner report post` (this binary, as a child), reading what it did from its `PostDocument`. A head that cannot
+//! be fetched, built or benched gets an `error` status instead.
+//!
+//! Approval is per head SHA (docs/github.md, "Fork safety"): a head in the repository itself was pushed by someone
+//! with write access; any other head needs, after this scheduler first saw it, a `labeled` event of the job's label
+//! or a comment `/saeperf bench` by a user with write, maintain or admin permission (asked through the API), or a
+//! comment `/saeperf bench SHA` (7 hex digits or more) that names it. A new push is a new head: it waits for a new
+//! approval, with a `pending` commit status saying so. The comment says which head was approved, and by whom.
+//!
+//! Triage: on a head whose run was reported as a regression, a comment `/saeperf ack BENCH METRIC [reason]` by a
+//! user with write permission records an ack of that row in the store (docs/verdicts.md, "Triage"), and the
+//! comment and status are posted again: the row reads acknowledged and the status is success.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,7 +26,9 @@ use super::config::Job;
 use super::job;
 use super::scheduler::{ChildEnd, Plan, Scheduler};
 use super::state::{Attempt, Outcome};
-use crate::github::{GitHub, PullRequest, Repo, RetryPolicy, StatusState};
+use crate::github::{
+    GitHub, IssueComment, LabelEvent, PullRequest, Repo, RetryPolicy, StatusState,
+};
 use crate::post::PostDocument;
 
 impl Scheduler {
@@ -51,7 +64,7 @@ impl Scheduler {
                 RetryPolicy {
                     attempts: api.attempts,
                     base_delay: Duration::from_millis(api.retry_delay_ms),
-                    max_delay: Duration::from_secs(120),
+                    ..RetryPolicy::default()
                 },
             )?;
             tokio::select! {
@@ -65,12 +78,266 @@ impl Scheduler {
         })
     }
 
-    /// The open pull requests carrying `label`.
-    pub(super) fn list_pulls(&self, label: &str) -> Result<Vec<PullRequest>> {
-        let label = label.to_string();
-        self.with_github(move |gh, repo| {
-            Box::pin(async move { gh.labelled_pulls(repo, &label).await })
-        })
+    /// Every open pull request.
+    pub(super) fn list_pulls(&self) -> Result<Vec<PullRequest>> {
+        self.with_github(move |gh, repo| Box::pin(async move { gh.open_pulls(repo).await }))
+    }
+
+    /// Remember when each open pull request's head was first seen (a new push is a new head); forget closed ones.
+    fn see_heads(&mut self, pulls: &[PullRequest]) {
+        let now = chrono::Utc::now();
+        self.state
+            .pr_heads
+            .retain(|n, _| pulls.iter().any(|p| p.number == *n));
+        for p in pulls {
+            let seen = self.state.pr_heads.get(&p.number);
+            if seen.is_none_or(|h| h.sha != p.head_sha) {
+                self.state.pr_heads.insert(
+                    p.number,
+                    super::state::SeenHead {
+                        sha: p.head_sha.clone(),
+                        first_seen: now,
+                    },
+                );
+            }
+        }
+        self.save();
+    }
+
+    /// Who approved this head of `p`, and how (None: nobody yet). See the module doc.
+    fn approval(&mut self, j: &Job, p: &PullRequest, label: &str) -> Result<Option<String>> {
+        let sha7 = &p.head_sha[..p.head_sha.len().min(7)];
+        let repo: Repo = self
+            .cfg
+            .github
+            .as_deref()
+            .context("repository.github is not set")?
+            .parse()?;
+        if p.from_repo_itself(&repo) {
+            return Ok(Some(format!(
+                "Benchmarked {sha7}: a branch of {}/{} itself (pushing there needs write access).",
+                repo.owner, repo.name
+            )));
+        }
+        // GitHub's times have whole seconds: an approval in the second the head was first seen counts.
+        let seen = self
+            .state
+            .pr_heads
+            .get(&p.number)
+            .filter(|h| h.sha == p.head_sha)
+            .map(|h| h.first_seen)
+            .unwrap_or_else(chrono::Utc::now);
+        let seen = seen - chrono::Duration::nanoseconds(seen.timestamp_subsec_nanos() as i64);
+        let bot = match self.bot_login.clone() {
+            Some(b) => b,
+            None => {
+                let b = self.with_github(|gh, _| Box::pin(async move { gh.login().await }))?;
+                self.bot_login = Some(b.clone());
+                b
+            }
+        };
+        let n = p.number;
+        let (events, comments): (Vec<LabelEvent>, Vec<IssueComment>) =
+            self.with_github(move |gh, repo| {
+                Box::pin(async move {
+                    Ok((gh.label_events(repo, n).await?, gh.comments(repo, n).await?))
+                })
+            })?;
+        // Candidates, newest first: (who, how, when).
+        let mut cands: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = Vec::new();
+        for e in events {
+            if e.label.eq_ignore_ascii_case(label) && e.at >= seen {
+                cands.push((e.actor, format!("label {label}"), e.at));
+            }
+        }
+        for c in &comments {
+            if c.author().eq_ignore_ascii_case(&bot) {
+                continue;
+            }
+            let Some(at) = c.created_at else { continue };
+            let Some(rest) = c
+                .body
+                .as_deref()
+                .and_then(|b| b.lines().next())
+                .and_then(|l| l.trim().strip_prefix("/saeperf bench"))
+            else {
+                continue;
+            };
+            let arg = rest.split_whitespace().next();
+            let ok = match arg {
+                None => at >= seen,
+                Some(a) => {
+                    a.len() >= 7
+                        && a.chars().all(|ch| ch.is_ascii_hexdigit())
+                        && p.head_sha
+                            .to_ascii_lowercase()
+                            .starts_with(&a.to_ascii_lowercase())
+                }
+            };
+            if ok {
+                let how = match arg {
+                    Some(a) => format!("comment /saeperf bench {a}"),
+                    None => "comment /saeperf bench".into(),
+                };
+                cands.push((c.author().to_string(), how, at));
+            }
+        }
+        cands.sort_by_key(|c| std::cmp::Reverse(c.2));
+        let mut asked = std::collections::BTreeMap::<String, bool>::new();
+        for (who, how, at) in cands {
+            let can = match asked.get(&who) {
+                Some(c) => *c,
+                None => {
+                    let w = who.clone();
+                    let c = self.with_github(move |gh, repo| {
+                        Box::pin(async move { gh.can_write(repo, &w).await })
+                    })?;
+                    asked.insert(who.clone(), c);
+                    c
+                }
+            };
+            if can {
+                tracing::info!(job = j.name, pr = n, head = sha7, who, how, "approved");
+                return Ok(Some(format!(
+                    "Benchmarked {sha7}, approved by @{who} ({how}, {}).",
+                    at.format("%Y-%m-%d %H:%M UTC")
+                )));
+            }
+            tracing::info!(job = j.name, pr = n, who, "ignored: no write permission");
+        }
+        Ok(None)
+    }
+
+    /// The run of `commit` whose latest report on #`pr` was a regression.
+    fn reported_regression(&self, j: &Job, commit: &str, pr: u64) -> Option<String> {
+        let a = self.state.history.iter().rev().find(|a| {
+            a.job == j.name && a.commit == commit && a.pr == Some(pr) && a.run_id.is_some()
+        })?;
+        (a.outcome == Outcome::Regression)
+            .then(|| a.run_id.clone())
+            .flatten()
+    }
+
+    /// Record the new `/saeperf ack BENCH METRIC [reason]` comments of writers on `p` as acks of `run`; returns how
+    /// many were recorded. Each comment is handled once (a refused one is logged with its reason).
+    fn apply_acks(&mut self, p: &PullRequest, run: &str) -> Result<usize> {
+        let n = p.number;
+        let comments =
+            self.with_github(move |gh, repo| Box::pin(async move { gh.comments(repo, n).await }))?;
+        let bot = self.bot_login.clone().unwrap_or_default();
+        let mut recorded = 0;
+        for c in comments {
+            if self.state.handled_comments.contains(&c.id) || c.author().eq_ignore_ascii_case(&bot)
+            {
+                continue;
+            }
+            let Some(args) = c
+                .body
+                .as_deref()
+                .and_then(|b| b.lines().next())
+                .and_then(|l| l.trim().strip_prefix("/saeperf ack"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            self.state.handled_comments.push(c.id);
+            let who = c.author().to_string();
+            let w = who.clone();
+            let can = self.with_github(move |gh, repo| {
+                Box::pin(async move { gh.can_write(repo, &w).await })
+            })?;
+            let mut words = args.split_whitespace();
+            let (bench, metric) = (words.next(), words.next());
+            let reason = words.collect::<Vec<_>>().join(" ");
+            let why = match (can, bench, metric) {
+                (false, _, _) => Some(format!("{who} has no write permission")),
+                (true, Some(b), Some(m)) => self.record_ack(run, b, m, &who, &reason, &c).err(),
+                _ => Some("usage: /saeperf ack BENCH METRIC [reason]".into()),
+            };
+            match why {
+                None => recorded += 1,
+                Some(w) => tracing::warn!(pr = n, comment = c.id, "ack ignored: {w}"),
+            }
+        }
+        let len = self.state.handled_comments.len();
+        if len > 10_000 {
+            self.state.handled_comments.drain(..len - 10_000);
+        }
+        self.save();
+        Ok(recorded)
+    }
+
+    fn record_ack(
+        &self,
+        run: &str,
+        bench: &str,
+        metric: &str,
+        who: &str,
+        reason: &str,
+        c: &IssueComment,
+    ) -> std::result::Result<(), String> {
+        let store = saeperf_store::Store::open(&self.cfg.store).map_err(|e| e.to_string())?;
+        let r = store.load_run(run).map_err(|e| e.to_string())?;
+        let has = r
+            .results
+            .iter()
+            .any(|x| x.name == bench && (metric == "time" || x.metrics.contains_key(metric)));
+        if !has {
+            return Err(format!("run {run} has no {bench} {metric}"));
+        }
+        store
+            .record_triage(&saeperf_store::Triage {
+                run: run.to_string(),
+                bench: bench.to_string(),
+                metric: metric.to_string(),
+                action: saeperf_store::TriageAction::Ack,
+                by: who.to_string(),
+                reason: if reason.is_empty() {
+                    "acknowledged on the pull request".into()
+                } else {
+                    reason.to_string()
+                },
+                at: c.created_at.unwrap_or_else(chrono::Utc::now),
+                source: format!("comment {}", c.html_url.as_deref().unwrap_or("")),
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    /// Tell a head (once) with a `pending` status that it waits for a maintainer's approval.
+    fn await_approval(&mut self, j: &Job, p: &PullRequest) {
+        let key = format!("{}#{}@{}", j.name, p.number, p.head_sha);
+        if self.state.awaiting.contains(&key) {
+            return;
+        }
+        let sha7 = p.head_sha[..p.head_sha.len().min(7)].to_string();
+        let context = self.status_context(&j.name);
+        let description =
+            format!("waiting for a maintainer's approval of {sha7}: comment /saeperf bench {sha7}");
+        let sha = p.head_sha.clone();
+        let r = self.with_github(move |gh, repo| {
+            Box::pin(async move {
+                gh.set_status(
+                    repo,
+                    &sha,
+                    StatusState::Pending,
+                    &context,
+                    &description,
+                    None,
+                )
+                .await
+            })
+        });
+        match r {
+            Ok(()) => {
+                self.state.awaiting.push(key);
+                let n = self.state.awaiting.len();
+                if n > 1000 {
+                    self.state.awaiting.drain(..n - 1000);
+                }
+                self.save();
+            }
+            Err(e) => tracing::warn!("cannot set the pending status: {e:#}"),
+        }
     }
 
     /// A pull request's head that failed to build or whose bench crashed gets an `error` commit status (there is no
@@ -109,8 +376,13 @@ impl Scheduler {
     /// A pull-request job: every labelled open pull request whose head is new gets benchmarked and reported.
     pub(super) fn run_pr_job(&mut self, j: &Job, label: &str) {
         let listing = format!("pull requests labelled {label}");
-        let pulls = match self.list_pulls(label) {
-            Ok(p) => p,
+        let pulls = match self.list_pulls() {
+            Ok(all) => {
+                self.see_heads(&all);
+                all.into_iter()
+                    .filter(|p| p.has_label(label))
+                    .collect::<Vec<_>>()
+            }
             Err(e) => {
                 if !self.stopping() {
                     self.record(
@@ -149,11 +421,64 @@ impl Scheduler {
             }
             self.tick();
             let commit = p.head_sha.clone();
-            let branch = if p.head_ref.is_empty() {
-                format!("pull/{}", p.number)
-            } else {
-                p.head_ref.clone()
-            };
+            // A head branch named like the base or main branch would join that branch's history: it is named
+            // by its pull request instead.
+            let branch =
+                if p.head_ref.is_empty() || p.head_ref == p.base_ref || p.head_ref == j.base_branch
+                {
+                    format!("pull/{}", p.number)
+                } else {
+                    p.head_ref.clone()
+                };
+            let plan = self.plan(j, &commit, Some(p.number));
+            if matches!(plan, Plan::Skip) {
+                if let Some(run) = self.reported_regression(j, &commit, p.number) {
+                    match self.apply_acks(&p, &run) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(
+                                job = j.name,
+                                pr = p.number,
+                                n,
+                                "acknowledged: posting again"
+                            );
+                            self.approval_note = None;
+                            self.attempt(
+                                j,
+                                &commit,
+                                &branch,
+                                &base_branch_of(&remote, &p),
+                                Some(p.number),
+                                Some(run),
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = j.name, pr = p.number, "reading acks: {e:#}")
+                        }
+                    }
+                }
+                continue;
+            }
+            match self.approval(j, &p, label) {
+                Ok(Some(note)) => self.approval_note = Some(note),
+                Ok(None) => {
+                    self.await_approval(j, &p);
+                    continue;
+                }
+                Err(e) => {
+                    if !self.stopping() {
+                        self.record(
+                            j,
+                            &commit,
+                            &branch,
+                            Some(p.number),
+                            Outcome::GithubFailed,
+                            format!("pull request #{}: checking its approval: {e:#}", p.number),
+                        );
+                    }
+                    continue;
+                }
+            }
             if let Err(e) = self.repo.fetch_pull(remote.as_deref(), p.number, &commit) {
                 self.record(
                     j,
@@ -168,11 +493,8 @@ impl Scheduler {
                 self.report_failure(&j.name, &commit, Outcome::FetchFailed);
                 continue;
             }
-            let base_branch = match &remote {
-                Some(r) => format!("{r}/{}", p.base_ref),
-                None => p.base_ref.clone(),
-            };
-            match self.plan(j, &commit, Some(p.number)) {
+            let base_branch = base_branch_of(&remote, &p);
+            match plan {
                 Plan::Skip => {}
                 Plan::Run => {
                     self.attempt(j, &commit, &branch, &base_branch, Some(p.number), None);
@@ -251,6 +573,16 @@ impl Scheduler {
         if let Some(u) = &self.cfg.notify.dashboard_url {
             args.extend(["--dashboard-url".into(), u.clone()]);
         }
+        if let Some(b) = &self.bot_login {
+            args.extend(["--bot-login".into(), b.clone()]);
+        }
+        args.extend([
+            "--comment-policy".into(),
+            api.comment_policy.as_str().into(),
+        ]);
+        if let Some(n) = self.approval_note.take() {
+            args.extend(["--note".into(), n]);
+        }
         if let Some(s) = &ctx.job.suite {
             args.extend(["--suite".into(), s.clone()]);
         }
@@ -287,9 +619,14 @@ impl Scheduler {
                         "posted: {}",
                         doc.line()
                     );
+                    let found = if doc.regressions.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{}; ", doc.regressions.join(", "))
+                    };
                     (
                         outcome,
-                        format!("posted to #{pr} ({})", doc.verdict.as_str()),
+                        format!("{found}posted to #{pr} ({})", doc.verdict.as_str()),
                     )
                 }
                 Err(e) => {
@@ -316,5 +653,13 @@ impl Scheduler {
             ChildEnd::TimedOut => (Outcome::GithubFailed, format!("posting to #{pr} timed out")),
             ChildEnd::Stopped => (Outcome::Interrupted, "stopped while posting".into()),
         }
+    }
+}
+
+/// The branch a pull request's merge base is taken from (the remote's copy when the clone fetches one).
+fn base_branch_of(remote: &Option<String>, p: &PullRequest) -> String {
+    match remote {
+        Some(r) => format!("{r}/{}", p.base_ref),
+        None => p.base_ref.clone(),
     }
 }

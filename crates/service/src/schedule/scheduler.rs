@@ -86,6 +86,10 @@ pub(super) struct Scheduler {
     pub(super) runner_exe: PathBuf,
     /// The repository the jobs benchmark.
     pub(super) repo: Repo,
+    /// The line the next post adds to its comment (which head was approved, by whom).
+    pub(super) approval_note: Option<String>,
+    /// The bot's login (configured, or the token's own once asked).
+    pub(super) bot_login: Option<String>,
 }
 
 /// `runner schedule --check`: print each job's next fire; the configuration was checked when it was loaded.
@@ -114,6 +118,23 @@ pub fn run(cfg: Config) -> Result<()> {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     let _lock = SchedulerLock::acquire(&cfg.state_dir)?;
+    let has_prs = cfg
+        .jobs
+        .iter()
+        .any(|j| matches!(j.target, super::config::Target::PullRequests { .. }));
+    if has_prs {
+        if cfg.commands.sandbox == super::config::Sandbox::Namespace {
+            if let Err(why) = super::sandbox::probe() {
+                anyhow::bail!(
+                    "{}: pull-request jobs run a pull request's code in a user and mount namespace (unshare), \
+                     which cannot be made here: {why}; set commands.sandbox = \"none\" only on a throw-away machine",
+                    cfg.path.display()
+                );
+            }
+        }
+        let w = super::sandbox::Area::new(&cfg).worktrees();
+        std::fs::create_dir_all(&w).with_context(|| format!("creating {}", w.display()))?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -124,6 +145,8 @@ pub fn run(cfg: Config) -> Result<()> {
         fingerprint_id: Fingerprint::detect().id(),
         runner_exe: std::env::current_exe().context("locating the runner binary")?,
         repo: Repo::at(&cfg.repo),
+        approval_note: None,
+        bot_login: cfg.github_api.bot_login.clone(),
         cfg,
         state,
         stop,

@@ -32,6 +32,22 @@ pub struct State {
     /// Finished attempts, oldest first (the newest [`HISTORY_CAP`] kept).
     #[serde(default)]
     pub history: Vec<Attempt>,
+    /// Per open pull request (by number): its head and when this scheduler first saw it. An approval counts only
+    /// for a head seen before it was given (or named by its SHA).
+    #[serde(default)]
+    pub pr_heads: BTreeMap<u64, SeenHead>,
+    /// `job#pr@sha` of heads already told (a pending status) that they wait for a maintainer's approval.
+    #[serde(default)]
+    pub awaiting: Vec<String>,
+    /// Ids of `/saeperf ack` comments already handled (recorded, or refused with a reason in the log).
+    #[serde(default)]
+    pub handled_comments: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenHead {
+    pub sha: String,
+    pub first_seen: DateTime<Utc>,
 }
 
 pub const HISTORY_CAP: usize = 1000;
