@@ -43,12 +43,7 @@ impl Scheduler {
             Box<dyn std::future::Future<Output = Result<T, crate::github::GitHubError>> + 'a>,
         >,
     ) -> Result<T> {
-        let repo: Repo = self
-            .cfg
-            .github
-            .as_deref()
-            .context("repository.github is not set")?
-            .parse()?;
+        let repo = self.github_repo()?;
         let api = self.cfg.github_api.clone();
         let token = api.token()?;
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -76,6 +71,16 @@ impl Scheduler {
                 } => anyhow::bail!("stopped while talking to GitHub"),
             }
         })
+    }
+
+    /// The configured repository (`repository.github`).
+    fn github_repo(&self) -> Result<Repo> {
+        Ok(self
+            .cfg
+            .github
+            .as_deref()
+            .context("repository.github is not set")?
+            .parse()?)
     }
 
     /// Every open pull request.
@@ -107,12 +112,7 @@ impl Scheduler {
     /// Who approved this head of `p`, and how (None: nobody yet). See the module doc.
     fn approval(&mut self, j: &Job, p: &PullRequest, label: &str) -> Result<Option<String>> {
         let sha7 = &p.head_sha[..p.head_sha.len().min(7)];
-        let repo: Repo = self
-            .cfg
-            .github
-            .as_deref()
-            .context("repository.github is not set")?
-            .parse()?;
+        let repo = self.github_repo()?;
         if p.from_repo_itself(&repo) {
             return Ok(Some(format!(
                 "Benchmarked {sha7}: a branch of {}/{} itself (pushing there needs write access).",
