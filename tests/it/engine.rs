@@ -30,6 +30,10 @@ struct Plain {
     dead: f64,
     dense: f64,
     density: Vec<f64>,
+    cossim: f64,
+    l2_ratio: f64,
+    bias: f64,
+    explained_variance: f64,
 }
 
 fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usize>) -> Plain {
@@ -63,6 +67,9 @@ fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usize>) -> Plai
         .collect();
     let (mut sse, mut sst, mut l0, mut l1) = (0.0, 0.0, 0.0, 0.0);
     let mut fired = vec![0usize; fs];
+    let (mut cos, mut ratio, mut hh_sum, mut xh_dot) = (0.0, 0.0, 0.0, 0.0);
+    let (mut cos_n, mut ratio_n) = (0usize, 0usize);
+    let mut errs: Vec<Vec<f64>> = vec![];
     for xr in &xs {
         let mut f: Vec<f64> = (0..fs)
             .map(|i| {
@@ -83,11 +90,27 @@ fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usize>) -> Plai
             }
         }
         f.iter_mut().for_each(|v| *v = v.max(0.0));
+        let xh: Vec<f64> = (0..d)
+            .map(|j| b_dec[j] as f64 + (0..fs).map(|i| f[i] * w_dec[i * d + j] as f64).sum::<f64>())
+            .collect();
         for j in 0..d {
-            let xh = b_dec[j] as f64 + (0..fs).map(|i| f[i] * w_dec[i * d + j] as f64).sum::<f64>();
-            sse += (xr[j] - xh).powi(2);
+            sse += (xr[j] - xh[j]).powi(2);
             sst += (xr[j] - mean[j]).powi(2);
         }
+        let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let dot: f64 = xr.iter().zip(&xh).map(|(a, b)| a * b).sum();
+        // Tokens with a zero input (or, for the cosine, a zero reconstruction) are left out, as defined.
+        if norm(xr) > 0.0 {
+            ratio += norm(&xh) / norm(xr);
+            ratio_n += 1;
+            if norm(&xh) > 0.0 {
+                cos += dot / (norm(xr) * norm(&xh));
+                cos_n += 1;
+            }
+        }
+        hh_sum += norm(&xh).powi(2);
+        xh_dot += dot;
+        errs.push(xr.iter().zip(&xh).map(|(a, b)| a - b).collect());
         for i in 0..fs {
             if f[i] > 0.0 {
                 fired[i] += 1;
@@ -105,6 +128,18 @@ fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usize>) -> Plai
         dead: density.iter().filter(|v| **v == 0.0).count() as f64 / fs as f64,
         dense: density.iter().filter(|v| **v > 0.01).count() as f64 / fs as f64,
         density,
+        cossim: cos / cos_n as f64,
+        l2_ratio: ratio / ratio_n as f64,
+        bias: hh_sum / xh_dot,
+        // SAELens: 1 − Σ_dims var(x − x̂) / Σ_dims var(x), variances over tokens.
+        explained_variance: 1.0
+            - (0..d)
+                .map(|j| {
+                    let m = errs.iter().map(|e| e[j]).sum::<f64>() / n as f64;
+                    errs.iter().map(|e| (e[j] - m).powi(2)).sum::<f64>()
+                })
+                .sum::<f64>()
+                / sst,
     }
 }
 
@@ -184,6 +219,30 @@ fn eval_metrics_agree_with_a_plain_recomputation() {
         close(m["l1"].as_f64().unwrap(), p.l1, "l1");
         close(m["fvu"].as_f64().unwrap(), p.fvu, "fvu");
         close(m["fve"].as_f64().unwrap(), 1.0 - p.fvu, "fve");
+        close(m["cossim"].as_f64().unwrap(), p.cossim, "cossim");
+        close(m["l2_ratio"].as_f64().unwrap(), p.l2_ratio, "l2_ratio");
+        close(
+            m["relative_reconstruction_bias"].as_f64().unwrap(),
+            p.bias,
+            "relative_reconstruction_bias",
+        );
+        close(
+            m["explained_variance"].as_f64().unwrap(),
+            p.explained_variance,
+            "explained_variance",
+        );
+        let bands = &m["bands"];
+        let dense_n = p.density.iter().filter(|v| **v > 0.01).count() as u64;
+        assert_eq!(
+            bands["dense"]["features"].as_u64(),
+            Some(dense_n),
+            "{bands}"
+        );
+        let share: f64 = ["dead", "ultralow", "typical", "dense"]
+            .iter()
+            .map(|b| bands[b]["l0_share"].as_f64().unwrap())
+            .sum();
+        close(share, 1.0, "band shares");
         close(
             m["dead_fraction"].as_f64().unwrap(),
             p.dead,

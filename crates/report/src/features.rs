@@ -35,6 +35,36 @@ pub struct FeatureIn {
     pub top_tokens: Vec<TokenScoreIn>,
     #[serde(default)]
     pub top_examples: Vec<ExampleIn>,
+    #[serde(default)]
+    pub coherence: Option<CoherenceIn>,
+}
+
+/// A card's token coherence against random directions (docs/metrics.md, "Token coherence").
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct CoherenceIn {
+    pub score: f64,
+    pub percentile: f64,
+    pub null_median: f64,
+    pub null_p95: f64,
+}
+
+/// Percentiles at or above this read as a coherent token list.
+pub const COHERENT_PERCENTILE: f64 = 0.95;
+
+/// The coherence in plain words.
+pub fn coherence_words(c: &CoherenceIn) -> String {
+    format!(
+        "{}: mean token cosine {:.3}, percentile {:.2} among random directions (median {:.3}, 95th {:.3})",
+        if c.percentile >= COHERENT_PERCENTILE {
+            "coherent"
+        } else {
+            "no more coherent than random directions"
+        },
+        c.score,
+        c.percentile,
+        c.null_median,
+        c.null_p95
+    )
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +117,8 @@ pub struct Card {
     pub density: String,
     pub fires: String,
     pub top_tokens: Vec<String>,
+    /// The token list's coherence in words, when the card has one.
+    pub coherence: Option<String>,
     pub examples: Vec<ExampleView>,
 }
 
@@ -129,6 +161,7 @@ pub fn cards(f: &FeatureFile, max: usize) -> Vec<Card> {
                 .take(10)
                 .map(|t| t.text.clone())
                 .collect(),
+            coherence: ft.coherence.as_ref().map(coherence_words),
             examples: ft
                 .top_examples
                 .iter()
@@ -207,6 +240,12 @@ mod tests {
                     text: "a".into(),
                     score: 0.5,
                 }],
+                coherence: Some(lf::Coherence {
+                    score: 0.4,
+                    percentile: 0.99,
+                    null_median: 0.1,
+                    null_p95: 0.2,
+                }),
             }],
         };
         let f: FeatureFile =
@@ -215,6 +254,11 @@ mod tests {
         assert_eq!(c[0].index, 2);
         assert_eq!(c[0].examples[0].tokens[0].shade, "1.00");
         assert!(c[0].examples[0].tokens[0].focus);
+        let words = c[0].coherence.as_deref().unwrap();
+        assert!(
+            words.starts_with("coherent: mean token cosine 0.400, percentile 0.99"),
+            "{words}"
+        );
     }
 
     #[test]

@@ -6,12 +6,14 @@
 //!   recovered, feature contexts;
 //! - [`train`]: the training loop, generic over the kernels' `Backend`, with resampling and pruning;
 //! - [`metrics`]: a dictionary's quality metrics (metrics.json), defined in docs/metrics.md;
+//! - [`diff`]: the feature diff of two dictionaries (features matched by decoder cosine), docs/feature-diff.md;
 //! - [`home`]: `$SAEPERF_HOME`, the one cache directory every command uses.
 //!
 //! It reaches the SAE math only through `saeperf_kernels::Backend` (training) and `saeperf_kernels::Sae` (a
 //! dictionary's own encode, decode and decoder geometry); it knows nothing of runs, stores or reports.
 
 pub mod data;
+pub mod diff;
 pub mod home;
 pub mod lm;
 pub mod metrics;

@@ -52,6 +52,138 @@ impl DensityHistogram {
     }
 }
 
+/// Features firing on fewer than this fraction of tokens (but some) are in the ultralow band.
+pub const ULTRALOW_BELOW: f64 = 1e-4;
+
+/// The density band of a feature: dead (never fires), ultralow (< 1e-4), dense (> 0.01), typical otherwise.
+pub fn density_band(density: f64) -> &'static str {
+    if density <= 0.0 {
+        "dead"
+    } else if density < ULTRALOW_BELOW {
+        "ultralow"
+    } else if density > DENSE_THRESHOLD {
+        "dense"
+    } else {
+        "typical"
+    }
+}
+
+/// The density bands in order.
+pub const BANDS: [&str; 4] = ["dead", "ultralow", "typical", "dense"];
+
+/// One density band: how many features, and their share of L0 (Σ density over the band / Σ density).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Band {
+    pub features: u64,
+    pub l0_share: f64,
+}
+
+/// Features and share of L0 per density band.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bands {
+    pub dead: Band,
+    pub ultralow: Band,
+    pub typical: Band,
+    pub dense: Band,
+}
+
+impl Bands {
+    pub fn from_densities(density: &[f64]) -> Bands {
+        let total: f64 = density.iter().filter(|d| **d > 0.0).sum();
+        let mut b = Bands::default();
+        for &d in density {
+            let band = match density_band(d) {
+                "dead" => &mut b.dead,
+                "ultralow" => &mut b.ultralow,
+                "dense" => &mut b.dense,
+                _ => &mut b.typical,
+            };
+            band.features += 1;
+            if total > 0.0 && d > 0.0 {
+                band.l0_share += d / total;
+            }
+        }
+        b
+    }
+}
+
+/// The high-frequency cluster of a density histogram (docs/metrics.md, "spike").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spike {
+    /// Features in the cluster (density ≥ `min_density`).
+    pub features: u64,
+    /// The lower density edge of the cluster: the upper edge of the valley bin.
+    pub min_density: f64,
+    /// The centre density of the cluster's highest bin.
+    pub peak_density: f64,
+    /// The cluster's share of L0: Σ density over its features / Σ density over all.
+    pub l0_share: f64,
+    /// The cluster's features, densest first (at most [`SPIKE_LISTED`]).
+    pub feature_ids: Vec<u32>,
+}
+
+/// Features listed in [`Spike::feature_ids`].
+pub const SPIKE_LISTED: usize = 64;
+
+/// Finds the high-frequency spike: on the histogram's log10 bins (width 0.25), a second mode right of the main mode
+/// (the fullest bin), whose peak bin lies above the dense threshold (lower edge ≥ log10 0.01), separated from the
+/// main mode by a valley bin holding at most half the second peak's count, and holding at least 3 features and 0.5%
+/// of all features. The cluster is every feature with density at or above the valley bin's upper edge. None when
+/// there is no such second mode: a unimodal histogram, however heavy its right tail, has no spike.
+pub fn detect_spike(density: &[f64]) -> Option<Spike> {
+    let h = DensityHistogram::from_densities(density);
+    let c = &h.counts;
+    let main = (0..c.len()).max_by_key(|&i| (c[i], std::cmp::Reverse(i)))?;
+    if c[main] == 0 {
+        return None;
+    }
+    let lo_edge = |i: usize| h.lo + h.width * i as f64;
+    let dense_from = ((DENSE_THRESHOLD.log10() - h.lo) / h.width).ceil() as usize;
+    let mut best: Option<Spike> = None;
+    for peak in (main + 1).max(dense_from)..c.len() {
+        // A local maximum (ties: the leftmost bin of a plateau).
+        let left = c[peak - 1];
+        let right = if peak + 1 < c.len() { c[peak + 1] } else { 0 };
+        if c[peak] == 0 || c[peak] <= left || c[peak] < right {
+            continue;
+        }
+        let (valley, vcount) = (main + 1..peak)
+            .map(|i| (i, c[i]))
+            .min_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))?;
+        if 2 * vcount > c[peak] {
+            continue;
+        }
+        let min_density = 10f64.powf(lo_edge(valley + 1));
+        let mut ids: Vec<u32> = (0..density.len() as u32)
+            .filter(|&i| density[i as usize] >= min_density)
+            .collect();
+        let n = ids.len() as u64;
+        if n < 3 || (n as f64) < 0.005 * density.len() as f64 {
+            continue;
+        }
+        let total: f64 = density.iter().filter(|d| **d > 0.0).sum();
+        let share: f64 = ids.iter().map(|&i| density[i as usize]).sum::<f64>() / total;
+        ids.sort_by(|a, b| {
+            density[*b as usize]
+                .total_cmp(&density[*a as usize])
+                .then(a.cmp(b))
+        });
+        ids.truncate(SPIKE_LISTED);
+        let s = Spike {
+            features: n,
+            min_density,
+            peak_density: 10f64.powf(lo_edge(peak) + h.width / 2.0),
+            l0_share: share,
+            feature_ids: ids,
+        };
+        // The largest qualifying second mode wins.
+        if best.as_ref().is_none_or(|b| s.features > b.features) {
+            best = Some(s);
+        }
+    }
+    best
+}
+
 /// metrics.json: every key is always written (null where it does not apply).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
@@ -63,6 +195,18 @@ pub struct Metrics {
     pub dead_fraction: f64,
     pub dense_fraction: f64,
     pub density_histogram: DensityHistogram,
+    /// Mean over tokens of cos(x, x̂) (tokens with ‖x‖ = 0 or ‖x̂‖ = 0 left out; null if all are).
+    pub cossim: Option<f64>,
+    /// Mean over tokens of ‖x̂‖ / ‖x‖ (tokens with ‖x‖ = 0 left out).
+    pub l2_ratio: Option<f64>,
+    /// Σ‖x̂‖² / Σ⟨x, x̂⟩ over tokens (1 unbiased, below 1 shrinkage).
+    pub relative_reconstruction_bias: Option<f64>,
+    /// SAELens / SAEBench explained variance: 1 − Σ_dims var(x − x̂) / Σ_dims var(x), variances over tokens.
+    pub explained_variance: Option<f64>,
+    /// Features and share of L0 per density band.
+    pub bands: Bands,
+    /// The high-frequency cluster, if the histogram has one.
+    pub spike: Option<Spike>,
     pub mmcs: Option<f64>,
     pub recovered_fraction: Option<f64>,
     pub ce_clean: Option<f64>,
@@ -71,6 +215,8 @@ pub struct Metrics {
     pub loss_recovered: Option<f64>,
     pub delta_ce: Option<f64>,
     pub kl_div: Option<f64>,
+    /// SAEBench's KL-div score: (KL_zero − KL_sae) / KL_zero.
+    pub kl_score: Option<f64>,
     pub tokens_per_sec: Option<f64>,
     pub wall_secs: Option<f64>,
 }
@@ -113,7 +259,98 @@ fn scaled(set: &ActivationSet, rows: std::ops::Range<usize>, s: f32) -> Vec<f32>
     x
 }
 
-/// Evaluates `sae` on the evaluation split of `set`.
+/// The reconstruction sums of [`evaluate`], one row at a time, in f64: the squared error, the spread about the split's
+/// mean, and the field's metrics (per-token cosines and norm ratios, the bias sums, the error's mean).
+#[derive(Clone, Debug)]
+struct ReconSums {
+    n: usize,
+    sse: f64,
+    sst: f64,
+    cos_sum: f64,
+    cos_n: usize,
+    ratio_sum: f64,
+    ratio_n: usize,
+    xh_sq: f64,
+    x_dot: f64,
+    err_sum: Vec<f64>,
+}
+
+/// The reconstruction metrics of docs/metrics.md, from [`ReconSums`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Recon {
+    mse: f64,
+    fvu: f64,
+    cossim: Option<f64>,
+    l2_ratio: Option<f64>,
+    relative_reconstruction_bias: Option<f64>,
+    explained_variance: Option<f64>,
+}
+
+impl ReconSums {
+    fn new(d: usize) -> Self {
+        ReconSums {
+            n: 0,
+            sse: 0.0,
+            sst: 0.0,
+            cos_sum: 0.0,
+            cos_n: 0,
+            ratio_sum: 0.0,
+            ratio_n: 0,
+            xh_sq: 0.0,
+            x_dot: 0.0,
+            err_sum: vec![0.0; d],
+        }
+    }
+
+    /// Adds one token: input `x`, reconstruction `xh`, `mean` the split's mean input.
+    fn add(&mut self, x: &[f32], xh: &[f32], mean: &[f64]) {
+        let (mut xx, mut hh, mut xhd) = (0.0f64, 0.0f64, 0.0f64);
+        for (j, (&xv, &hv)) in x.iter().zip(xh).enumerate() {
+            let (xv, hv) = (xv as f64, hv as f64);
+            self.sse += (xv - hv).powi(2);
+            self.sst += (xv - mean[j]).powi(2);
+            self.err_sum[j] += xv - hv;
+            xx += xv * xv;
+            hh += hv * hv;
+            xhd += xv * hv;
+        }
+        self.n += 1;
+        self.xh_sq += hh;
+        self.x_dot += xhd;
+        if xx > 0.0 {
+            self.ratio_sum += (hh / xx).sqrt();
+            self.ratio_n += 1;
+            if hh > 0.0 {
+                self.cos_sum += xhd / (xx * hh).sqrt();
+                self.cos_n += 1;
+            }
+        }
+    }
+
+    fn finish(&self) -> Recon {
+        let (n, d) = (self.n as f64, self.err_sum.len());
+        let fvu = if self.sst > 0.0 {
+            self.sse / self.sst
+        } else {
+            f64::NAN
+        };
+        // Σ_dims var(x − x̂) over tokens = (Σ‖e‖² − N‖ē‖²) / N; Σ_dims var(x) = Σ‖x − x̄‖² / N.
+        let e_bar_sq: f64 = self.err_sum.iter().map(|e| (e / n).powi(2)).sum();
+        let mean_of = |sum: f64, k: usize| (k > 0).then(|| sum / k as f64);
+        Recon {
+            mse: self.sse / (self.n * d) as f64,
+            fvu,
+            cossim: mean_of(self.cos_sum, self.cos_n),
+            l2_ratio: mean_of(self.ratio_sum, self.ratio_n),
+            relative_reconstruction_bias: (self.x_dot != 0.0).then(|| self.xh_sq / self.x_dot),
+            explained_variance: (self.sst > 0.0)
+                .then(|| 1.0 - (self.sse - n * e_bar_sq).max(0.0) / self.sst),
+        }
+    }
+}
+
+/// Evaluates `sae` on the evaluation split of `set`: one pass for the split's mean, one that encodes and decodes each
+/// chunk once and accumulates every reconstruction and density sum.
 pub fn evaluate(sae: &Sae, set: &ActivationSet) -> Result<Metrics> {
     let (d, fsz) = (sae.cfg.d_in, sae.cfg.d_sae);
     ensure!(
@@ -139,17 +376,15 @@ pub fn evaluate(sae: &Sae, set: &ActivationSet) -> Result<Metrics> {
     }
     mean.iter_mut().for_each(|m| *m /= n as f64);
     // Pass 2: reconstructions.
-    let (mut sse, mut sst, mut l0, mut l1) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let mut sums = ReconSums::new(d);
+    let (mut l0, mut l1) = (0.0f64, 0.0f64);
     let mut counts = vec![0u64; fsz];
     for (a, b) in chunks(rows) {
         let x = scaled(set, a..b, s);
         let f = sae.encode(&x, b - a);
         let xh = sae.decode(&f, b - a);
         for (xr, hr) in x.chunks(d).zip(xh.chunks(d)) {
-            for j in 0..d {
-                sse += ((xr[j] - hr[j]) as f64).powi(2);
-                sst += (xr[j] as f64 - mean[j]).powi(2);
-            }
+            sums.add(xr, hr, &mean);
         }
         for row in f.chunks(fsz) {
             for (c, v) in counts.iter_mut().zip(row) {
@@ -162,7 +397,7 @@ pub fn evaluate(sae: &Sae, set: &ActivationSet) -> Result<Metrics> {
         }
     }
     let density: Vec<f64> = counts.iter().map(|&c| c as f64 / n as f64).collect();
-    let fvu = if sst > 0.0 { sse / sst } else { f64::NAN };
+    let r = sums.finish();
     let (mmcs, recovered_fraction) = match GroundTruth::load(set.dir())? {
         Some(gt) if gt.d_in == d => {
             let (m, r) = mmcs(&gt, sae);
@@ -171,15 +406,21 @@ pub fn evaluate(sae: &Sae, set: &ActivationSet) -> Result<Metrics> {
         _ => (None, None),
     };
     Ok(Metrics {
-        mse: sse / (n * d) as f64,
+        mse: r.mse,
         l0: l0 / n as f64,
         l1: l1 / n as f64,
-        fvu,
-        fve: 1.0 - fvu,
+        fvu: r.fvu,
+        fve: 1.0 - r.fvu,
         dead_fraction: density.iter().filter(|&&x| x == 0.0).count() as f64 / fsz as f64,
         dense_fraction: density.iter().filter(|&&x| x > DENSE_THRESHOLD).count() as f64
             / fsz as f64,
         density_histogram: DensityHistogram::from_densities(&density),
+        cossim: r.cossim,
+        l2_ratio: r.l2_ratio,
+        relative_reconstruction_bias: r.relative_reconstruction_bias,
+        explained_variance: r.explained_variance,
+        bands: Bands::from_densities(&density),
+        spike: detect_spike(&density),
         mmcs,
         recovered_fraction,
         ce_clean: None,
@@ -188,6 +429,7 @@ pub fn evaluate(sae: &Sae, set: &ActivationSet) -> Result<Metrics> {
         loss_recovered: None,
         delta_ce: None,
         kl_div: None,
+        kl_score: None,
         tokens_per_sec: None,
         wall_secs: None,
     })
@@ -205,6 +447,220 @@ pub fn mmcs(gt: &GroundTruth, sae: &Sae) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reconstruction metrics of `x` and `xh` (rows of `d`), the mean taken over `x` as `evaluate` does.
+    fn recon(d: usize, x: &[f32], xh: &[f32]) -> Recon {
+        let n = x.len() / d;
+        let mut mean = vec![0.0f64; d];
+        for row in x.chunks(d) {
+            mean.iter_mut()
+                .zip(row)
+                .for_each(|(m, v)| *m += *v as f64 / n as f64);
+        }
+        let mut sums = ReconSums::new(d);
+        for (xr, hr) in x.chunks(d).zip(xh.chunks(d)) {
+            sums.add(xr, hr, &mean);
+        }
+        sums.finish()
+    }
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-12)
+    }
+
+    #[test]
+    fn half_reconstruction_shrinks_without_turning() {
+        let x = [1.0, 0.0, 0.0, 2.0, 3.0, 4.0];
+        let xh: Vec<f32> = x.iter().map(|v| 0.5 * v).collect();
+        let r = recon(2, &x, &xh);
+        assert!(close(r.l2_ratio, 0.5), "{r:?}");
+        assert!(close(r.cossim, 1.0), "{r:?}");
+        // Σ 0.25‖x‖² / Σ 0.5‖x‖².
+        assert!(close(r.relative_reconstruction_bias, 0.5), "{r:?}");
+        // Σ‖e‖² = 0.25·(1 + 4 + 25) over 3 tokens × 2 dims.
+        assert!((r.mse - 7.5 / 6.0).abs() < 1e-12, "{r:?}");
+    }
+
+    #[test]
+    fn a_perfect_reconstruction_explains_everything() {
+        let x = [1.0, -2.0, 0.5, 3.0, -1.0, 0.0];
+        let r = recon(3, &x, &x);
+        assert!(close(r.explained_variance, 1.0), "{r:?}");
+        assert_eq!((r.mse, r.fvu), (0.0, 0.0));
+        assert!(close(r.cossim, 1.0) && close(r.l2_ratio, 1.0), "{r:?}");
+        assert!(close(r.relative_reconstruction_bias, 1.0), "{r:?}");
+    }
+
+    #[test]
+    fn explained_variance_centres_the_error_and_fve_does_not() {
+        // A constant offset: the error has no variance, so explained_variance = 1, while fvu = N‖c‖² / Σ‖x − x̄‖².
+        let x = [1.0, 0.0, 3.0, 2.0];
+        let xh = [1.5, -1.0, 3.5, 1.0];
+        let r = recon(2, &x, &xh);
+        assert!(close(r.explained_variance, 1.0), "{r:?}");
+        // x̄ = (2, 1): Σ‖x − x̄‖² = 2 + 2 = 4; Σ‖e‖² = 2·(0.25 + 1) = 2.5.
+        assert!((r.fvu - 2.5 / 4.0).abs() < 1e-12, "{r:?}");
+        // One dimension, x = (1, 3), x̂ = 0: var(e) = var(x) = 1, so explained_variance = 0; fvu = 10 / 2.
+        let r = recon(1, &[1.0, 3.0], &[0.0, 0.0]);
+        assert!(close(r.explained_variance, 0.0), "{r:?}");
+        assert!((r.fvu - 5.0).abs() < 1e-12, "{r:?}");
+        // explained_variance = fve + N‖ē‖² / Σ‖x − x̄‖² = −4 + 2·4 / 2.
+        assert!(close(r.explained_variance, 1.0 - r.fvu + 4.0), "{r:?}");
+    }
+
+    #[test]
+    fn zero_norm_tokens_are_left_out_of_the_per_token_means() {
+        // Token 1: ‖x‖ = 0, out of both means. Token 2: ‖x̂‖ = 0, ratio 0, out of the cosine. Token 3: ratio 2, cos 1.
+        let x = [0.0, 0.0, 1.0, 0.0, 0.0, 1.0];
+        let xh = [1.0, 1.0, 0.0, 0.0, 0.0, 2.0];
+        let r = recon(2, &x, &xh);
+        assert!(close(r.l2_ratio, 1.0), "{r:?}");
+        assert!(close(r.cossim, 1.0), "{r:?}");
+        // Σ‖x̂‖² = 2 + 0 + 4, Σ⟨x, x̂⟩ = 0 + 0 + 2.
+        assert!(close(r.relative_reconstruction_bias, 3.0), "{r:?}");
+        // Orthogonal reconstruction: cosine 0, and no bias where Σ⟨x, x̂⟩ = 0; all-zero input: no per-token means.
+        let r = recon(2, &[1.0, 0.0], &[0.0, 1.0]);
+        assert!(
+            close(r.cossim, 0.0) && r.relative_reconstruction_bias.is_none(),
+            "{r:?}"
+        );
+        let r = recon(2, &[0.0; 4], &[1.0; 4]);
+        assert!(r.cossim.is_none() && r.l2_ratio.is_none(), "{r:?}");
+        assert!(r.explained_variance.is_none() && r.fvu.is_nan(), "{r:?}");
+    }
+
+    /// A ReLU dictionary with features ±e_j and decoder rows ±e_j / 2: it reconstructs x̂ = x / 2 exactly.
+    fn half_dictionary(d: usize) -> Sae {
+        use rand::SeedableRng;
+        use saeperf_kernels::sae::{Arch, SaeCfg};
+        let fsz = 2 * d;
+        let cfg = SaeCfg {
+            d_in: d,
+            d_sae: fsz,
+            architecture: Arch::Relu,
+            k: None,
+            l1_coefficient: 0.0,
+            scaling_factor: 1.0,
+            seed: 0,
+            steps: 0,
+            batch_size: 0,
+            lr: 0.0,
+            activation_set_sha256: String::new(),
+            hook_name: None,
+            pruned_features: 0,
+            dtype: "float32".into(),
+            apply_b_dec_to_input: true,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let mut s = Sae::init(cfg, vec![0.0; d], 1.0, &mut rng);
+        s.w_enc = vec![0.0; d * fsz];
+        s.w_dec = vec![0.0; fsz * d];
+        for j in 0..d {
+            s.w_enc[j * fsz + j] = 1.0;
+            s.w_enc[j * fsz + d + j] = -1.0;
+            s.w_dec[j * d + j] = 0.5;
+            s.w_dec[(d + j) * d + j] = -0.5;
+        }
+        s
+    }
+
+    #[test]
+    fn evaluate_writes_every_key_with_the_field_metrics() {
+        use crate::data::actset::{self, Activations, NewSet};
+        let dir = tempfile::tempdir().unwrap();
+        // One training row, then four evaluation rows.
+        let vals = [9.0, 9.0, 1.0, 0.0, 0.0, 2.0, 3.0, 4.0, -1.0, -1.0];
+        actset::write(
+            dir.path(),
+            &NewSet {
+                d_in: 2,
+                n_train: 1,
+                activations: Activations::F32(&vals),
+                description: "test".into(),
+                source: serde_json::json!({"kind": "synthetic"}),
+                provenance: None,
+            },
+        )
+        .unwrap();
+        let set = ActivationSet::open(dir.path()).unwrap();
+        let m = evaluate(&half_dictionary(2), &set).unwrap();
+        assert!(close(m.l2_ratio, 0.5) && close(m.cossim, 1.0), "{m:?}");
+        assert!(close(m.relative_reconstruction_bias, 0.5), "{m:?}");
+        // Densities 0.5, 0.5, 0.25, 0.25: L0 1.5, all dense, no spike.
+        assert!((m.l0 - 1.5).abs() < 1e-12, "{m:?}");
+        assert_eq!(m.bands.dense.features, 4);
+        assert!((m.bands.dense.l0_share - 1.0).abs() < 1e-12);
+        assert_eq!(m.spike, None);
+        assert_eq!((m.kl_score, m.mmcs), (None, None));
+        let json = serde_json::to_value(&m).unwrap();
+        let obj = json.as_object().unwrap();
+        assert_eq!(obj.len(), 25, "{json}");
+        for key in [
+            "cossim",
+            "l2_ratio",
+            "relative_reconstruction_bias",
+            "explained_variance",
+            "bands",
+            "spike",
+            "kl_score",
+        ] {
+            assert!(obj.contains_key(key), "{key}");
+        }
+        assert!(json["spike"].is_null() && json["kl_score"].is_null());
+        assert_eq!(json["bands"]["dense"]["features"], 4);
+        assert_eq!(json["bands"]["dead"]["l0_share"], 0.0);
+    }
+
+    #[test]
+    fn a_bimodal_histogram_has_a_spike_and_a_unimodal_one_none() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let mut lognormal = |centre: f64, n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    let z: f64 = (0..12).map(|_| rng.random::<f64>()).sum::<f64>() - 6.0;
+                    10f64.powf(centre + 0.3 * z).min(1.0)
+                })
+                .collect()
+        };
+        let mut d = lognormal(-3.0, 4000);
+        d.extend(lognormal(-1.0, 300));
+        let s = detect_spike(&d).expect("a spike");
+        assert!((250..=330).contains(&s.features), "{s:?}");
+        let want: f64 =
+            d.iter().filter(|&&x| x >= s.min_density).sum::<f64>() / d.iter().sum::<f64>();
+        assert!(
+            (s.l0_share - want).abs() < 1e-12 && s.l0_share > 0.5,
+            "{s:?}"
+        );
+        assert!(
+            s.min_density > 0.01 && s.peak_density > s.min_density,
+            "{s:?}"
+        );
+        assert_eq!(s.feature_ids.len(), SPIKE_LISTED);
+        assert!(d[s.feature_ids[0] as usize] >= d[s.feature_ids[1] as usize]);
+        // One mode, however heavy its right tail: no spike. All dead: none.
+        assert_eq!(detect_spike(&lognormal(-2.0, 4000)), None);
+        assert_eq!(detect_spike(&[0.0; 100]), None);
+    }
+
+    #[test]
+    fn bands_count_features_and_split_l0() {
+        let b = Bands::from_densities(&[0.0, 5e-5, 1e-3, 0.1, 0.2]);
+        assert_eq!(
+            (
+                b.dead.features,
+                b.ultralow.features,
+                b.typical.features,
+                b.dense.features
+            ),
+            (1, 1, 1, 2)
+        );
+        let total = 5e-5 + 1e-3 + 0.3;
+        assert!((b.dense.l0_share - 0.3 / total).abs() < 1e-12);
+        let sum = b.dead.l0_share + b.ultralow.l0_share + b.typical.l0_share + b.dense.l0_share;
+        assert!((sum - 1.0).abs() < 1e-12);
+    }
 
     #[test]
     fn histogram_bins() {

