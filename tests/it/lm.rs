@@ -738,3 +738,121 @@ fn real_harvest_loss_recovered_and_features() {
     let json = serde_json::to_value(&rep).unwrap();
     assert!(json["band_counts"]["dead"].is_u64());
 }
+
+/// The seed's experiment, as `runner bench` tracks it, on a small set harvested from the real model: a dictionary
+/// trained with too low a penalty, pruned at 0.038, beside a matched higher-penalty dictionary; the answer and the
+/// before / after numbers are metrics of the run, loss recovered included.
+#[test]
+fn pruning_experiment_on_a_small_model_set() {
+    let Some(a) = real_assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let set_dir = dir.path().join("set");
+    let p = PrepareParams {
+        model: a.model.clone(),
+        corpus: a.corpus.clone(),
+        layer: 15,
+        train_tokens: 4096,
+        eval_tokens: 1024,
+        context: 128,
+        loss_contexts: 4,
+        seed: 0,
+        batch: 4,
+    };
+    prepare(&p, &set_dir, false, false).unwrap();
+    let suite = format!(
+        r#"
+name = "experiment"
+[profiles.standard]
+steps_scale = 1.0
+op_samples = 3
+synthetic_tokens = 1024
+[data.lm]
+kind = "prepared"
+path = "{}"
+[[train]]
+name = "matched"
+data = "lm"
+arch = "relu"
+d_sae = 512
+l1 = 4.0
+steps = 150
+batch = 256
+lr = 1e-3
+lr_warmup = 20
+l1_warmup = 50
+seed = 2
+[[prune]]
+name = "pruned"
+data = "lm"
+arch = "relu"
+d_sae = 256
+l1 = 0.5
+steps = 150
+batch = 256
+lr = 1e-3
+lr_warmup = 20
+l1_warmup = 50
+seed = 3
+prune_above = 0.1
+matched = "matched"
+"#,
+        set_dir.display()
+    );
+    std::fs::write(dir.path().join("suite.toml"), suite).unwrap();
+    let o = crate::common::runner(&dir.path().join("home"))
+        .current_dir(dir.path())
+        .args(["--quiet", "--db", "store", "bench", "--suite", "suite.toml"])
+        .args([
+            "--json",
+            "--backend",
+            "cpu",
+            "--no-count",
+            "--baseline",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let results = v["run"]["results"].as_array().unwrap();
+    let get = |name: &str| results.iter().find(|r| r["name"] == name).unwrap();
+    let (m, pr) = (&get("matched")["metrics"], get("pruned"));
+    let pm = &pr["metrics"];
+    let f = |v: &serde_json::Value, k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("metric {k} missing in {v}"))
+    };
+    eprintln!("pruned: {pm}\nmatched: {m}\nextra: {}", pr["extra"]);
+    // Too low a penalty: features above the threshold exist and pruning removes them, lowering L0.
+    let removed = f(pm, "pruned_features");
+    assert!(removed > 0.0, "{pm}");
+    assert_eq!(removed, pr["extra"]["pruned_features"].as_f64().unwrap());
+    assert!(f(pm, "l0") < f(pm, "before.l0"), "{pm}");
+    // Before and after on the model: loss recovered and delta CE, and the matched dictionary's.
+    for k in [
+        "loss_recovered",
+        "delta_ce",
+        "before.loss_recovered",
+        "before.mse",
+    ] {
+        assert!(f(pm, k).is_finite(), "{k}");
+    }
+    assert_eq!(f(pm, "matched.l0"), f(m, "l0"));
+    assert_eq!(f(pm, "matched.loss_recovered"), f(m, "loss_recovered"));
+    let adv = f(pm, "experiment.loss_recovered_advantage");
+    assert!((adv - (f(pm, "loss_recovered") - f(m, "loss_recovered"))).abs() < 1e-12);
+    let ratio = f(pm, "experiment.l0_ratio");
+    assert!((ratio - f(pm, "l0") / f(m, "l0")).abs() < 1e-9);
+    let answer = pr["extra"]["experiment"]["answer"].as_str().unwrap();
+    match pm.get("experiment.pruning_wins").and_then(|w| w.as_f64()) {
+        Some(w) => {
+            assert_eq!(w, f64::from(u8::from(adv > 0.0)));
+            assert!(answer.starts_with("pruning "), "{answer}");
+        }
+        None => assert!(answer.starts_with("no answer: L0"), "{answer}"),
+    }
+    // The histogram before pruning is kept for the run page; the spike, found or not, is recorded.
+    assert!(pr["extra"]["before_density_histogram"]["counts"].is_array());
+    assert!(pm.get("before.spike.features").is_some(), "{pm}");
+}

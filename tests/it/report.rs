@@ -48,6 +48,7 @@ pub fn meta(id: &str, minutes: i64, commit: &str, branch: &str, pr: Option<u64>)
         activation_sets: BTreeMap::from([("synthetic".to_string(), "ab".repeat(32))]),
         benchmarks: vec![],
         runner_version: "0.1.0".into(),
+        skipped: Default::default(),
     }
 }
 

@@ -346,6 +346,7 @@ pub fn as_run(
         activation_sets: Default::default(),
         benchmarks: results.iter().map(|r| r.name.clone()).collect(),
         runner_version: env!("CARGO_PKG_VERSION").to_string(),
+        skipped: Default::default(),
     };
     Run { meta, results }
 }

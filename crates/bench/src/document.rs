@@ -275,6 +275,7 @@ mod tests {
             activation_sets: Default::default(),
             benchmarks: vec!["a".into(), "b".into()],
             runner_version: "0".into(),
+            skipped: Default::default(),
         }
     }
 

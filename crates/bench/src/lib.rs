@@ -4,6 +4,7 @@
 //! - [`run`]: `runner bench` in named steps, prepare → execute → judge, on a backend opened once per run;
 //! - [`ops`], [`train`], [`kernels`]: the op micro-benchmarks (timed in rounds next to a yardstick), the training
 //!   benchmarks (reference dictionaries and the pruning variant), the kernel benchmarks (ptxas resources, CUDA ops);
+//! - [`dicts`]: the dictionaries a run keeps, and each reference dictionary's feature diff against the baseline's;
 //! - [`calibrate`]: `runner calibrate`, the detector's false alarms and catches measured on this machine;
 //! - [`count`]: counted cost (instructions, estimated cycles) of ops and training steps under Valgrind;
 //! - [`paired`]: paired timing of two builds by long-lived workers (`runner bench-worker`);
@@ -16,6 +17,7 @@
 pub mod auto;
 pub mod calibrate;
 pub mod count;
+pub mod dicts;
 pub mod document;
 pub mod kernels;
 pub mod ops;

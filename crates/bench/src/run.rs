@@ -4,6 +4,7 @@
 //! command line prints the document (a table for people, JSON for machines) and exits with its code.
 //! A run that is killed stays `Incomplete` in the store and is never a baseline.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -23,7 +24,7 @@ use crate::auto::{self, AutoBase};
 use crate::count::{self, CountRequest, Counted};
 use crate::document::BenchDocument;
 use crate::suite::{BenchSpec, ResolvedSuite, Suite};
-use crate::train::DataCtx;
+use crate::train::{DataCtx, DataPrep};
 use crate::{kernels, ops, train};
 
 /// What to run, as checked values (the command line builds it from its flags).
@@ -47,6 +48,8 @@ pub struct BenchRequest {
     pub skip_ops: bool,
     /// Record counted cost (instructions, est_cycles) under Valgrind where it is installed.
     pub count: bool,
+    /// Make a missing set whose suite entry says `prepare = true` (the default language-model set) before running.
+    pub prepare_data: bool,
     pub progress: bool,
 }
 
@@ -99,6 +102,11 @@ pub struct Prepared {
     pub meta: RunMeta,
     /// `--baseline auto` with no stored merge-base run: the merge base's runner, ready to time.
     pub auto_base: Option<AutoBase>,
+    /// `$SAEPERF_HOME`: where the run keeps its dictionaries ([`crate::dicts`]).
+    pub home: PathBuf,
+    /// The stored run whose dictionaries the feature diff compares with: the baseline as known before the run
+    /// (the stored merge-base run, or `--baseline RUN`); None for `--baseline none` or a merge base built now.
+    pub diff_base: Option<String>,
 }
 
 /// Step 1: resolve the suite for the profile and filter, open the backend, open the store (`open_store`: it fails
@@ -120,11 +128,29 @@ pub fn prepare(
     let fp = Fingerprint::detect();
     tracing::info!(suite = %suite_path, profile = %resolved.profile, backend = %device.backend, "starting bench");
 
-    let data = DataCtx::prepare(&resolved, home)?;
+    let data = DataCtx::prepare(
+        &resolved,
+        home,
+        DataPrep {
+            allowed: req.prepare_data,
+            progress: req.progress,
+        },
+    )?;
+    // What this run cannot see: benchmarks on a set that is not there, with the reason (kept in the run).
+    let mut skipped = BTreeMap::new();
     // Looked for only when the suite has a resources benchmark (it loads NVRTC).
     let mut resources_missing: Option<Option<String>> = None;
     resolved.benches.retain(|b| match b {
-        BenchSpec::Train(t) | BenchSpec::Prune(t) => !data.skipped.contains(&t.data),
+        BenchSpec::Train(t) | BenchSpec::Prune(t) => match data.skipped.get(&t.data) {
+            Some(why) => {
+                skipped.insert(
+                    t.name.clone(),
+                    format!("activation set {:?}: {why}", t.data),
+                );
+                false
+            }
+            None => true,
+        },
         BenchSpec::Op { .. } => !req.skip_ops,
         BenchSpec::Resources { name } => {
             match resources_missing.get_or_insert_with(kernels::resources_unavailable) {
@@ -172,6 +198,7 @@ pub fn prepare(
             .map(|b| b.name().to_string())
             .collect(),
         runner_version: env!("CARGO_PKG_VERSION").to_string(),
+        skipped,
     };
     store.begin_run(&meta)?;
     eprintln!(
@@ -202,6 +229,16 @@ pub fn prepare(
         }
         _ => None,
     };
+    let diff_base = match &req.baseline {
+        Baseline::None => None,
+        Baseline::MergeBase | Baseline::Auto => {
+            baseline::find_baseline(&store, repo, &meta, &req.base_branch)?.run
+        }
+        Baseline::Run(spec) => baseline::resolve_base(&store, spec, &meta)
+            .ok()
+            .map(|m| m.id),
+    };
+    crate::dicts::prune_old(home, &meta.id);
     Ok(Prepared {
         store,
         request: req,
@@ -211,6 +248,8 @@ pub fn prepare(
         data,
         meta,
         auto_base,
+        home: home.to_path_buf(),
+        diff_base,
     })
 }
 
@@ -233,17 +272,21 @@ pub struct Executed {
 }
 
 /// Run one benchmark other than the op micro-benchmarks on the run's backend, never failing: errors become a
-/// `failed` / `diverged` status with the reason.
+/// `failed` / `diverged` status with the reason. Training benchmarks also give their dictionary.
 pub fn run_one<B: Backend>(
     spec: &BenchSpec,
     data: &DataCtx,
     backend: &B,
     device: &Device,
     seeds: usize,
-) -> BenchResult {
-    match spec {
-        BenchSpec::Train(t) => train::run(t, false, data, backend, device.deterministic(), seeds),
-        BenchSpec::Prune(t) => train::run(t, true, data, backend, device.deterministic(), seeds),
+) -> (BenchResult, Option<saeperf_kernels::Sae>) {
+    let r = match spec {
+        BenchSpec::Train(t) => {
+            return train::run(t, false, data, backend, device.deterministic(), seeds)
+        }
+        BenchSpec::Prune(t) => {
+            return train::run(t, true, data, backend, device.deterministic(), seeds)
+        }
         BenchSpec::Resources { name } => kernels::run_resources(name),
         BenchSpec::CudaOps {
             name,
@@ -253,7 +296,8 @@ pub fn run_one<B: Backend>(
             topk,
         } => kernels::run_cuda_ops(name, device.cuda(), *shape, *warmup, *iters, *topk),
         BenchSpec::Op { .. } => unreachable!("ops run in rounds, see run_ops"),
-    }
+    };
+    (r, None)
 }
 
 /// Every op micro-benchmark together, in rounds (see [`ops::time_ops`]), on the run's backend.
@@ -360,12 +404,28 @@ pub fn execute(p: &Prepared) -> Result<Executed> {
         results.push(r);
         Ok(())
     };
+    // Finished reference dictionaries, for the pruning experiment's matched dictionary (trains run first).
+    let mut trained: BTreeMap<String, BenchResult> = BTreeMap::new();
     for spec in &other_specs {
         pb.set_message(spec.name().to_string());
-        let r = match &p.device.selected {
+        let (mut r, sae) = match &p.device.selected {
             Selected::Cpu(c) => run_one(spec, &p.data, c, &p.device, p.resolved.seeds),
             Selected::Cuda(g) => run_one(spec, &p.data, &**g, &p.device, p.resolved.seeds),
         };
+        if let (BenchSpec::Train(t), Some(sae)) = (spec, &sae) {
+            pb.suspend(|| crate::dicts::keep_and_diff(p, t, &mut r, sae));
+        }
+        match spec {
+            BenchSpec::Train(_) => {
+                trained.insert(r.name.clone(), r.clone());
+            }
+            BenchSpec::Prune(t) => {
+                if let Some(m) = &t.matched {
+                    train::attach_matched(&mut r, m, trained.get(m));
+                }
+            }
+            _ => {}
+        }
         save(r, &pb)?;
         pb.inc(1);
     }
@@ -675,7 +735,7 @@ batch = 16
             .unwrap()
             .resolve(None, None)
             .unwrap();
-        let data = DataCtx::prepare(&resolved, home.path()).unwrap();
+        let data = DataCtx::prepare(&resolved, home.path(), DataPrep::NEVER).unwrap();
         (home, resolved.benches[0].clone(), data)
     }
 
@@ -687,7 +747,7 @@ batch = 16
             inner: CpuBackend::reference(),
             steps: Cell::new(0),
         };
-        let r = run_one(&spec, &data, &tagged, &device, 1);
+        let (r, _) = run_one(&spec, &data, &tagged, &device, 1);
         assert!(r.status.is_ok(), "{:?}", r.status);
         assert_eq!(r.extra["train_backend"], "tagged");
         assert_eq!(
@@ -712,8 +772,8 @@ batch = 16
             let device = Device::open(choice).unwrap();
             assert_eq!(device.backend, want);
             let r = match &device.selected {
-                Selected::Cpu(c) => run_one(&spec, &data, c, &device, 1),
-                Selected::Cuda(g) => run_one(&spec, &data, &**g, &device, 1),
+                Selected::Cpu(c) => run_one(&spec, &data, c, &device, 1).0,
+                Selected::Cuda(g) => run_one(&spec, &data, &**g, &device, 1).0,
             };
             assert_eq!(r.extra["train_backend"], name, "{choice}");
             assert!(r.deterministic);

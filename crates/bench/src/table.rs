@@ -62,6 +62,8 @@ pub fn render_run(run: &Run) -> String {
         "mse",
         "l0",
         "fve",
+        "loss rec",
+        "Δ CE",
         "mmcs",
         "dead",
         "dense",
@@ -88,6 +90,8 @@ pub fn render_run(run: &Run) -> String {
             m(r, "mse"),
             m(r, "l0"),
             m(r, "fve"),
+            m(r, "loss_recovered"),
+            m(r, "delta_ce"),
             m(r, "mmcs"),
             m(r, "dead_fraction"),
             m(r, "dense_fraction"),
@@ -99,6 +103,12 @@ pub fn render_run(run: &Run) -> String {
         .filter(|r| r.status.is_ok())
         .filter_map(kernel_summary)
         .map(|l| l + "\n")
+        .chain(
+            run.meta
+                .skipped
+                .iter()
+                .map(|(b, why)| format!("not run: {b}: {why}\n")),
+        )
         .collect();
     format!(
         "run {} ({}{}, {}, {}, {})\n{t}\n{notes}",

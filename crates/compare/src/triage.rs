@@ -225,6 +225,7 @@ mod tests {
             activation_sets: BTreeMap::new(),
             benchmarks: vec!["relu".into()],
             runner_version: "0".into(),
+            skipped: Default::default(),
         }
     }
 

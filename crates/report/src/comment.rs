@@ -28,6 +28,7 @@ pub const QUALITY_METRICS: &[&str] = &[
     "l0",
     "fve",
     "loss_recovered",
+    "delta_ce",
     "dead_fraction",
     "dense_fraction",
 ];
@@ -41,6 +42,48 @@ pub struct CommentOptions {
     pub key: String,
     /// Peak FP32 GFLOP/s of the machine, when known better than the built-in GPU table (CPUs have none built in).
     pub peak_gflops: Option<f64>,
+}
+
+/// One reference dictionary's features matched with the baseline's (`extra.feature_diff`, docs/feature-diff.md).
+#[derive(Debug, Serialize)]
+struct FeatureDiffView {
+    bench: String,
+    kept: String,
+    split: String,
+    merged: String,
+    died: String,
+    new: String,
+    band_moved: String,
+}
+
+/// The feature diffs of the head run's training benchmarks, and one line per benchmark that has none, saying why.
+fn feature_diffs(head: &Run) -> (Vec<FeatureDiffView>, Vec<String>) {
+    let (mut views, mut missing) = (vec![], vec![]);
+    for r in head.results.iter().filter(|r| r.kind == BenchKind::Train) {
+        let Some(d) = r.extra.get("feature_diff") else {
+            continue;
+        };
+        if let Some(why) = d.get("unavailable").and_then(|w| w.as_str()) {
+            missing.push(format!("{}: {why}", r.name));
+            continue;
+        }
+        let c = &d["counts"];
+        let n = |k: &str| {
+            c.get(k)
+                .and_then(|v| v.as_u64())
+                .map_or("–".into(), |v| v.to_string())
+        };
+        views.push(FeatureDiffView {
+            bench: r.name.clone(),
+            kept: n("kept"),
+            split: n("split"),
+            merged: n("merged"),
+            died: n("died"),
+            new: n("new"),
+            band_moved: n("band_moved"),
+        });
+    }
+    (views, missing)
 }
 
 #[derive(Debug, Serialize)]
@@ -131,6 +174,8 @@ struct CommentView {
     /// Significant rows left out to fit GitHub's size limit (the least important ones).
     omitted_significant: usize,
     quality_metrics: Vec<&'static str>,
+    feature_diff: Vec<FeatureDiffView>,
+    feature_diff_missing: Vec<String>,
     quality: Vec<QualityView>,
     train_speed: Vec<TrainSpeedView>,
     op_speed: Vec<OpSpeedView>,
@@ -139,6 +184,34 @@ struct CommentView {
     notes: Vec<String>,
     links: Option<Links>,
     marker: String,
+}
+
+/// The pruning experiment's answer, one line per pruning benchmark that has one (`extra.experiment.answer`).
+fn experiment_notes(run: &Run) -> Vec<String> {
+    run.results
+        .iter()
+        .filter(|r| r.kind == BenchKind::Prune && r.status.is_ok())
+        .filter_map(|r| {
+            let e = r.extra.get("experiment")?;
+            let answer = e.get("answer")?.as_str()?;
+            let spike = match r.extra.get("spike") {
+                Some(s) if !s.is_null() => format!(
+                    "; before pruning a high-frequency spike of {} features (density ≥ {:.3}) carried {:.1}% of L0",
+                    s["features"],
+                    s["min_density"].as_f64().unwrap_or(f64::NAN),
+                    s["l0_share"].as_f64().unwrap_or(f64::NAN) * 100.0
+                ),
+                _ => "; no high-frequency spike before pruning".to_string(),
+            };
+            Some(format!(
+                "{}: {} features removed; {answer}{spike}",
+                r.name,
+                r.metrics
+                    .get("pruned_features")
+                    .map_or("?".into(), |v| format!("{v:.0}"))
+            ))
+        })
+        .collect()
 }
 
 fn tokens_per_sec(r: &BenchResult) -> Option<f64> {
@@ -473,6 +546,7 @@ pub fn render(
         .iter()
         .map(|r| ((r.bench.as_str(), r.metric.as_str()), r))
         .collect();
+    let (feature_diff, feature_diff_missing) = feature_diffs(head);
     let quality = head
         .results
         .iter()
@@ -606,12 +680,25 @@ pub fn render(
         omitted_all_rows: 0,
         omitted_significant: 0,
         quality_metrics: QUALITY_METRICS.to_vec(),
+        feature_diff,
+        feature_diff_missing,
         quality,
         train_speed,
         op_speed,
         peak_note,
         env: env_rows(base.map(|b| &b.meta), &head.meta),
-        notes: cmp.map(|c| c.notes.clone()).unwrap_or_default(),
+        notes: cmp
+            .map(|c| c.notes.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(
+                head.meta
+                    .skipped
+                    .iter()
+                    .map(|(b, why)| format!("{b} did not run: {why}")),
+            )
+            .chain(experiment_notes(head))
+            .collect(),
         links,
         marker: crate::marker(&opt.key),
     };
@@ -790,6 +877,7 @@ mod tests {
             activation_sets: BTreeMap::new(),
             benchmarks: vec![],
             runner_version: "0".into(),
+            skipped: Default::default(),
         }
     }
 

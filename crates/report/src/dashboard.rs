@@ -1392,8 +1392,128 @@ struct BenchView {
     metrics: Vec<MetricView>,
     curves: Vec<svg::LineChart>,
     histogram: Option<svg::Histogram>,
+    /// Pruning benchmarks: the histogram before pruning, with the high-frequency cluster marked.
+    before_histogram: Option<svg::Histogram>,
+    /// The high-frequency cluster the spike rule found (docs/metrics.md, "spike"), in words.
+    spike: Option<String>,
+    /// The pruning experiment's answer.
+    experiment: Option<String>,
+    /// The dictionary's features matched with the baseline's (docs/feature-diff.md).
+    diff: Option<DiffView>,
     cards: Vec<crate::features::Card>,
     extra: Vec<(String, String)>,
+}
+
+/// `extra.feature_diff` of a training benchmark, for its run page: the counts, the band moves, the most-changed
+/// features and their top contexts under the head's and the base's dictionaries.
+#[derive(Serialize)]
+struct DiffView {
+    base_run: Option<String>,
+    unavailable: Option<String>,
+    counts: Vec<(String, String)>,
+    moves: Vec<(String, String, String)>,
+    changed: Vec<ChangedView>,
+    head_cards: Vec<crate::features::Card>,
+    base_cards: Vec<crate::features::Card>,
+    contexts_unavailable: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ChangedView {
+    kind: String,
+    base: String,
+    head: String,
+    cosine: String,
+    density: String,
+}
+
+fn diff_view(d: &serde_json::Value) -> DiffView {
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    let ids = |v: &serde_json::Value| match v {
+        serde_json::Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => "–".into(),
+    };
+    let num = |v: &serde_json::Value| v.as_f64().map_or("–".to_string(), |x| format!("{x:.3}"));
+    let counts = d["counts"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.replace('_', " "), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut moves = vec![];
+    if let Some(o) = d["band_moves"].as_object() {
+        for (from, to) in o {
+            for (t, n) in to.as_object().into_iter().flatten() {
+                if from != t && n.as_u64().unwrap_or(0) > 0 {
+                    moves.push((from.clone(), t.clone(), n.to_string()));
+                }
+            }
+        }
+    }
+    let changed = d["most_changed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| ChangedView {
+            kind: s(&c["kind"]).unwrap_or_default(),
+            base: ids(&c["base"]),
+            head: ids(&c["head"]),
+            cosine: num(&c["cosine"]),
+            density: format!("{} → {}", num(&c["base_density"]), num(&c["head_density"])),
+        })
+        .collect();
+    let cards = |side: &str| {
+        serde_json::from_value::<crate::features::FeatureFile>(d["contexts"][side].clone())
+            .map(|f| crate::features::cards(&f, 16))
+            .unwrap_or_default()
+    };
+    DiffView {
+        base_run: s(&d["base_run"]),
+        unavailable: s(&d["unavailable"]),
+        counts,
+        moves,
+        changed,
+        head_cards: cards("head"),
+        base_cards: cards("base"),
+        contexts_unavailable: s(&d["contexts_unavailable"]),
+    }
+}
+
+/// The spike of `extra.spike` in words: its size, density, share of L0 and the features it holds.
+fn spike_words(s: &serde_json::Value) -> Option<String> {
+    let n = s.get("features")?.as_u64()?;
+    let ids: Vec<String> = s
+        .get("feature_ids")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "high-frequency cluster: {n} features firing on ≥ {:.2}% of tokens (peak {:.2}%), carrying {:.1}% of L0{}",
+        s.get("min_density")?.as_f64()? * 100.0,
+        s.get("peak_density").and_then(|v| v.as_f64()).unwrap_or(f64::NAN) * 100.0,
+        s.get("l0_share")?.as_f64()? * 100.0,
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; features {}{}",
+                ids.join(", "),
+                if (ids.len() as u64) < n { ", …" } else { "" }
+            )
+        }
+    ))
 }
 
 fn run_page(
@@ -1480,13 +1600,28 @@ fn run_page(
             } else {
                 vec![]
             };
-            let histogram = r.extra.get("density_histogram").and_then(|h| {
+            let spike = r.extra.get("spike").filter(|s| !s.is_null());
+            let draw = |key: &str, mark: bool| {
                 let h: saeperf_sae::metrics::DensityHistogram =
-                    serde_json::from_value(h.clone()).ok()?;
-                Some(svg::density_histogram(
-                    h.lo, h.width, &h.counts, h.dead, 620.0, 220.0,
-                ))
-            });
+                    serde_json::from_value(r.extra.get(key)?.clone()).ok()?;
+                let mut g = svg::density_histogram(h.lo, h.width, &h.counts, h.dead, 620.0, 220.0);
+                if let Some(d) = spike
+                    .filter(|_| mark)
+                    .and_then(|s| s.get("min_density")?.as_f64())
+                {
+                    svg::mark_spike(&mut g, h.lo, h.width, d);
+                }
+                Some(g)
+            };
+            let is_prune = r.kind == BenchKind::Prune;
+            let histogram = draw("density_histogram", !is_prune);
+            let before_histogram = draw("before_density_histogram", true);
+            let spike_text = spike.and_then(spike_words);
+            let experiment = r
+                .extra
+                .get("experiment")
+                .and_then(|e| e.get("answer")?.as_str())
+                .map(str::to_string);
             let timing = (!r.samples.is_empty()).then(|| {
                 let mut s = format!(
                     "{} samples: median {}, min {}, max {}",
@@ -1506,7 +1641,15 @@ fn run_page(
             let mut extra: Vec<(String, String)> = Vec::new();
             if let Some(o) = r.extra.as_object() {
                 for (k, v) in o {
-                    if matches!(k.as_str(), "density_histogram" | "before_pruning") {
+                    if matches!(
+                        k.as_str(),
+                        "density_histogram"
+                            | "before_pruning"
+                            | "before_density_histogram"
+                            | "spike"
+                            | "experiment"
+                            | "feature_diff"
+                    ) {
                         continue;
                     }
                     let text = match v {
@@ -1544,6 +1687,10 @@ fn run_page(
                 metrics,
                 curves,
                 histogram,
+                before_histogram,
+                spike: spike_text,
+                experiment,
+                diff: r.extra.get("feature_diff").map(diff_view),
                 cards: cards
                     .get(&(run.meta.id.clone(), r.name.clone()))
                     .cloned()

@@ -395,6 +395,21 @@ pub struct Histogram {
     pub total: u64,
 }
 
+/// Marks the bars of a high-frequency cluster (every bin whose upper edge lies above `min_density`) with the class
+/// `spike`, for a histogram made by [`density_histogram`] with the same `lo` and `width`.
+pub fn mark_spike(h: &mut Histogram, lo: f64, width: f64, min_density: f64) {
+    if min_density.is_nan() || min_density <= 0.0 {
+        return;
+    }
+    let edge = min_density.log10();
+    for (i, b) in h.bars.iter_mut().skip(1).enumerate() {
+        if lo + width * (i as f64 + 1.0) > edge {
+            b.class = "spike".into();
+            b.title.push_str(" (high-frequency cluster)");
+        }
+    }
+}
+
 /// Histogram of `counts` in bins of `width` from `lo` (log10 density), plus `dead` drawn left of the axis.
 pub fn density_histogram(
     lo: f64,

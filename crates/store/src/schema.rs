@@ -58,6 +58,10 @@ pub struct RunMeta {
     /// Names of the benchmarks the run committed (filled at completion; `db check` verifies each one exists).
     pub benchmarks: Vec<String>,
     pub runner_version: String,
+    /// Benchmarks of the suite this run did not run, with the reason (e.g. the language-model set was not
+    /// prepared): what the run could not see, shown wherever the run is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped: BTreeMap<String, String>,
 }
 
 impl RunMeta {

@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Do not record counted cost (instructions, est_cycles under Valgrind; docs/verdicts.md, "Counted cost").
     #[arg(long)]
     pub no_count: bool,
+    /// Do not fetch and prepare the language-model activation set when it is missing (its benchmarks are then
+    /// skipped, and the run says so). Also `SAEPERF_NO_PREPARE=1`.
+    #[arg(long, env = "SAEPERF_NO_PREPARE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_prepare: bool,
 }
 
 /// Hidden `runner count-ops`: run each benchmark's work once inside the counted region (the child that
@@ -126,6 +130,7 @@ pub fn cmd_bench(db: Option<&Path>, a: BenchArgs, quiet: bool) -> Result<i32> {
         branch: a.branch,
         skip_ops: a.skip_ops,
         count: !a.no_count,
+        prepare_data: !a.no_prepare,
         progress: !quiet,
     };
     let repo = Repo::current();

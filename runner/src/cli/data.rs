@@ -57,12 +57,12 @@ pub struct PrepareArgs {
     #[arg(long, default_value_t = harvest::DEFAULT_CONTEXT)]
     pub context: usize,
     /// Evaluation contexts kept beside the set for loss recovered.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = harvest::DEFAULT_LOSS_CONTEXTS)]
     pub loss_contexts: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = harvest::DEFAULT_SEED)]
     pub seed: u64,
     /// Contexts per forward pass.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = harvest::DEFAULT_BATCH)]
     pub batch: usize,
     /// Output directory [default: $SAEPERF_HOME/sets/smollm2-brown-l{layer}-c{context}-t{train}-e{eval}].
     #[arg(long)]
