@@ -147,9 +147,12 @@ pub fn detect_spike(density: &[f64]) -> Option<Spike> {
         if c[peak] == 0 || c[peak] <= left || c[peak] < right {
             continue;
         }
-        let (valley, vcount) = (main + 1..peak)
+        let Some((valley, vcount)) = (main + 1..peak)
             .map(|i| (i, c[i]))
-            .min_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))?;
+            .min_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
+        else {
+            continue;
+        };
         if 2 * vcount > c[peak] {
             continue;
         }
