@@ -745,7 +745,14 @@ suite = "suite.toml"
         s.comments
             .push((40, "/saeperf ack tiny-relu mse I approve".into()));
         s.authors.insert(40, "drive-by".into());
-        for (id, m) in [(41, "mse"), (42, "fvu"), (43, "fve"), (44, "l0")] {
+        for (id, m) in [
+            (41, "mse"),
+            (42, "fvu"),
+            (43, "fve"),
+            (44, "l0"),
+            (45, "cossim"),
+            (46, "explained_variance"),
+        ] {
             s.comments.push((
                 id,
                 format!("/saeperf ack tiny-relu {m} fewer steps on purpose"),
@@ -793,7 +800,7 @@ suite = "suite.toml"
         .unwrap();
     let t: serde_json::Value = serde_json::from_slice(&triage.stdout).unwrap();
     let t = t.as_array().unwrap();
-    assert_eq!(t.len(), 4, "{t:?}");
+    assert_eq!(t.len(), 6, "{t:?}");
     assert_eq!(t[0]["by"], "maintainer");
     assert_eq!(t[0]["run"], run2.as_str());
 
