@@ -75,6 +75,29 @@ pub struct SaeCfg {
 }
 
 impl SaeCfg {
+    /// A configuration with only what inference needs: scaling factor 1 (raw units), b_dec subtracted from the input,
+    /// f32; the training fields zero and the activation set's digest empty (unknown). For dictionaries read from
+    /// another tool's files, and for tests.
+    pub fn inference(d_in: usize, d_sae: usize, architecture: Arch, k: Option<usize>) -> SaeCfg {
+        SaeCfg {
+            d_in,
+            d_sae,
+            architecture,
+            k,
+            l1_coefficient: 0.0,
+            scaling_factor: 1.0,
+            seed: 0,
+            steps: 0,
+            batch_size: 0,
+            lr: 0.0,
+            activation_set_sha256: String::new(),
+            hook_name: None,
+            pruned_features: 0,
+            dtype: "float32".into(),
+            apply_b_dec_to_input: true,
+        }
+    }
+
     /// The activation the encoder applies.
     pub fn activation(&self) -> Activation {
         match self.architecture {

@@ -312,6 +312,75 @@ fn tiny_llama_matches_plain_reference() {
     }
 }
 
+/// The evaluation that runs the clean and zero-ablated passes once (CleanPass, with the clean distribution kept as
+/// its negative entropy and expected output direction) gives the numbers of the three-pass reference, for a
+/// reconstruction that changes the residual, one that keeps it, and one that zeroes it.
+#[test]
+fn one_clean_pass_matches_the_three_pass_reference() {
+    use saeperf_sae::lm::contexts::Contexts;
+    use saeperf_sae::lm::loss::{spliced_losses, CleanPass};
+    let dir = tempfile::tempdir().unwrap();
+    let w = random_weights(CFG, 5, false);
+    let path = dir.path().join("tiny.gguf");
+    write_gguf(&path, CFG, &w, "llama", GgmlDType::F32);
+    let model = Llama::load(&path).unwrap();
+    let (n_ctx, seq, layer) = (5, 10, 1);
+    let ctx = Contexts {
+        len: seq,
+        tokens: tiny_tokens(n_ctx, seq),
+        doc: vec![0; n_ctx],
+        start: vec![0; n_ctx],
+    };
+    // Batches of 2: the last batch is short.
+    let clean = CleanPass::run(&model, &ctx, layer, 2, &mut |_| {}).unwrap();
+    assert_eq!(clean.batches(), 3);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let noise: Vec<f32> = (0..n_ctx * seq * CFG.d)
+        .map(|_| rng.random::<f32>() - 0.5)
+        .collect();
+    type Recon = Box<dyn Fn(&[f32]) -> Vec<f32>>;
+    let cases: [(&str, Recon); 3] = [
+        ("identity", Box::new(|rows: &[f32]| rows.to_vec())),
+        ("zeros", Box::new(|rows: &[f32]| vec![0.0; rows.len()])),
+        (
+            "perturbed",
+            Box::new(move |rows: &[f32]| {
+                rows.iter()
+                    .zip(&noise)
+                    .map(|(x, e)| 0.7 * x + 2.0 * e)
+                    .collect()
+            }),
+        ),
+    ];
+    for (name, f) in &cases {
+        let want =
+            spliced_losses(&model, &ctx, layer, 2, &mut |r, _| Ok(f(r)), &mut |_| {}).unwrap();
+        let got = clean
+            .spliced(&model, &mut |r, _| Ok(f(r)), &mut |_| {})
+            .unwrap();
+        let pairs = [
+            ("ce_clean", got.ce_clean, want.ce_clean),
+            ("ce_zero", got.ce_zero, want.ce_zero),
+            ("ce_sae", got.ce_sae, want.ce_sae),
+            ("kl_zero", got.kl_zero, want.kl_zero),
+            ("kl_div", got.kl_div, want.kl_div),
+            ("loss_recovered", got.loss_recovered, want.loss_recovered),
+        ];
+        for (k, g, w) in pairs {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{name}: {k} {g} vs reference {w}"
+            );
+        }
+        if *name == "perturbed" {
+            assert!(
+                want.kl_div > 1e-3,
+                "the perturbation must move the output: {want:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn tiny_llama_hook_replaces_the_residual() {
     let dir = tempfile::tempdir().unwrap();
@@ -570,6 +639,21 @@ fn real_model_end_to_end() {
     assert!((m.ce_sae - m.ce_clean).abs() < 1e-9);
     assert!((m.loss_recovered - 1.0).abs() < 1e-9);
     assert!(m.kl_div.abs() < 1e-6);
+    // The one-clean-pass evaluation agrees on the real model too, for a reconstruction that loses a fifth.
+    let clean = saeperf_sae::lm::loss::CleanPass::run(&model, &ctx, layer, 2, &mut |_| {}).unwrap();
+    let mut shrink = |rows: &[f32], _: usize| Ok(rows.iter().map(|v| 0.8 * v).collect());
+    let want = spliced_losses(&model, &ctx, layer, 2, &mut shrink, &mut |_| {}).unwrap();
+    let got = clean.spliced(&model, &mut shrink, &mut |_| {}).unwrap();
+    eprintln!("real model, residual × 0.8: three passes {want:?}, one pass {got:?}");
+    assert!(
+        (got.ce_sae - want.ce_sae).abs() < 1e-4,
+        "{got:?} vs {want:?}"
+    );
+    assert!(
+        (got.kl_div - want.kl_div).abs() < 1e-5,
+        "{got:?} vs {want:?}"
+    );
+    assert!((got.loss_recovered - want.loss_recovered).abs() < 1e-4);
 }
 
 // ---------------------------------------------------------------- harvest, loss recovered, features

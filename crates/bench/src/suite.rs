@@ -795,7 +795,7 @@ mod tests {
         }
         // The standard profile runs the pruning experiment next to its matched dictionary, trained first.
         let pos = |n: &str| st.benches.iter().position(|b| b.name() == n).unwrap();
-        assert!(pos("lm-relu-l1-wide") < pos("lm-prune-dense"));
+        assert!(pos("lm-relu-l1") < pos("lm-prune-dense"));
     }
 
     #[test]
@@ -824,7 +824,7 @@ mod tests {
         );
         let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("prepare = true makes the default"), "{e}");
-        text = DEFAULT_SUITE.replace("matched = \"lm-relu-l1-wide\"", "matched = \"nope\"");
+        text = DEFAULT_SUITE.replace("matched = \"lm-relu-l1\"", "matched = \"nope\"");
         let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(
             e.contains("matched = \"nope\" names no [[train]] entry"),

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use saeperf_kernels::Backend;
 use saeperf_sae::data::actset::ActivationSet;
 use saeperf_sae::data::synth::{self, SynthConfig};
+use saeperf_sae::lm::loss::{fill_lm, LmEval, LossOptions};
 use saeperf_sae::metrics::Metrics;
 use saeperf_sae::train::{Diverged, ResampleConfig, TrainConfig, TrainOverrides};
 use saeperf_store::{BenchKind, BenchResult, BenchStatus};
@@ -26,9 +27,15 @@ pub const MIN_BAND_SEEDS: usize = 3;
 /// The activation sets of a run, opened once.
 pub struct DataCtx {
     sets: BTreeMap<String, Result<ActivationSet, String>>,
+    /// Per set, its language-model evaluation (model sets only), opened by the first benchmark that needs it and
+    /// shared by the rest: the clean and zero-ablated passes run once per run, not once per dictionary.
+    lm: BTreeMap<String, LazyEval>,
     /// Optional prepared sets that are not there, with the reason: their benchmarks are skipped.
     pub skipped: BTreeMap<String, String>,
 }
+
+/// A set's [`LmEval`], opened on first use; the error is kept as its one-line text.
+type LazyEval = std::sync::OnceLock<Result<LmEval, String>>;
 
 /// Whether `runner bench` may make a missing set whose suite entry says `prepare = true`.
 #[derive(Debug, Clone, Copy)]
@@ -136,7 +143,8 @@ impl DataCtx {
             }
             sets.insert(name.clone(), opened.map_err(|e| format!("{e:#}")));
         }
-        Ok(DataCtx { sets, skipped })
+        let lm = sets.keys().map(|k| (k.clone(), LazyEval::new())).collect();
+        Ok(DataCtx { sets, lm, skipped })
     }
 
     /// An opened set by name.
@@ -198,9 +206,17 @@ pub(crate) fn train_config(t: &TrainSpec, seed: u64) -> TrainConfig {
 }
 
 /// The metrics of docs/metrics.md, plus loss recovered when the set was harvested from a model.
-fn evaluate(sae: &saeperf_kernels::Sae, set: &ActivationSet) -> Result<Metrics> {
+fn evaluate(sae: &saeperf_kernels::Sae, set: &ActivationSet, lm: &LazyEval) -> Result<Metrics> {
     let mut m = saeperf_sae::metrics::evaluate(sae, set)?;
-    saeperf_sae::lm::loss::fill_metrics(&mut m, set, sae, false)?;
+    if set.manifest().source_kind() == "model" {
+        let eval = lm
+            .get_or_init(|| {
+                LmEval::open(set, &LossOptions::default()).map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        fill_lm(&mut m, &eval.metrics(sae)?);
+    }
     Ok(m)
 }
 
@@ -273,6 +289,7 @@ fn one_seed<B: Backend>(
     t: &TrainSpec,
     prune: bool,
     set: &ActivationSet,
+    lm: &LazyEval,
     backend: &B,
     seed: u64,
 ) -> Result<SeedOutcome> {
@@ -288,9 +305,9 @@ fn one_seed<B: Backend>(
         let above = t
             .prune_above
             .expect("validated: pruning benchmarks have prune_above");
-        let before = evaluate(&out.sae, set).context("evaluating before pruning")?;
+        let before = evaluate(&out.sae, set, lm).context("evaluating before pruning")?;
         let (pruned, removed) = saeperf_sae::train::prune_dense(&out.sae, set, above)?;
-        let after = evaluate(&pruned, set).context("evaluating after pruning")?;
+        let after = evaluate(&pruned, set, lm).context("evaluating after pruning")?;
         extra["pruned_features"] = removed.len().into();
         let mut before_m = scalar_metrics(&before);
         drop_meaningless(&mut before_m, out.sae.cfg.d_sae, &mut notes);
@@ -309,7 +326,7 @@ fn one_seed<B: Backend>(
         );
         m
     } else {
-        let m = evaluate(&out.sae, set)?;
+        let m = evaluate(&out.sae, set, lm)?;
         extra["density_histogram"] = serde_json::to_value(&m.density_histogram)?;
         extra["spike"] = serde_json::to_value(&m)?["spike"].take();
         let mut m = scalar_metrics(&m);
@@ -379,7 +396,7 @@ pub fn run<B: Backend>(
     };
     let mut per_seed: Vec<SeedOutcome> = Vec::new();
     for i in 0..seeds_for(seeds, deterministic) {
-        match one_seed(t, prune, set, backend, t.seed + i as u64) {
+        match one_seed(t, prune, set, &ctx.lm[&t.data], backend, t.seed + i as u64) {
             Ok(o) => per_seed.push(o),
             Err(e) => {
                 let msg = format!("{e:#}");

@@ -4,7 +4,8 @@
 //!
 //! The shape read (tested against `saeperf_sae::lm::features::FeatureReport`; extra fields are ignored, missing optional ones default):
 //! `{ "d_sae", "eval_tokens", "features": [ { "index", "band", "density", "fires", "mean_activation",
-//! "max_activation", "top_tokens": [ { "text", "score" } ], "top_examples": [ { "activation", "doc", "pos", "focus",
+//! "max_activation", "top_tokens": [ { "text", "score" } ], "coherence": { "score", "percentile", "null_median",
+//! "null_p95" } | null, "top_examples": [ { "activation", "doc", "pos", "focus",
 //! "tokens": [ { "text", "activation": number | null } ] } ] } ] }`.
 
 use std::path::Path;
@@ -259,6 +260,27 @@ mod tests {
             words.starts_with("coherent: mean token cosine 0.400, percentile 0.99"),
             "{words}"
         );
+    }
+
+    #[test]
+    fn coherence_reads_in_words_and_is_absent_without_a_list() {
+        let c = |percentile| CoherenceIn {
+            score: 0.05,
+            percentile,
+            null_median: 0.04,
+            null_p95: 0.09,
+        };
+        assert_eq!(
+            coherence_words(&c(0.6)),
+            "no more coherent than random directions: mean token cosine 0.050, percentile 0.60 among random \
+             directions (median 0.040, 95th 0.090)"
+        );
+        assert!(coherence_words(&c(COHERENT_PERCENTILE)).starts_with("coherent: "));
+        // Files written before coherence existed, and cards with no list, read as no coherence.
+        let json = r#"{"features":[{"index":1,"density":0.0,"top_tokens":[]},
+          {"index":2,"density":0.1,"top_tokens":[{"text":"a"}],"coherence":null}]}"#;
+        let f: FeatureFile = serde_json::from_str(json).unwrap();
+        assert!(cards(&f, 8).iter().all(|c| c.coherence.is_none()));
     }
 
     #[test]

@@ -537,23 +537,7 @@ mod tests {
         use rand::SeedableRng;
         use saeperf_kernels::sae::{Arch, SaeCfg};
         let fsz = 2 * d;
-        let cfg = SaeCfg {
-            d_in: d,
-            d_sae: fsz,
-            architecture: Arch::Relu,
-            k: None,
-            l1_coefficient: 0.0,
-            scaling_factor: 1.0,
-            seed: 0,
-            steps: 0,
-            batch_size: 0,
-            lr: 0.0,
-            activation_set_sha256: String::new(),
-            hook_name: None,
-            pruned_features: 0,
-            dtype: "float32".into(),
-            apply_b_dec_to_input: true,
-        };
+        let cfg = SaeCfg::inference(d, fsz, Arch::Relu, None);
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let mut s = Sae::init(cfg, vec![0.0; d], 1.0, &mut rng);
         s.w_enc = vec![0.0; d * fsz];

@@ -3,7 +3,8 @@
 //! feature's density on the evaluation split, its top activating examples with about 20 tokens of
 //! surrounding Brown text and per-token activations, and the tokens whose unembedding best
 //! matches its decoder direction (decoder row times the final-norm gain, against the output
-//! layer).
+//! layer), with that list's coherence against the lists of random directions ([`token_coherence`],
+//! [`CoherenceNull`]; docs/metrics.md, "Token coherence").
 //!
 //! Bands (density = fraction of evaluation tokens on which the feature fires): dead = 0,
 //! ultralow < 1e-4, dense > 0.01 (the `dense_fraction` threshold of metrics.json), typical between.
@@ -113,13 +114,63 @@ pub struct Coherence {
 }
 
 /// The `n` tokens whose unembedding row best matches `dir` (largest dot product first): (score, token id).
+/// One direction of [`top_tokens_many`].
 pub fn top_tokens(w_out: &[f32], d: usize, dir: &[f32], n: usize) -> Vec<(f32, u32)> {
-    let mut scores: Vec<(f32, u32)> = w_out
-        .chunks_exact(d)
-        .enumerate()
-        .map(|(v, row)| (row.iter().zip(dir).map(|(a, b)| a * b).sum(), v as u32))
-        .collect();
-    top_of(&mut scores, n)
+    top_tokens_many(w_out, d, dir, n).pop().unwrap_or_default()
+}
+
+/// Directions scored against the unembedding in one pass of matrix products.
+const DIRS_PER_BLOCK: usize = 64;
+
+/// The unembedding match of feature cards and of the coherence null, for many directions at once: `dirs` is
+/// m × d row-major, `w_out` vocab × d row-major (the output matrix; see [`feature_report`] for which tensor), and
+/// row r of the answer is the `n` tokens v with the largest `w_out[v] · dirs[r]`, largest first, ties by lower id:
+/// (score, token id). The dot products are one SGEMM per block of [`DIRS_PER_BLOCK`] directions (so at most
+/// 64 × vocab scores are held at once), and each row's top `n` is selected in parallel.
+pub fn top_tokens_many(w_out: &[f32], d: usize, dirs: &[f32], n: usize) -> Vec<Vec<(f32, u32)>> {
+    use rayon::prelude::*;
+    use saeperf_kernels::ops::gemm::{sgemm, Trans};
+    if d == 0 || dirs.is_empty() {
+        return vec![];
+    }
+    assert_eq!(
+        w_out.len() % d,
+        0,
+        "top_tokens_many: w_out is not vocab × d"
+    );
+    assert_eq!(dirs.len() % d, 0, "top_tokens_many: dirs is not m × d");
+    let vocab = w_out.len() / d;
+    let m = dirs.len() / d;
+    if vocab == 0 {
+        return vec![vec![]; m];
+    }
+    let mut out = Vec::with_capacity(m);
+    let mut dots = vec![0f32; DIRS_PER_BLOCK.min(m) * vocab];
+    for block in dirs.chunks(DIRS_PER_BLOCK * d) {
+        let rows = block.len() / d;
+        let dots = &mut dots[..rows * vocab];
+        // [rows, d] · [vocab, d]ᵀ = [rows, vocab].
+        sgemm(
+            rows,
+            vocab,
+            d,
+            block,
+            Trans::N,
+            w_out,
+            Trans::T,
+            dots,
+            false,
+        );
+        out.par_extend(dots.par_chunks_exact(vocab).map(|row| {
+            let mut s: Vec<(f32, u32)> = row
+                .iter()
+                .enumerate()
+                .map(|(v, x)| (*x, v as u32))
+                .collect();
+            top_of(&mut s, n)
+        }));
+    }
+    out
 }
 
 fn top_of(scores: &mut Vec<(f32, u32)>, n: usize) -> Vec<(f32, u32)> {
@@ -133,7 +184,10 @@ fn top_of(scores: &mut Vec<(f32, u32)>, n: usize) -> Vec<(f32, u32)> {
     std::mem::take(scores)
 }
 
-/// Mean pairwise cosine of the embedding rows (`embed`, vocab × d) of `tokens`; None with fewer than two tokens.
+/// Mean pairwise cosine of the rows of `embed` (vocab × d row-major) of `tokens`, each unordered pair once (a token
+/// listed twice pairs with itself at cosine 1); None with fewer than two tokens. Feature cards pass the same matrix
+/// their list was ranked against (the output matrix; SmolLM2 ties it to the token embedding). A zero row has cosine
+/// 0 with everything.
 pub fn token_coherence(embed: &[f32], d: usize, tokens: &[u32]) -> Option<f64> {
     if tokens.len() < 2 {
         return None;
@@ -165,8 +219,16 @@ pub fn token_coherence(embed: &[f32], d: usize, tokens: &[u32]) -> Option<f64> {
     Some(sum / pairs as f64)
 }
 
-/// The coherence of the token lists of random directions: Gaussian directions in the residual space, scaled by the
-/// final norm's gain like a decoder direction, their top tokens found by the same unembedding match.
+/// The seed of the null's random directions, from the report's seed (so the null differs from the band sampling's
+/// stream, which uses the seed itself).
+pub fn null_seed(seed: u64) -> u64 {
+    seed ^ 0xc0de
+}
+
+/// The null distribution of [`token_coherence`]: the coherence of the token lists of random directions. Each
+/// direction is standard Gaussian in the residual space (ChaCha8 seeded by [`null_seed`]), times the final norm's
+/// gain as a decoder direction is; its list is its top `n_top` tokens by the same unembedding match as the cards
+/// ([`top_tokens_many`]), scored against the same matrix. Built once per report.
 #[derive(Debug, Clone)]
 pub struct CoherenceNull {
     /// Sorted ascending.
@@ -174,6 +236,7 @@ pub struct CoherenceNull {
 }
 
 impl CoherenceNull {
+    /// `w_out` vocab × d row-major, `gain` the d gains applied to every direction (ones where there is no norm).
     pub fn build(
         w_out: &[f32],
         gain: &[f32],
@@ -182,39 +245,19 @@ impl CoherenceNull {
         directions: usize,
         seed: u64,
     ) -> Self {
-        use rand::SeedableRng;
         use rand_distr::Distribution;
-        let vocab = w_out.len() / d.max(1);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xc0de);
-        let normal = rand_distr::StandardNormal;
+        assert_eq!(gain.len(), d, "CoherenceNull::build: gain length");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(null_seed(seed));
         let dirs: Vec<f32> = (0..directions * d)
             .map(|i| {
-                let z: f32 = normal.sample(&mut rng);
+                let z: f32 = rand_distr::StandardNormal.sample(&mut rng);
                 z * gain[i % d]
             })
             .collect();
-        // All directions against the whole vocabulary in one product: [directions, vocab].
-        let mut dots = vec![0f32; directions * vocab];
-        saeperf_kernels::ops::gemm::sgemm(
-            directions,
-            vocab,
-            d,
-            &dirs,
-            saeperf_kernels::ops::gemm::Trans::N,
-            w_out,
-            saeperf_kernels::ops::gemm::Trans::T,
-            &mut dots,
-            false,
-        );
-        let mut scores: Vec<f64> = dots
-            .chunks_exact(vocab.max(1))
-            .filter_map(|row| {
-                let mut s: Vec<(f32, u32)> = row
-                    .iter()
-                    .enumerate()
-                    .map(|(v, x)| (*x, v as u32))
-                    .collect();
-                let ids: Vec<u32> = top_of(&mut s, n_top).into_iter().map(|t| t.1).collect();
+        let mut scores: Vec<f64> = top_tokens_many(w_out, d, &dirs, n_top)
+            .iter()
+            .filter_map(|list| {
+                let ids: Vec<u32> = list.iter().map(|t| t.1).collect();
                 token_coherence(w_out, d, &ids)
             })
             .collect();
@@ -222,7 +265,7 @@ impl CoherenceNull {
         CoherenceNull { scores }
     }
 
-    /// The fraction of random directions whose score is at most `score`.
+    /// The fraction of random directions whose score is at most `score` (NaN for an empty null).
     pub fn percentile(&self, score: f64) -> f64 {
         if self.scores.is_empty() {
             return f64::NAN;
@@ -230,21 +273,26 @@ impl CoherenceNull {
         self.scores.partition_point(|s| *s <= score) as f64 / self.scores.len() as f64
     }
 
-    fn quantile(&self, q: f64) -> f64 {
+    /// The null score at quantile `q` (nearest rank).
+    pub fn quantile(&self, q: f64) -> f64 {
         if self.scores.is_empty() {
             return f64::NAN;
         }
-        let i = ((self.scores.len() - 1) as f64 * q).round() as usize;
+        let i = ((self.scores.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
         self.scores[i]
     }
 
-    pub fn judge(&self, score: f64) -> Coherence {
-        Coherence {
+    /// A card's score placed in the null; None for an empty null (no random direction had a list of two tokens).
+    pub fn judge(&self, score: f64) -> Option<Coherence> {
+        if self.scores.is_empty() {
+            return None;
+        }
+        Some(Coherence {
             score,
             percentile: self.percentile(score),
             null_median: self.quantile(0.5),
             null_p95: self.quantile(0.95),
-        }
+        })
     }
 }
 
@@ -401,6 +449,11 @@ pub fn feature_report(
     let doc_names: Vec<String> =
         serde_json::from_value(set.manifest().source["corpus"]["documents"].clone())
             .unwrap_or_else(|_| corpus.docs.iter().map(|d| d.id.clone()).collect());
+    // The matrix of the unembedding match and of token coherence: the output layer, `output.weight`, or the token
+    // embedding `token_embd.weight` when the model ties them (SmolLM2 does, so there it is the embedding). A
+    // direction u in the residual stream moves the logits by W_out · (g ⊙ u / rms) after the final RMSNorm with gain
+    // g; the 1/rms only rescales, so the cards rank tokens by W_out · (g ⊙ w_dec,j), and random directions get the
+    // same ⊙ g.
     let out_name = if gguf.has("output.weight") {
         "output.weight"
     } else {
@@ -432,6 +485,18 @@ pub fn feature_report(
     let mut doc_tokens: HashMap<u32, Vec<u32>> = HashMap::new();
     let before = opts.window * 3 / 4;
     let after = opts.window - before;
+
+    // Unembedding match of every chosen feature, in one product.
+    let dirs: Vec<f32> = chosen
+        .iter()
+        .flat_map(|&j| {
+            sae.w_dec[j * d..(j + 1) * d]
+                .iter()
+                .zip(&gain)
+                .map(|(w, g)| w * g)
+        })
+        .collect();
+    let mut card_tokens = top_tokens_many(&w_out, d, &dirs, opts.top_tokens).into_iter();
 
     let mut features = Vec::with_capacity(chosen.len());
     for &j in &chosen {
@@ -498,15 +563,9 @@ pub fn feature_report(
                 tokens,
             });
         }
-        // Unembedding match.
-        let dir: Vec<f32> = sae.w_dec[j * d..(j + 1) * d]
-            .iter()
-            .zip(&gain)
-            .map(|(w, g)| w * g)
-            .collect();
-        let scores = top_tokens(&w_out, d, &dir, opts.top_tokens);
+        let scores = card_tokens.next().unwrap_or_default();
         let ids: Vec<u32> = scores.iter().map(|s| s.1).collect();
-        let coherence = token_coherence(&w_out, d, &ids).map(|score| null.judge(score));
+        let coherence = token_coherence(&w_out, d, &ids).and_then(|score| null.judge(score));
         features.push(Feature {
             index: j,
             band: band(density),
@@ -594,16 +653,19 @@ mod coherence_tests {
     use super::*;
     use rand::Rng;
 
-    /// vocab 2000 × d 64: 20 tokens share a direction (plus noise), the rest are random.
+    const VOCAB: usize = 2000;
+    const D: usize = 64;
+    const CLUSTER: u32 = 20;
+
+    /// vocab 2000 × d 64: tokens 0..20 share a direction (plus noise), the rest are random; and the shared direction.
     fn embedding() -> (Vec<f32>, Vec<f32>) {
-        let (vocab, d) = (2000, 64);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-        let shared: Vec<f32> = (0..d).map(|_| rng.random::<f32>() - 0.5).collect();
-        let mut w = vec![0f32; vocab * d];
-        for v in 0..vocab {
-            for j in 0..d {
+        let shared: Vec<f32> = (0..D).map(|_| rng.random::<f32>() - 0.5).collect();
+        let mut w = vec![0f32; VOCAB * D];
+        for v in 0..VOCAB {
+            for j in 0..D {
                 let noise = rng.random::<f32>() - 0.5;
-                w[v * d + j] = if v < 20 {
+                w[v * D + j] = if v < CLUSTER as usize {
                     shared[j] + 0.3 * noise
                 } else {
                     noise
@@ -613,30 +675,208 @@ mod coherence_tests {
         (w, shared)
     }
 
+    fn ids(list: &[(f32, u32)]) -> Vec<u32> {
+        list.iter().map(|t| t.1).collect()
+    }
+
     #[test]
-    fn a_direction_of_similar_tokens_is_coherent_and_random_ones_are_not() {
+    fn a_direction_along_a_cluster_lists_it_and_beats_random_directions() {
         let (w, shared) = embedding();
-        let d = 64;
-        let gain = vec![1f32; d];
-        let null = CoherenceNull::build(&w, &gain, d, 10, 200, 0);
-        assert_eq!(null.scores.len(), 200);
-        let ids: Vec<u32> = top_tokens(&w, d, &shared, 10).iter().map(|t| t.1).collect();
-        assert!(ids.iter().all(|&t| t < 20), "{ids:?}");
-        let c = null.judge(token_coherence(&w, d, &ids).unwrap());
+        let null = CoherenceNull::build(&w, &[1.0; D], D, 10, NULL_DIRECTIONS, 0);
+        assert_eq!(null.scores.len(), NULL_DIRECTIONS);
+        assert!(null.scores.windows(2).all(|p| p[0] <= p[1]));
+        // The cluster's mean direction lists ten cluster tokens.
+        let mut mean = vec![0f32; D];
+        for v in 0..CLUSTER as usize {
+            for j in 0..D {
+                mean[j] += w[v * D + j] / CLUSTER as f32;
+            }
+        }
+        let list = ids(&top_tokens(&w, D, &mean, 10));
+        assert_eq!(list.len(), 10);
+        assert!(list.iter().all(|&t| t < CLUSTER), "{list:?}");
+        let c = null.judge(token_coherence(&w, D, &list).unwrap()).unwrap();
         assert!(c.percentile >= 0.99 && c.score > c.null_p95, "{c:?}");
-        // Random directions fall in the middle of the null, on the whole.
+        assert!(c.null_median <= c.null_p95 && c.score > 0.5, "{c:?}");
+        // So does the shared direction itself.
+        assert!(ids(&top_tokens(&w, D, &shared, 10))
+            .iter()
+            .all(|&t| t < CLUSTER));
+    }
+
+    #[test]
+    fn random_directions_fall_in_the_middle_of_the_null() {
+        let (w, _) = embedding();
+        let null = CoherenceNull::build(&w, &[1.0; D], D, 10, NULL_DIRECTIONS, 0);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
-        let mut pcts: Vec<f64> = (0..50)
-            .map(|_| {
-                let dir: Vec<f32> = (0..d).map(|_| rng.random::<f32>() - 0.5).collect();
-                let ids: Vec<u32> = top_tokens(&w, d, &dir, 10).iter().map(|t| t.1).collect();
-                null.percentile(token_coherence(&w, d, &ids).unwrap())
-            })
+        let dirs: Vec<f32> = (0..50 * D).map(|_| rng.random::<f32>() - 0.5).collect();
+        let mut pcts: Vec<f64> = top_tokens_many(&w, D, &dirs, 10)
+            .iter()
+            .map(|l| null.percentile(token_coherence(&w, D, &ids(l)).unwrap()))
             .collect();
+        assert_eq!(pcts.len(), 50);
         pcts.sort_by(f64::total_cmp);
         assert!((0.2..=0.8).contains(&pcts[25]), "{pcts:?}");
-        // Identical tokens score 1; fewer than two have no score.
-        assert!((token_coherence(&w, d, &[5, 5, 5]).unwrap() - 1.0).abs() < 1e-9);
-        assert_eq!(token_coherence(&w, d, &[5]), None);
+        // Spread, not piled at one end.
+        assert!(pcts[5] < 0.5 && pcts[44] > 0.5, "{pcts:?}");
+    }
+
+    #[test]
+    fn identical_tokens_score_one_and_short_lists_none() {
+        let (w, _) = embedding();
+        assert!((token_coherence(&w, D, &[5, 5, 5]).unwrap() - 1.0).abs() < 1e-9);
+        assert_eq!(token_coherence(&w, D, &[5]), None);
+        assert_eq!(token_coherence(&w, D, &[]), None);
+        // Orthogonal rows score 0, opposite rows -1, and a zero row pairs at 0.
+        let e = [1.0, 0.0, 0.0, 2.0, -3.0, 0.0, 0.0, 0.0];
+        assert!(token_coherence(&e, 2, &[0, 1]).unwrap().abs() < 1e-12);
+        assert!((token_coherence(&e, 2, &[0, 2]).unwrap() + 1.0).abs() < 1e-12);
+        assert_eq!(token_coherence(&e, 2, &[0, 3]), Some(0.0));
+        // Mean over the three pairs of {0, 0, 1}: (1 + 0 + 0) / 3.
+        assert!((token_coherence(&e, 2, &[0, 0, 1]).unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_batched_match_is_the_plain_loop() {
+        let (w, _) = embedding();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        // 70 directions: more than one block of the product.
+        let m = DIRS_PER_BLOCK + 6;
+        let dirs: Vec<f32> = (0..m * D).map(|_| rng.random::<f32>() - 0.5).collect();
+        let many = top_tokens_many(&w, D, &dirs, 10);
+        assert_eq!(many.len(), m);
+        for (r, got) in many.iter().enumerate() {
+            let dir = &dirs[r * D..(r + 1) * D];
+            let mut want: Vec<(f64, u32)> = w
+                .chunks_exact(D)
+                .enumerate()
+                .map(|(v, row)| {
+                    let s = row
+                        .iter()
+                        .zip(dir)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                    (s, v as u32)
+                })
+                .collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0));
+            assert_eq!(
+                ids(got),
+                want[..10].iter().map(|t| t.1).collect::<Vec<_>>(),
+                "direction {r}"
+            );
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g.0 as f64 - w.0).abs() < 1e-4,
+                    "direction {r}: {g:?} vs {w:?}"
+                );
+            }
+            // One direction alone is the same list (the product's last bits may differ with the block's size).
+            assert_eq!(ids(&top_tokens(&w, D, dir, 10)), ids(got), "direction {r}");
+        }
+        // More tokens asked than exist, and no directions.
+        assert_eq!(top_tokens(&w[..3 * D], D, &dirs[..D], 10).len(), 3);
+        assert!(top_tokens_many(&w, D, &[], 10).is_empty());
+    }
+
+    #[test]
+    fn percentiles_count_ties_as_at_or_below_and_the_null_is_seeded() {
+        let null = CoherenceNull {
+            scores: vec![0.1, 0.2, 0.2, 0.3],
+        };
+        assert_eq!(null.percentile(0.05), 0.0);
+        assert_eq!(null.percentile(0.2), 0.75);
+        assert_eq!(null.percentile(0.3), 1.0);
+        assert_eq!(null.quantile(0.5), 0.2);
+        assert_eq!(null.quantile(1.0), 0.3);
+        let c = null.judge(0.25).unwrap();
+        assert_eq!((c.percentile, c.null_median, c.null_p95), (0.75, 0.2, 0.3));
+        assert_eq!(CoherenceNull { scores: vec![] }.judge(0.5), None);
+        // A list of one token has no score, so neither has the null.
+        let (w, _) = embedding();
+        assert!(CoherenceNull::build(&w, &[1.0; D], D, 1, 20, 0)
+            .scores
+            .is_empty());
+        // The same seed gives the same null; another seed another.
+        let a = CoherenceNull::build(&w, &[1.0; D], D, 10, 30, 1);
+        assert_eq!(
+            a.scores,
+            CoherenceNull::build(&w, &[1.0; D], D, 10, 30, 1).scores
+        );
+        assert_ne!(
+            a.scores,
+            CoherenceNull::build(&w, &[1.0; D], D, 10, 30, 2).scores
+        );
+    }
+
+    #[test]
+    fn the_table_shows_each_cards_percentile() {
+        let feature = |index, coherence| Feature {
+            index,
+            band: "typical",
+            density: 0.001,
+            fires: 3,
+            mean_activation: 1.0,
+            max_activation: 2.0,
+            top_examples: vec![],
+            top_tokens: vec![TokenScore {
+                id: 1,
+                text: " a".into(),
+                score: 0.5,
+            }],
+            coherence,
+        };
+        let r = FeatureReport {
+            dict: "d".into(),
+            data: "x".into(),
+            eval_tokens: 1000,
+            d_sae: 2,
+            band_rule: serde_json::json!({}),
+            band_counts: ["dead", "ultralow", "typical", "dense"]
+                .into_iter()
+                .map(|b| (b, 0))
+                .collect(),
+            features: vec![
+                feature(
+                    0,
+                    Some(Coherence {
+                        score: 0.4,
+                        percentile: 0.995,
+                        null_median: 0.1,
+                        null_p95: 0.2,
+                    }),
+                ),
+                feature(1, None),
+            ],
+        };
+        let t = render_table(&r);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].contains("coh pct"), "{t}");
+        assert!(
+            lines[2].contains(" 0.99 ") || lines[2].contains(" 1.00 "),
+            "{t}"
+        );
+        let cells: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(cells[4], "-", "{t}");
+    }
+
+    /// The null at SmolLM2's size (vocab 49,152 × d 576, 200 directions, top 10); a timing to run by hand:
+    /// `cargo test -p saeperf-sae --lib null_at_model_size -- --ignored --nocapture` (add `--release`).
+    #[test]
+    #[ignore]
+    fn null_at_model_size() {
+        let (vocab, d) = (49_152, 576);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let w: Vec<f32> = (0..vocab * d).map(|_| rng.random::<f32>() - 0.5).collect();
+        let t = std::time::Instant::now();
+        let null = CoherenceNull::build(&w, &vec![1.0; d], d, 10, NULL_DIRECTIONS, 0);
+        let dt = t.elapsed();
+        eprintln!(
+            "null of {NULL_DIRECTIONS} directions at {vocab} × {d}: {dt:?} on {} threads (median {:.4}, p95 {:.4})",
+            rayon::current_num_threads(),
+            null.quantile(0.5),
+            null.quantile(0.95)
+        );
+        assert_eq!(null.scores.len(), NULL_DIRECTIONS);
     }
 }

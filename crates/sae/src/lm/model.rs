@@ -244,8 +244,13 @@ impl Llama {
     /// Final norm and output layer: residual `[batch, seq, d]` -> logits `[batch, seq, vocab]`.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor, LmError> {
         let (b, t, d) = x.dims3()?;
-        let h = self.rms_norm(x, &self.out_norm)?.reshape((b * t, d))?;
+        let h = self.final_norm(x)?.reshape((b * t, d))?;
         Ok(h.matmul(&self.w_out_t)?.reshape((b, t, self.cfg.vocab))?)
+    }
+
+    /// The final norm alone: residual `[.., d]` -> the output layer's input `[.., d]` (logits = this · unembedding).
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor, LmError> {
+        self.rms_norm(x, &self.out_norm)
     }
 
     /// The full forward pass: logits `[batch, seq, vocab]`.
