@@ -22,27 +22,29 @@ fn train(home: &Path, data: &Path, out: &Path, args: &[&str]) -> serde_json::Val
 }
 
 /// A plain recomputation of the metrics straight from the files: no saeperf code involved.
-struct Plain {
-    mse: f64,
-    l0: f64,
-    l1: f64,
-    fvu: f64,
-    dead: f64,
-    dense: f64,
-    density: Vec<f64>,
-    cossim: f64,
-    l2_ratio: f64,
-    bias: f64,
-    explained_variance: f64,
+pub(crate) struct Plain {
+    pub(crate) mse: f64,
+    pub(crate) l0: f64,
+    pub(crate) l1: f64,
+    pub(crate) fvu: f64,
+    pub(crate) dead: f64,
+    pub(crate) dense: f64,
+    pub(crate) density: Vec<f64>,
+    pub(crate) cossim: f64,
+    pub(crate) l2_ratio: f64,
+    pub(crate) bias: f64,
+    pub(crate) explained_variance: f64,
 }
 
-fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usize>) -> Plain {
+/// Inputs are scaled by cfg.json's `scaling_factor` when it has one (saeperf's own layout), else taken raw (an
+/// exported dictionary, folded to raw units): the forward SAELens runs on the exported files.
+pub(crate) fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usize>) -> Plain {
     let cfg = read_json(&dict.join("cfg.json"));
     let (d, fs) = (
         cfg["d_in"].as_u64().unwrap() as usize,
         cfg["d_sae"].as_u64().unwrap() as usize,
     );
-    let scale = cfg["scaling_factor"].as_f64().unwrap();
+    let scale = cfg["scaling_factor"].as_f64().unwrap_or(1.0);
     let topk = cfg["architecture"] == "topk";
     let k = cfg["k"].as_u64().unwrap_or(0) as usize;
     let w = dict.join("sae_weights.safetensors");
@@ -150,7 +152,7 @@ fn close(a: f64, b: f64, what: &str) {
     );
 }
 
-fn manifest_split(data: &Path) -> (usize, usize) {
+pub(crate) fn manifest_split(data: &Path) -> (usize, usize) {
     let m = read_json(&data.join("manifest.json"));
     (
         m["n_train"].as_u64().unwrap() as usize,

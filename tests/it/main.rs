@@ -6,6 +6,7 @@ mod common;
 mod cuda;
 mod dashboard;
 mod engine;
+mod formats;
 mod lm;
 mod report;
 mod schedule;

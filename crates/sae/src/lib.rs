@@ -6,6 +6,7 @@
 //!   recovered, feature contexts;
 //! - [`train`]: the training loop, generic over the kernels' `Backend`, with resampling and pruning;
 //! - [`metrics`]: a dictionary's quality metrics (metrics.json), defined in docs/metrics.md;
+//! - [`formats`]: the field's dictionary layouts (SAELens), exported to and read from, docs/formats.md;
 //! - [`diff`]: the feature diff of two dictionaries (features matched by decoder cosine), docs/feature-diff.md;
 //! - [`home`]: `$SAEPERF_HOME`, the one cache directory every command uses.
 //!
@@ -14,6 +15,7 @@
 
 pub mod data;
 pub mod diff;
+pub mod formats;
 pub mod home;
 pub mod lm;
 pub mod metrics;

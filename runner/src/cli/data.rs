@@ -193,7 +193,7 @@ fn cmd_prepare(a: PrepareArgs, quiet: bool) -> Result<i32> {
 }
 
 pub fn cmd_features(a: FeaturesArgs) -> Result<i32> {
-    let sae = saeperf_kernels::Sae::load(&a.dict)
+    let sae = saeperf_sae::formats::load(&a.dict)
         .with_context(|| format!("loading the dictionary in {}", a.dict.display()))?;
     let set = ActivationSet::open(&a.data)?;
     let opts = FeatureOptions {

@@ -53,6 +53,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Compute metrics.json for a saved dictionary on an activation set's evaluation split.
     Eval(train::EvalArgs),
+    /// Write a dictionary in another tool's layout (SAELens), folded to raw units.
+    Export(train::ExportArgs),
     /// Activation sets.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -141,6 +143,7 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Train(a) => train::cmd_train(a, cli.quiet),
         Command::Eval(a) => train::cmd_eval(a),
+        Command::Export(a) => train::cmd_export(a),
         Command::Data(c) => data::run(c, cli.quiet),
         Command::Features(a) => data::cmd_features(a),
         Command::Bench(a) => bench::cmd_bench(db, a, cli.quiet),

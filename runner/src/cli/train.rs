@@ -70,7 +70,7 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Dictionary directory (cfg.json + sae_weights.safetensors).
+    /// Dictionary directory: saeperf's own, or SAELens' (cfg.json + sae_weights.safetensors; docs/formats.md).
     #[arg(long)]
     pub dict: PathBuf,
     /// Activation set directory.
@@ -79,6 +79,37 @@ pub struct EvalArgs {
     /// Where to write metrics.json [default: DICT/metrics.json].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The layouts `runner export` writes.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// SAELens (`SAE.load_from_disk(dir)`): cfg.json + sae_weights.safetensors.
+    Saelens,
+    /// dictionary_learning (`utils.load_dictionary(dir)`): ae.pt + config.json.
+    DictionaryLearning,
+    /// EleutherAI sparsify (`SparseCoder.load_from_disk(dir)`): cfg.json + sae.safetensors; TopK only.
+    Sparsify,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Dictionary directory (saeperf's own, or one of the layouts `runner eval` reads).
+    #[arg(long)]
+    pub dict: PathBuf,
+    /// Output directory (created; files in it are replaced).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The activation set the dictionary was trained on: its hook point is recorded in the export's metadata.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The model's name as SAELens knows it, for the export's metadata (e.g. HuggingFaceTB/SmolLM2-135M).
+    #[arg(long)]
+    pub model_name: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -163,8 +194,26 @@ pub fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
     }
     let out = train::train(&sel.backend, &cfg, &set, progress)?;
     out.sae.save(&a.out)?;
-    let mut m = metrics::evaluate(&out.sae, &set)?;
-    saeperf_sae::lm::loss::fill_metrics(&mut m, &set, &out.sae, !quiet && !a.json)?;
+    // The clean and zero-ablated passes run once, for the dictionary and (with --prune-above) its pruned copy.
+    let lm = (set.manifest().source_kind() == "model")
+        .then(|| {
+            saeperf_sae::lm::loss::LmEval::open(
+                &set,
+                &saeperf_sae::lm::loss::LossOptions {
+                    progress,
+                    ..Default::default()
+                },
+            )
+        })
+        .transpose()?;
+    let evaluate = |sae: &Sae| -> anyhow::Result<metrics::Metrics> {
+        let mut m = metrics::evaluate(sae, &set)?;
+        if let Some(lm) = &lm {
+            saeperf_sae::lm::loss::fill_lm(&mut m, &lm.metrics(sae)?);
+        }
+        Ok(m)
+    };
+    let mut m = evaluate(&out.sae)?;
     m.tokens_per_sec = Some(out.tokens_per_sec);
     m.wall_secs = Some(out.wall_secs);
     m.write(&a.out.join("metrics.json"))?;
@@ -181,8 +230,7 @@ pub fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
         let (pruned, removed) = train::prune_dense(&out.sae, &set, thr)?;
         let dir = a.out.join("pruned");
         pruned.save(&dir)?;
-        let mut pm = metrics::evaluate(&pruned, &set)?;
-        saeperf_sae::lm::loss::fill_metrics(&mut pm, &set, &pruned, !quiet && !a.json)?;
+        let pm = evaluate(&pruned)?;
         pm.write(&dir.join("metrics.json"))?;
         report["pruning"] = serde_json::json!({
             "threshold": thr, "removed": removed.len(), "removed_features": removed,
@@ -220,8 +268,57 @@ pub fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
     Ok(0)
 }
 
+pub fn cmd_export(a: ExportArgs) -> Result<i32> {
+    use saeperf_sae::formats;
+    let sae = formats::load(&a.dict)?;
+    let (hook_name, layer) = match &a.data {
+        Some(dir) => {
+            let set = ActivationSet::open(dir)?;
+            let params = &set.manifest().source["params"];
+            (
+                params["hook"].as_str().map(String::from),
+                params["layer"].as_u64().map(|l| l as usize),
+            )
+        }
+        None => (None, None),
+    };
+    let prov = formats::saelens::Provenance {
+        model_name: a.model_name.clone(),
+        hook_name,
+    };
+    let name = match a.format {
+        ExportFormat::Saelens => {
+            formats::saelens::write(&sae, &a.out, &prov)?;
+            "SAELens"
+        }
+        ExportFormat::DictionaryLearning => {
+            formats::dictionary_learning::write(&sae, &a.out, a.model_name.as_deref(), layer)?;
+            "dictionary_learning"
+        }
+        ExportFormat::Sparsify => {
+            formats::sparsify::write(&sae, &a.out)?;
+            "sparsify"
+        }
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"format": name, "dictionary": a.dict, "out": a.out,
+                "scaling_factor_folded": sae.cfg.scaling_factor})
+        );
+    } else {
+        println!(
+            "{} → {} ({name} layout; scaling factor {} folded into the weights, so it takes raw activations)",
+            a.dict.display(),
+            a.out.display(),
+            sae.cfg.scaling_factor
+        );
+    }
+    Ok(0)
+}
+
 pub fn cmd_eval(a: EvalArgs) -> Result<i32> {
-    let sae = Sae::load(&a.dict)?;
+    let sae = saeperf_sae::formats::load(&a.dict)?;
     let set = ActivationSet::open(&a.data)?;
     let mut m = metrics::evaluate(&sae, &set)?;
     saeperf_sae::lm::loss::fill_metrics(&mut m, &set, &sae, !a.json)?;
