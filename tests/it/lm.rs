@@ -793,7 +793,9 @@ fn real_harvest_loss_recovered_and_features() {
     );
     let empty = identity_sae(576, 0.5, false);
     let lr0 = saeperf_sae::lm::loss_recovered(&set, &empty).unwrap();
-    assert!(lr0.loss_recovered.abs() < 1e-9, "{lr0:?}");
+    // ce_zero comes from the clean pass and ce_sae from the one spliced pass (another order of float operations),
+    // so they agree to about 1e-8, not exactly.
+    assert!(lr0.loss_recovered.abs() < 1e-6, "{lr0:?}");
     assert_eq!(lr0.ce_clean, lr.ce_clean);
 
     // Feature contexts: readable Brown text around each top activation.
