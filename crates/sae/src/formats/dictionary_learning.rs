@@ -65,15 +65,10 @@ pub fn write(sae: &Sae, out: &Path, lm_name: Option<&str>, layer: Option<usize>)
     }
     let cfg = json!({
         "trainer": trainer,
-        "saeperf": { "scaling_factor_folded": sae.cfg.scaling_factor, "cfg": sae.cfg },
+        "saeperf": super::saeperf_block(sae),
     });
     write_torch_state_dict(&out.join(WEIGHTS_FILE), &tensors)?;
-    let cpath = out.join(CFG_FILE);
-    saeperf_kernels::sae::write_atomic(
-        &cpath,
-        &serde_json::to_vec_pretty(&cfg).expect("serialises"),
-    )
-    .with_context(|| format!("{}", cpath.display()))
+    super::write_json(&out.join(CFG_FILE), &cfg)
 }
 
 /// Reads a dictionary_learning directory (`AutoEncoder` and `AutoEncoderTopK`; other classes refused in one line).

@@ -171,6 +171,18 @@ fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// The `saeperf` object every export carries (the other tools ignore it): the folded factor and the configuration,
+/// which [`restore_saeperf`] reads back.
+fn saeperf_block(sae: &Sae) -> serde_json::Value {
+    serde_json::json!({ "scaling_factor_folded": sae.cfg.scaling_factor, "cfg": sae.cfg })
+}
+
+/// Writes `value` as pretty JSON, atomically.
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_vec_pretty(value).expect("a JSON value serialises");
+    saeperf_kernels::sae::write_atomic(path, &text).with_context(|| format!("{}", path.display()))
+}
+
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
     serde_json::from_slice(&text).with_context(|| format!("{}: not valid JSON", path.display()))

@@ -49,10 +49,7 @@ pub fn write(sae: &Sae, out: &Path, prov: &Provenance) -> Result<()> {
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": { "sae_lens_version": SAE_LENS_VERSION },
-        "saeperf": {
-            "scaling_factor_folded": sae.cfg.scaling_factor,
-            "cfg": sae.cfg,
-        },
+        "saeperf": super::saeperf_block(sae),
     });
     if sae.cfg.architecture == Arch::TopK {
         cfg["k"] = json!(sae.cfg.k);
@@ -74,10 +71,7 @@ pub fn write(sae: &Sae, out: &Path, prov: &Provenance) -> Result<()> {
             ("b_dec", vec![d], &folded.b_dec),
         ],
     )?;
-    let cpath = out.join(CFG_FILE);
-    let text = serde_json::to_vec_pretty(&cfg).expect("cfg serialises");
-    saeperf_kernels::sae::write_atomic(&cpath, &text)
-        .with_context(|| format!("{}", cpath.display()))
+    super::write_json(&out.join(CFG_FILE), &cfg)
 }
 
 /// Reads a SAELens directory (see the module doc for what is tolerated and what is refused).

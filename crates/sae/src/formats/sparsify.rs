@@ -34,7 +34,7 @@ pub fn write(sae: &Sae, out: &Path) -> Result<()> {
         "skip_connection": false,
         "transcode": false,
         "d_in": d,
-        "saeperf": { "scaling_factor_folded": sae.cfg.scaling_factor, "cfg": sae.cfg },
+        "saeperf": super::saeperf_block(sae),
     });
     super::write_f32(
         &out.join(WEIGHTS_FILE),
@@ -49,12 +49,7 @@ pub fn write(sae: &Sae, out: &Path) -> Result<()> {
             ("b_dec", vec![d], &folded.b_dec),
         ],
     )?;
-    let cpath = out.join(CFG_FILE);
-    saeperf_kernels::sae::write_atomic(
-        &cpath,
-        &serde_json::to_vec_pretty(&cfg).expect("serialises"),
-    )
-    .with_context(|| format!("{}", cpath.display()))
+    super::write_json(&out.join(CFG_FILE), &cfg)
 }
 
 /// Reads a sparsify directory; a configuration saeperf cannot run exactly is refused in one line naming the key.
