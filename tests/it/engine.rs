@@ -36,8 +36,10 @@ pub(crate) struct Plain {
     pub(crate) explained_variance: f64,
 }
 
-/// Inputs are scaled by cfg.json's `scaling_factor` when it has one (saeperf's own layout), else taken raw (an
-/// exported dictionary, folded to raw units): the forward SAELens runs on the exported files.
+/// The forward SAELens runs on the files: raw inputs through the folded weights. Where cfg.json has saeperf's block
+/// (`saeperf.scaling_factor_folded`, what `runner train` and every export write), inputs and reconstructions are then
+/// multiplied by that factor, so the numbers are in the scaled units saeperf reports; a legacy native directory
+/// (top-level `scaling_factor`, unfolded weights) scales the inputs before the forward instead.
 pub(crate) fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usize>) -> Plain {
     let cfg = read_json(&dict.join("cfg.json"));
     let (d, fs) = (
@@ -45,6 +47,9 @@ pub(crate) fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usiz
         cfg["d_sae"].as_u64().unwrap() as usize,
     );
     let scale = cfg["scaling_factor"].as_f64().unwrap_or(1.0);
+    let post = cfg["saeperf"]["scaling_factor_folded"]
+        .as_f64()
+        .unwrap_or(1.0);
     let topk = cfg["architecture"] == "topk";
     let k = cfg["k"].as_u64().unwrap_or(0) as usize;
     let w = dict.join("sae_weights.safetensors");
@@ -65,7 +70,7 @@ pub(crate) fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usiz
         })
         .collect();
     let mean: Vec<f64> = (0..d)
-        .map(|j| xs.iter().map(|r| r[j]).sum::<f64>() / n as f64)
+        .map(|j| xs.iter().map(|r| r[j]).sum::<f64>() / n as f64 * post)
         .collect();
     let (mut sse, mut sst, mut l0, mut l1) = (0.0, 0.0, 0.0, 0.0);
     let mut fired = vec![0usize; fs];
@@ -93,8 +98,13 @@ pub(crate) fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usiz
         }
         f.iter_mut().for_each(|v| *v = v.max(0.0));
         let xh: Vec<f64> = (0..d)
-            .map(|j| b_dec[j] as f64 + (0..fs).map(|i| f[i] * w_dec[i * d + j] as f64).sum::<f64>())
+            .map(|j| {
+                (b_dec[j] as f64 + (0..fs).map(|i| f[i] * w_dec[i * d + j] as f64).sum::<f64>())
+                    * post
+            })
             .collect();
+        let xr: Vec<f64> = xr.iter().map(|v| v * post).collect();
+        let xr = &xr;
         for j in 0..d {
             sse += (xr[j] - xh[j]).powi(2);
             sst += (xr[j] - mean[j]).powi(2);
@@ -491,7 +501,7 @@ fn pruning_removes_exactly_the_dense_features_and_lowers_l0() {
     let cfg = read_json(&pruned.join("cfg.json"));
     assert_eq!(cfg["d_sae"].as_u64().unwrap() as usize, 64 - want.len());
     assert_eq!(
-        cfg["pruned_features"].as_u64().unwrap() as usize,
+        cfg["saeperf"]["cfg"]["pruned_features"].as_u64().unwrap() as usize,
         want.len()
     );
     let (l0_before, l0_after) = (

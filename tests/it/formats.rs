@@ -60,7 +60,8 @@ fn saelens_export_round_trips_and_keeps_fvu_and_l0_on_raw_activations() {
                 "--d-sae", "64", "--steps", "200", "--batch", "256", "--lr", "1e-2",
             ])
             .args(&extra));
-        let scale = read_json(&dict.join("cfg.json"))["scaling_factor"]
+        // `runner train` writes SAELens' layout, folded, with the factor in the saeperf block.
+        let scale = read_json(&dict.join("cfg.json"))["saeperf"]["scaling_factor_folded"]
             .as_f64()
             .unwrap();
         assert!(
@@ -84,6 +85,11 @@ fn saelens_export_round_trips_and_keeps_fvu_and_l0_on_raw_activations() {
             .arg(&data));
         let cfg = read_json(&exp.join("cfg.json"));
         assert!(cfg.get("scaling_factor").is_none(), "{cfg}");
+        assert_eq!(
+            cfg,
+            read_json(&dict.join("cfg.json")),
+            "the export is the layout `runner train` wrote"
+        );
         assert_eq!(cfg["metadata"]["sae_lens_version"], "6.54.12");
 
         // Round trip: every metric as before (folding changes a weight by at most one unit in the last place).
@@ -203,5 +209,94 @@ fn saelens_export_round_trips_and_keeps_fvu_and_l0_on_raw_activations() {
             "{err}"
         );
         assert!(!out_json.exists());
+    }
+}
+
+/// The field's own packages load what saeperf writes: SAELens (`SAE.load_from_disk`) reads `runner train`'s
+/// directory as it is, dictionary_learning (`utils.load_dictionary`) and sparsify (`SparseCoder.load_from_disk`)
+/// read `runner export`'s, and each one's encode/decode on raw activations gives the FVU and L0 `runner eval`
+/// reported (tests/interop/field_load.py). The packages live in the venv `.ci/run` creates; its python is named by
+/// `SAEPERF_FIELD_PYTHON`. Without it the test says so and passes, except in CI, where it fails.
+#[test]
+fn the_fields_packages_load_the_dictionaries() {
+    let Some(python) = std::env::var_os("SAEPERF_FIELD_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "SAEPERF_FIELD_PYTHON is not set: .ci/run installs sae-lens, dictionary-learning and eai-sparsify \
+             into a venv and names its python there"
+        );
+        eprintln!(
+            "skipped: SAEPERF_FIELD_PYTHON names no python with sae-lens, dictionary-learning and eai-sparsify"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, data) = (tmp.path().join("home"), tmp.path().join("set"));
+    synth(&home, &data);
+    let (n_train, n_tokens) = manifest_split(&data);
+    let mut dicts: Vec<(String, std::path::PathBuf, serde_json::Value)> = vec![];
+    for (name, extra) in [
+        ("relu", vec!["--l1", "1"]),
+        ("topk", vec!["--arch", "topk", "--k", "4"]),
+    ] {
+        let dict = tmp.path().join(name);
+        ok(runner(&home)
+            .args(["train", "--quiet", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&dict)
+            .args([
+                "--d-sae", "64", "--steps", "200", "--batch", "256", "--lr", "1e-2",
+            ])
+            .args(&extra));
+        let m = eval(
+            &home,
+            &dict,
+            &data,
+            &tmp.path().join(format!("{name}.json")),
+        );
+        dicts.push(("saelens".into(), dict.clone(), m.clone()));
+        let mut formats = vec!["dictionary-learning"];
+        if name == "topk" {
+            formats.push("sparsify");
+        }
+        for fmt in formats {
+            let out = tmp.path().join(format!("{name}-{fmt}"));
+            ok(runner(&home)
+                .args(["export", "--format", fmt, "--dict"])
+                .arg(&dict)
+                .arg("--out")
+                .arg(&out));
+            dicts.push((fmt.into(), out, m.clone()));
+        }
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/field_load.py");
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(&script)
+        .arg("--data")
+        .arg(&data)
+        .arg("--rows")
+        .arg(format!("{n_train}:{n_tokens}"));
+    for (fmt, dir, _) in &dicts {
+        cmd.arg(format!("{fmt}={}", dir.display()));
+    }
+    let out = ok(&mut cmd);
+    let got: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), dicts.len(), "{out}");
+    for ((fmt, dir, want), g) in dicts.iter().zip(&got) {
+        assert_eq!(g["format"], fmt.as_str());
+        for k in ["fvu", "l0"] {
+            let (a, b) = (num(g, k), num(want, k));
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+                "{} loaded by {fmt}: {k} {a}, runner eval reported {b}",
+                dir.display()
+            );
+        }
+        assert!(num(g, "min_code") >= 0.0, "{fmt}: negative codes: {g}");
     }
 }

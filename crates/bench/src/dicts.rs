@@ -66,7 +66,7 @@ pub fn keep_and_diff(p: &Prepared, t: &TrainSpec, r: &mut BenchResult, sae: &Sae
         r.extra = serde_json::json!({});
     }
     let dir = dict_dir(&p.home, &p.meta.id, &t.name);
-    if let Err(e) = sae.save(&dir) {
+    if let Err(e) = saeperf_sae::formats::save(sae, &dir) {
         tracing::warn!(
             "{}: cannot keep the dictionary in {}: {e}",
             t.name,
@@ -120,7 +120,8 @@ fn diff_with_base(
         .data
         .set(&t.data)
         .context("the activation set is not open")?;
-    let base_sae = Sae::load(&bdir).with_context(|| format!("loading {}", bdir.display()))?;
+    let base_sae =
+        saeperf_sae::formats::load(&bdir).with_context(|| format!("loading {}", bdir.display()))?;
     let rows = set.eval_rows();
     let bd = saeperf_sae::metrics::feature_density(&base_sae, set, rows.clone());
     let hd = saeperf_sae::metrics::feature_density(head, set, rows);

@@ -50,6 +50,9 @@ pub struct Profile {
     /// If set, only these benchmarks run in this profile.
     #[serde(default)]
     pub only: Option<Vec<String>>,
+    /// These benchmarks do not run in this profile (what a larger profile adds, without listing everything else).
+    #[serde(default)]
+    pub skip: Vec<String>,
     /// Token count of the synthetic activation set (train + eval).
     pub synthetic_tokens: usize,
 }
@@ -587,7 +590,22 @@ impl Suite {
                 self.default_profile
             ));
         }
+        let known: Vec<&str> = self
+            .train
+            .iter()
+            .chain(&self.prune)
+            .map(|t| t.name.as_str())
+            .chain(self.op.iter().map(|o| o.name.as_str()))
+            .chain(self.resources.iter().map(|r| r.name.as_str()))
+            .chain(self.cuda_ops.iter().map(|c| c.name.as_str()))
+            .collect();
         for (name, p) in &self.profiles {
+            let listed = p.only.iter().flatten().chain(&p.skip);
+            if let Some(unknown) = listed.into_iter().find(|n| !known.contains(&n.as_str())) {
+                return bad(format!(
+                    "profile {name}: only/skip names {unknown:?}, which is no benchmark of this suite"
+                ));
+            }
             if !(p.steps_scale.is_finite() && p.steps_scale > 0.0)
                 || p.op_samples == 0
                 || p.seeds == 0
@@ -675,6 +693,7 @@ impl Suite {
             })?;
         let keep = |name: &str| {
             p.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name))
+                && !p.skip.iter().any(|n| n == name)
                 && filter.is_none_or(|f| name.contains(f))
         };
         let scale = |s: usize| ((s as f64 * p.steps_scale).round() as usize).max(1);
@@ -796,6 +815,10 @@ mod tests {
         // The standard profile runs the pruning experiment next to its matched dictionary, trained first.
         let pos = |n: &str| st.benches.iter().position(|b| b.name() == n).unwrap();
         assert!(pos("lm-relu-l1") < pos("lm-prune-dense"));
+        // The synthetic wide dictionary is skipped by standard and runs in full.
+        let full = s.resolve(Some("full"), None).unwrap();
+        assert!(!st.benches.iter().any(|b| b.name() == "relu-l1-wide"));
+        assert!(full.benches.iter().any(|b| b.name() == "relu-l1-wide"));
     }
 
     #[test]
@@ -828,6 +851,12 @@ mod tests {
         let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(
             e.contains("matched = \"nope\" names no [[train]] entry"),
+            "{e}"
+        );
+        text = DEFAULT_SUITE.replace("skip = [\"relu-l1-wide\"]", "skip = [\"relu-l1-wdie\"]");
+        let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("profile standard: only/skip names \"relu-l1-wdie\""),
             "{e}"
         );
         let s = Suite::parse(DEFAULT_SUITE, "d").unwrap();

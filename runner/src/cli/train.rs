@@ -193,7 +193,7 @@ pub fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
         eprintln!("{}", sel.line);
     }
     let out = train::train(&sel.backend, &cfg, &set, progress)?;
-    out.sae.save(&a.out)?;
+    saeperf_sae::formats::save(&out.sae, &a.out)?;
     // The clean and zero-ablated passes run once, for the dictionary and (with --prune-above) its pruned copy.
     let lm = (set.manifest().source_kind() == "model")
         .then(|| {
@@ -229,7 +229,7 @@ pub fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
     if let Some(thr) = a.prune_above {
         let (pruned, removed) = train::prune_dense(&out.sae, &set, thr)?;
         let dir = a.out.join("pruned");
-        pruned.save(&dir)?;
+        saeperf_sae::formats::save(&pruned, &dir)?;
         let pm = evaluate(&pruned)?;
         pm.write(&dir.join("metrics.json"))?;
         report["pruning"] = serde_json::json!({

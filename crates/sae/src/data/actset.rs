@@ -45,6 +45,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The manifest of the set in `dir` alone: no data read, nothing verified (for deciding whether to open it).
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let mpath = dir.join(MANIFEST_FILE);
+        let text = std::fs::read(&mpath)
+            .with_context(|| format!("activation set: cannot read {}", mpath.display()))?;
+        serde_json::from_slice(&text)
+            .with_context(|| format!("activation set: invalid {}", mpath.display()))
+    }
+
     pub fn source_kind(&self) -> &str {
         self.source
             .get("kind")
@@ -229,10 +238,7 @@ impl ActivationSet {
     /// Opens and verifies the set in `dir`.
     pub fn open(dir: &Path) -> Result<ActivationSet> {
         let mpath = dir.join(MANIFEST_FILE);
-        let text = std::fs::read(&mpath)
-            .with_context(|| format!("activation set: cannot read {}", mpath.display()))?;
-        let manifest: Manifest = serde_json::from_slice(&text)
-            .with_context(|| format!("activation set: invalid {}", mpath.display()))?;
+        let manifest = Manifest::read(dir)?;
         ensure!(
             manifest.format_version == FORMAT_VERSION,
             "{}: format_version {} is not supported (expected {FORMAT_VERSION})",

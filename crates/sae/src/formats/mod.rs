@@ -24,7 +24,8 @@ use saeperf_kernels::Sae;
 /// The layouts `runner export` writes and `runner eval` / `runner features` read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// saeperf's own directory (`runner train`): cfg.json with the training fields, weights in scaled units.
+    /// saeperf's legacy directory (what `runner train` wrote before it wrote SAELens' layout): cfg.json with the
+    /// training fields, weights in scaled units. Still read; no longer written.
     Saeperf,
     /// SAELens (`SAE.load_from_disk`).
     SaeLens,
@@ -73,6 +74,13 @@ pub fn detect(dir: &Path) -> Result<Format> {
     } else {
         Ok(Format::SaeLens)
     }
+}
+
+/// Writes a dictionary the way `runner train` and `runner bench` keep it: SAELens' layout ([`saelens::write`]),
+/// folded to raw units, with the saeperf block that [`load`] reads back. SAELens loads the directory unpatched and
+/// gives the codes and FVU saeperf reported; saeperf reads it back in scaled units.
+pub fn save(sae: &Sae, dir: &Path) -> Result<()> {
+    saelens::write(sae, dir, &saelens::Provenance::default())
 }
 
 /// Reads a dictionary in any layout [`detect`] knows; errors name the file and the key or tensor that is wrong.

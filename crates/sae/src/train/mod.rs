@@ -342,11 +342,9 @@ pub fn train_on<B: Backend>(
         batch_size: cfg.batch,
         lr: cfg.lr,
         activation_set_sha256: set.manifest().sha256.clone(),
-        hook_name: set
-            .manifest()
-            .source
-            .get("hook")
-            .and_then(|h| h.as_str())
+        // A harvested set records its hook under source.params (lm::harvest).
+        hook_name: set.manifest().source["params"]["hook"]
+            .as_str()
             .map(String::from),
         pruned_features: 0,
         dtype: "float32".into(),
