@@ -125,35 +125,36 @@ pub struct Spike {
 /// Features listed in [`Spike::feature_ids`].
 pub const SPIKE_LISTED: usize = 64;
 
-/// Finds the high-frequency spike: on the histogram's log10 bins (width 0.25), a second mode right of the main mode
-/// (the fullest bin), whose peak bin lies above the dense threshold (lower edge ≥ log10 0.01), separated from the
-/// main mode by a valley bin holding at most half the second peak's count, and holding at least 3 features and 0.5%
-/// of all features. The cluster is every feature with density at or above the valley bin's upper edge. None when
+/// Finds the high-frequency spike: on the histogram's log10 bins (width 0.25), a peak bin above the dense threshold
+/// (lower edge ≥ log10 0.01) holding at least as many features as every bin to its right, separated from the
+/// fullest bin to its left (the bulk's mode) by a valley bin holding at most half the peak's count, and a cluster of
+/// at least 3 features and 0.5% of all features. The cluster is every feature with density at or above the valley
+/// bin's upper edge. The spike may hold more features than the bulk (a very low penalty makes it so). None when
 /// there is no such second mode: a unimodal histogram, however heavy its right tail, has no spike.
 pub fn detect_spike(density: &[f64]) -> Option<Spike> {
     let h = DensityHistogram::from_densities(density);
     let c = &h.counts;
-    let main = (0..c.len()).max_by_key(|&i| (c[i], std::cmp::Reverse(i)))?;
-    if c[main] == 0 {
+    if c.iter().all(|&n| n == 0) {
         return None;
     }
     let lo_edge = |i: usize| h.lo + h.width * i as f64;
     let dense_from = ((DENSE_THRESHOLD.log10() - h.lo) / h.width).ceil() as usize;
     let mut best: Option<Spike> = None;
-    for peak in (main + 1).max(dense_from)..c.len() {
-        // A local maximum (ties: the leftmost bin of a plateau).
+    for peak in dense_from.max(1)..c.len() {
+        // A local maximum (ties: the leftmost bin of a plateau) that nothing to its right outgrows.
         let left = c[peak - 1];
-        let right = if peak + 1 < c.len() { c[peak + 1] } else { 0 };
-        if c[peak] == 0 || c[peak] <= left || c[peak] < right {
+        if c[peak] == 0 || c[peak] <= left || c[peak + 1..].iter().any(|&n| n > c[peak]) {
             continue;
         }
+        // The bulk's mode: the fullest bin left of the peak (the leftmost of equals).
+        let main = (0..peak).max_by_key(|&i| (c[i], std::cmp::Reverse(i)))?;
         let Some((valley, vcount)) = (main + 1..peak)
             .map(|i| (i, c[i]))
             .min_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
         else {
             continue;
         };
-        if 2 * vcount > c[peak] {
+        if 2 * vcount > c[peak] || vcount >= c[main] {
             continue;
         }
         let min_density = 10f64.powf(lo_edge(valley + 1));
@@ -629,6 +630,41 @@ mod tests {
         // One mode, however heavy its right tail: no spike. All dead: none.
         assert_eq!(detect_spike(&lognormal(-2.0, 4000)), None);
         assert_eq!(detect_spike(&[0.0; 100]), None);
+    }
+
+    /// Densities at the centres of histogram bins holding `counts` (bin 0 starts at 10^-7, width 0.25).
+    fn from_counts(counts: &[u64]) -> Vec<f64> {
+        let mut d = Vec::new();
+        for (i, &n) in counts.iter().enumerate() {
+            d.extend(std::iter::repeat_n(
+                10f64.powf(-7.0 + 0.25 * i as f64 + 0.125),
+                n as usize,
+            ));
+        }
+        d
+    }
+
+    #[test]
+    fn a_spike_fuller_than_the_bulk_is_still_a_spike() {
+        // The histogram of the suite's lm-prune-dense dictionary before pruning (λ 1, 2304 features, SmolLM2 layer
+        // 15, 1000 steps): the cluster at density 0.1-0.18 holds more features than the bulk's mode.
+        let mut counts = vec![0u64; 28];
+        counts[9..26].copy_from_slice(&[
+            1, 0, 1, 0, 0, 3, 6, 8, 24, 45, 149, 340, 335, 402, 249, 701, 40,
+        ]);
+        let s = detect_spike(&from_counts(&counts)).expect("a spike");
+        assert_eq!(s.features, 741, "{s:?}");
+        assert!((s.min_density - 0.1).abs() < 1e-12, "{s:?}");
+        // A unimodal histogram whose mode is itself dense has no spike (the mode is a candidate peak, with no valley
+        // between it and the fullest bin to its left).
+        let mut one = vec![0u64; 28];
+        one[17..26].copy_from_slice(&[10, 60, 200, 500, 900, 1000, 700, 300, 40]);
+        assert_eq!(detect_spike(&from_counts(&one)), None);
+        // Sparse ultralow bins far left do not make the whole dictionary a cluster.
+        let mut sparse = vec![0u64; 28];
+        sparse[9..14].copy_from_slice(&[1, 0, 1, 0, 0]);
+        sparse[16..24].copy_from_slice(&[20, 80, 200, 400, 300, 150, 60, 10]);
+        assert_eq!(detect_spike(&from_counts(&sparse)), None);
     }
 
     #[test]

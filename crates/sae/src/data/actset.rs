@@ -387,14 +387,16 @@ impl ActivationSet {
         assert!(rows.end <= self.n_tokens(), "rows {rows:?} out of range");
         let w = self.manifest.d_in * self.elem;
         let bytes = &self.mmap[self.offset + rows.start * w..self.offset + rows.end * w];
-        bytes.chunks_exact(self.elem).map(decode).collect()
+        let mut out = Vec::with_capacity(bytes.len() / self.elem);
+        decode_into(bytes, self.elem, &mut out);
+        out
     }
 
     /// The rows at `idx`, in that order, as f32, row-major.
     pub fn gather_f32(&self, idx: &[usize]) -> Vec<f32> {
         let mut out = Vec::with_capacity(idx.len() * self.manifest.d_in);
         for &r in idx {
-            out.extend(self.row_bytes(r).chunks_exact(self.elem).map(decode));
+            decode_into(self.row_bytes(r), self.elem, &mut out);
         }
         out
     }
@@ -414,6 +416,25 @@ impl ActivationSet {
             doc: read(offs[1]),
             pos: read(offs[2]),
         })
+    }
+}
+
+/// Appends the little-endian f16 (`elem` 2) or f32 (`elem` 4) values in `bytes` to `out`. One loop per dtype, so
+/// the loop's cost does not hinge on whether the compiler inlines a per-value branch (it did not in some builds:
+/// counted training cost moved by 30% with unrelated changes).
+fn decode_into(bytes: &[u8], elem: usize, out: &mut Vec<f32>) {
+    if elem == 2 {
+        out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        );
+    } else {
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
     }
 }
 
