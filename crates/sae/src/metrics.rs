@@ -134,9 +134,6 @@ pub const SPIKE_LISTED: usize = 64;
 pub fn detect_spike(density: &[f64]) -> Option<Spike> {
     let h = DensityHistogram::from_densities(density);
     let c = &h.counts;
-    if c.iter().all(|&n| n == 0) {
-        return None;
-    }
     let lo_edge = |i: usize| h.lo + h.width * i as f64;
     let dense_from = ((DENSE_THRESHOLD.log10() - h.lo) / h.width).ceil() as usize;
     let mut best: Option<Spike> = None;

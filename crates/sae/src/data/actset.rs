@@ -424,27 +424,30 @@ impl ActivationSet {
 /// counted training cost moved by 30% with unrelated changes).
 fn decode_into(bytes: &[u8], elem: usize, out: &mut Vec<f32>) {
     if elem == 2 {
-        out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        );
+        out.extend(bytes.chunks_exact(2).map(f16_le));
     } else {
-        out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
+        out.extend(bytes.chunks_exact(4).map(f32_le));
+    }
+}
+
+/// One value, f16 or f32 by its width.
+#[inline]
+fn decode(b: &[u8]) -> f32 {
+    if b.len() == 2 {
+        f16_le(b)
+    } else {
+        f32_le(b)
     }
 }
 
 #[inline]
-fn decode(b: &[u8]) -> f32 {
-    if b.len() == 2 {
-        f16::from_le_bytes([b[0], b[1]]).to_f32()
-    } else {
-        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    }
+fn f16_le(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+#[inline]
+fn f32_le(b: &[u8]) -> f32 {
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
 #[cfg(test)]
