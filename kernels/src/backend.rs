@@ -129,6 +129,103 @@ pub trait Backend {
         m: &mut Params<Self::Buf>,
         v: &mut Params<Self::Buf>,
     ) -> Result<(), BackendError>;
+
+    /// JumpReLU's activation: f = a·1[a > exp(t_i)] on the ReLU'd pre-activations a (encode's output with
+    /// `Activation::Relu`), t = log θ [d_sae] (ops::threshold).
+    ///
+    /// The default runs the fast CPU op on host copies: correct on every backend, and the path a device takes until
+    /// it has its own kernel for the op.
+    fn threshold(
+        &self,
+        s: Shape,
+        a: &Self::Buf,
+        log_theta: &Self::Buf,
+        f: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        let (ha, ht) = (self.download(a)?, self.download(log_theta)?);
+        len_check("a", ha.len(), s.batch * s.d_sae)?;
+        len_check("log θ", ht.len(), s.d_sae)?;
+        let mut hf = self.download(f)?;
+        len_check("f", hf.len(), s.batch * s.d_sae)?;
+        ops::threshold::fast(s, &ha, &ht, &mut hf);
+        self.write(f, &hf)
+    }
+    /// JumpReLU's pseudo-gradient of the loss with respect to t = log θ into `g` [d_sae] (ops::threshold).
+    #[allow(clippy::too_many_arguments)]
+    fn threshold_grad(
+        &self,
+        s: Shape,
+        eps: f32,
+        l0: f32,
+        a: &Self::Buf,
+        log_theta: &Self::Buf,
+        x: &Self::Buf,
+        xhat: &Self::Buf,
+        p: &Params<Self::Buf>,
+        g: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        let (ha, ht) = (self.download(a)?, self.download(log_theta)?);
+        let (hx, hxh, hw) = (
+            self.download(x)?,
+            self.download(xhat)?,
+            self.download(&p.w_dec)?,
+        );
+        len_check("a", ha.len(), s.batch * s.d_sae)?;
+        len_check("log θ", ht.len(), s.d_sae)?;
+        len_check("x", hx.len(), s.batch * s.d_in)?;
+        len_check("x̂", hxh.len(), s.batch * s.d_in)?;
+        len_check("params.W_dec", hw.len(), s.d_sae * s.d_in)?;
+        let mut hg = self.download(g)?;
+        len_check("∂log θ", hg.len(), s.d_sae)?;
+        let inp = ops::threshold::GradInputs {
+            a: &ha,
+            log_theta: &ht,
+            x: &hx,
+            xhat: &hxh,
+            w_dec: &hw,
+            eps,
+            l0,
+        };
+        ops::threshold::grad_fast(s, inp, &mut hg);
+        self.write(g, &hg)
+    }
+    /// BatchTopK's selection: keeps the k·batch largest values of a over the whole batch, zeroes the rest, and
+    /// returns the smallest kept value (ops::batchtopk). The default runs on host copies, as for `threshold`.
+    fn batch_topk(
+        &self,
+        s: Shape,
+        k: usize,
+        a: &Self::Buf,
+        f: &mut Self::Buf,
+    ) -> Result<f32, BackendError> {
+        let ha = self.download(a)?;
+        len_check("a", ha.len(), s.batch * s.d_sae)?;
+        let mut hf = self.download(f)?;
+        len_check("f", hf.len(), s.batch * s.d_sae)?;
+        let t = ops::batchtopk::fast(s, k, &ha, &mut hf);
+        self.write(f, &hf)?;
+        Ok(t)
+    }
+    /// One plain Adam step on a parameter vector outside [`Params`] (JumpReLU's log θ). The default runs on host
+    /// copies, as for `threshold`.
+    fn adam_vec(
+        &self,
+        h: AdamHyper,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        let (mut hp, hg) = (self.download(p)?, self.download(g)?);
+        let (mut hm, mut hv) = (self.download(m)?, self.download(v)?);
+        for (what, n) in [("∂", hg.len()), ("m", hm.len()), ("v", hv.len())] {
+            len_check(what, n, hp.len())?;
+        }
+        ops::adam::fast(h, &mut hp, &hg, &mut hm, &mut hv);
+        self.write(p, &hp)?;
+        self.write(m, &hm)?;
+        self.write(v, &hv)
+    }
 }
 
 type AdamFn = fn(AdamHyper, &mut [f32], &[f32], &mut [f32], &mut [f32]);
@@ -427,6 +524,86 @@ impl Backend for CpuBackend {
         match self.mode {
             CpuMode::Fast => resample::fast(s, dead, dirs, scale, t),
             CpuMode::Reference => resample::reference(s, dead, dirs, scale, t),
+        }
+        Ok(())
+    }
+    fn threshold(
+        &self,
+        s: Shape,
+        a: &Vec<f32>,
+        log_theta: &Vec<f32>,
+        f: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        len_check("a", a.len(), s.batch * s.d_sae)?;
+        len_check("log θ", log_theta.len(), s.d_sae)?;
+        len_check("f", f.len(), s.batch * s.d_sae)?;
+        match self.mode {
+            CpuMode::Fast => ops::threshold::fast(s, a, log_theta, f),
+            CpuMode::Reference => ops::threshold::reference(s, a, log_theta, f),
+        }
+        Ok(())
+    }
+    fn threshold_grad(
+        &self,
+        s: Shape,
+        eps: f32,
+        l0: f32,
+        a: &Vec<f32>,
+        log_theta: &Vec<f32>,
+        x: &Vec<f32>,
+        xhat: &Vec<f32>,
+        p: &Params<Vec<f32>>,
+        g: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        len_check("a", a.len(), s.batch * s.d_sae)?;
+        len_check("log θ", log_theta.len(), s.d_sae)?;
+        len_check("x", x.len(), s.batch * s.d_in)?;
+        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        len_check("params.W_dec", p.w_dec.len(), s.d_sae * s.d_in)?;
+        len_check("∂log θ", g.len(), s.d_sae)?;
+        let inp = ops::threshold::GradInputs {
+            a,
+            log_theta,
+            x,
+            xhat,
+            w_dec: &p.w_dec,
+            eps,
+            l0,
+        };
+        match self.mode {
+            CpuMode::Fast => ops::threshold::grad_fast(s, inp, g),
+            CpuMode::Reference => ops::threshold::grad_reference(s, inp, g),
+        }
+        Ok(())
+    }
+    fn batch_topk(
+        &self,
+        s: Shape,
+        k: usize,
+        a: &Vec<f32>,
+        f: &mut Vec<f32>,
+    ) -> Result<f32, BackendError> {
+        len_check("a", a.len(), s.batch * s.d_sae)?;
+        len_check("f", f.len(), s.batch * s.d_sae)?;
+        Ok(match self.mode {
+            CpuMode::Fast => ops::batchtopk::fast(s, k, a, f),
+            CpuMode::Reference => ops::batchtopk::reference(s, k, a, f),
+        })
+    }
+    fn adam_vec(
+        &self,
+        h: AdamHyper,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        for (what, n) in [("∂", g.len()), ("m", m.len()), ("v", v.len())] {
+            len_check(what, n, p.len())?;
+        }
+        match self.mode {
+            CpuMode::Fast => ops::adam::fast(h, p, g, m, v),
+            CpuMode::Reference => ops::adam::reference(h, p, g, m, v),
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! A dictionary (a trained SAE): its configuration and parameters, initialisation, and save / load in the SAELens
 //! layout (cfg.json + sae_weights.safetensors with W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in],
-//! b_dec [d_in], all f32).
+//! b_dec [d_in], and for JumpReLU and BatchTopK threshold [d_sae], all f32).
 
 use crate::ops::{self, Activation, Shape};
 use rand::Rng;
@@ -29,13 +29,54 @@ pub enum SaeError {
     Weights { path: PathBuf, message: String },
 }
 
-/// The architecture. Serialised as SAELens names it ("standard" is ReLU + L1).
+/// The architecture (docs/architectures.md). Serialised as SAELens names it ("standard" is ReLU + L1); SAELens saves
+/// BatchTopK for inference as "jumprelu", and saeperf keeps "batchtopk" in its own block (formats::saelens).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Arch {
     #[serde(rename = "standard", alias = "relu")]
     Relu,
     #[serde(rename = "topk")]
     TopK,
+    /// Per-feature thresholds θ: f = pre·H(pre − θ), an L0 penalty, θ trained through a pseudo-gradient.
+    #[serde(rename = "jumprelu")]
+    JumpRelu,
+    /// The k·B largest activations of a training batch; one threshold θ at inference.
+    #[serde(rename = "batchtopk")]
+    BatchTopK,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [Arch::Relu, Arch::TopK, Arch::JumpRelu, Arch::BatchTopK];
+
+    /// True when the dictionary carries a `threshold` tensor and encodes with it.
+    pub fn has_threshold(self) -> bool {
+        matches!(self, Arch::JumpRelu | Arch::BatchTopK)
+    }
+    /// True when the architecture keeps k features per token (TopK) or on average per token (BatchTopK).
+    pub fn uses_k(self) -> bool {
+        matches!(self, Arch::TopK | Arch::BatchTopK)
+    }
+    /// The architecture an inference-only reader (SAELens' loader) sees: BatchTopK encodes like JumpReLU.
+    pub fn inference(self) -> Arch {
+        match self {
+            Arch::BatchTopK => Arch::JumpRelu,
+            a => a,
+        }
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    /// saeperf's names ("relu", "topk", "jumprelu", "batchtopk"; SAELens' "standard" too).
+    fn from_str(s: &str) -> Result<Arch, String> {
+        match s {
+            "standard" => Ok(Arch::Relu),
+            _ => Arch::ALL
+                .into_iter()
+                .find(|a| a.to_string() == s)
+                .ok_or_else(|| format!("unknown arch {s:?} (relu, topk, jumprelu or batchtopk)")),
+        }
+    }
 }
 
 impl std::fmt::Display for Arch {
@@ -43,6 +84,8 @@ impl std::fmt::Display for Arch {
         f.write_str(match self {
             Arch::Relu => "relu",
             Arch::TopK => "topk",
+            Arch::JumpRelu => "jumprelu",
+            Arch::BatchTopK => "batchtopk",
         })
     }
 }
@@ -54,8 +97,9 @@ pub struct SaeCfg {
     pub d_in: usize,
     pub d_sae: usize,
     pub architecture: Arch,
-    /// TopK only: features kept per token.
+    /// TopK: features kept per token; BatchTopK: features kept per token on average in a training batch.
     pub k: Option<usize>,
+    /// λ of the sparsity penalty: L1 for ReLU, L0 for JumpReLU (0 for the TopK family).
     pub l1_coefficient: f32,
     /// Model activations are multiplied by this before encoding (so that E‖x‖² = d_in on the training data).
     pub scaling_factor: f32,
@@ -98,10 +142,10 @@ impl SaeCfg {
         }
     }
 
-    /// The activation the encoder applies.
+    /// The activation the encoder applies (for JumpReLU and BatchTopK the threshold comes after it).
     pub fn activation(&self) -> Activation {
         match self.architecture {
-            Arch::Relu => Activation::Relu,
+            Arch::Relu | Arch::JumpRelu | Arch::BatchTopK => Activation::Relu,
             Arch::TopK => Activation::TopK {
                 k: self.k.unwrap_or(0),
             },
@@ -120,9 +164,11 @@ impl SaeCfg {
                 self.d_in, self.d_sae
             ));
         }
-        if self.architecture == Arch::TopK && !matches!(self.k, Some(k) if k > 0 && k <= self.d_sae)
-        {
-            return bad(format!("topk needs 0 < k ≤ d_sae, got k {:?}", self.k));
+        if self.architecture.uses_k() && !matches!(self.k, Some(k) if k > 0 && k <= self.d_sae) {
+            return bad(format!(
+                "{} needs 0 < k ≤ d_sae, got k {:?}",
+                self.architecture, self.k
+            ));
         }
         if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
             return bad(format!(
@@ -142,6 +188,8 @@ pub struct Sae {
     pub b_enc: Vec<f32>,
     pub w_dec: Vec<f32>,
     pub b_dec: Vec<f32>,
+    /// JumpReLU and BatchTopK: θ [d_sae] (positive), f = a·1[a > θ] on a = ReLU(pre); None for the others.
+    pub threshold: Option<Vec<f32>>,
 }
 
 impl Sae {
@@ -171,6 +219,7 @@ impl Sae {
             b_enc: vec![0.0; fsz],
             w_dec,
             b_dec,
+            threshold: None,
         }
     }
 
@@ -190,6 +239,11 @@ impl Sae {
             &self.b_dec,
             &mut f,
         );
+        if let Some(theta) = &self.threshold {
+            let log_theta: Vec<f32> = theta.iter().map(|t| t.ln()).collect();
+            let a = f.clone();
+            ops::threshold::fast(self.shape(n), &a, &log_theta, &mut f);
+        }
         f
     }
 
@@ -262,6 +316,10 @@ impl Sae {
             b_enc: keep.iter().map(|&i| self.b_enc[i]).collect(),
             w_dec,
             b_dec: self.b_dec.clone(),
+            threshold: self
+                .threshold
+                .as_ref()
+                .map(|t| keep.iter().map(|&i| t[i]).collect()),
         }
     }
 
@@ -274,12 +332,15 @@ impl Sae {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let (d, fsz) = (self.cfg.d_in, self.cfg.d_sae);
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let data = [
+        let mut data = vec![
             ("W_enc", vec![d, fsz], bytes(&self.w_enc)),
             ("b_enc", vec![fsz], bytes(&self.b_enc)),
             ("W_dec", vec![fsz, d], bytes(&self.w_dec)),
             ("b_dec", vec![d], bytes(&self.b_dec)),
         ];
+        if let Some(t) = &self.threshold {
+            data.push(("threshold", vec![fsz], bytes(t)));
+        }
         let wpath = dir.join(WEIGHTS_FILE);
         let werr = |m: String| SaeError::Weights {
             path: wpath.clone(),
@@ -352,11 +413,24 @@ impl Sae {
             }
             Ok(v)
         };
+        let threshold = if cfg.architecture.has_threshold() {
+            let t = get("threshold", &[fsz])?;
+            if let Some(i) = t.iter().position(|v| *v < 0.0) {
+                return Err(werr(format!(
+                    "tensor threshold is negative at feature {i} ({})",
+                    t[i]
+                )));
+            }
+            Some(t)
+        } else {
+            None
+        };
         Ok(Sae {
             w_enc: get("W_enc", &[d, fsz])?,
             b_enc: get("b_enc", &[fsz])?,
             w_dec: get("W_dec", &[fsz, d])?,
             b_dec: get("b_dec", &[d])?,
+            threshold,
             cfg,
         })
     }

@@ -49,6 +49,8 @@ fn saelens_export_round_trips_and_keeps_fvu_and_l0_on_raw_activations() {
     for (name, extra) in [
         ("relu", vec!["--l1", "1"]),
         ("topk", vec!["--arch", "topk", "--k", "4"]),
+        ("jumprelu", vec!["--arch", "jumprelu", "--l1", "0.5"]),
+        ("batchtopk", vec!["--arch", "batchtopk", "--k", "4"]),
     ] {
         let dict = tmp.path().join(name);
         ok(runner(&home)
@@ -191,7 +193,7 @@ fn saelens_export_round_trips_and_keeps_fvu_and_l0_on_raw_activations() {
         );
 
         // A malformed one: one line naming the key, exit 1, nothing written.
-        c["architecture"] = serde_json::json!("jumprelu");
+        c["architecture"] = serde_json::json!("gated");
         std::fs::write(exp.join("cfg.json"), c.to_string()).unwrap();
         let out_json = tmp.path().join(format!("{name}-bad.json"));
         let o = run(runner(&home)
@@ -205,7 +207,7 @@ fn saelens_export_round_trips_and_keeps_fvu_and_l0_on_raw_activations() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(
-            err.contains("architecture \"jumprelu\"") && err.contains("cfg.json"),
+            err.contains("architecture \"gated\"") && err.contains("cfg.json"),
             "{err}"
         );
         assert!(!out_json.exists());
@@ -238,6 +240,8 @@ fn the_fields_packages_load_the_dictionaries() {
     for (name, extra) in [
         ("relu", vec!["--l1", "1"]),
         ("topk", vec!["--arch", "topk", "--k", "4"]),
+        ("jumprelu", vec!["--arch", "jumprelu", "--l1", "0.5"]),
+        ("batchtopk", vec!["--arch", "batchtopk", "--k", "4"]),
     ] {
         let dict = tmp.path().join(name);
         ok(runner(&home)

@@ -698,6 +698,7 @@ fn identity_sae(d: usize, scaling_factor: f32, exact: bool) -> Sae {
         b_enc: vec![0.0; fsz],
         w_dec,
         b_dec: vec![0.0; d],
+        threshold: None,
     }
 }
 

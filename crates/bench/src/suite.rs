@@ -127,7 +127,7 @@ pub struct Resample {
 pub struct TrainSpec {
     pub name: String,
     pub data: String,
-    /// "relu" or "topk".
+    /// "relu", "topk", "jumprelu" or "batchtopk" (docs/architectures.md).
     pub arch: String,
     #[serde(default)]
     pub k: Option<usize>,
@@ -160,11 +160,7 @@ pub struct TrainSpec {
 impl TrainSpec {
     /// The architecture (`arch`, checked when the suite was parsed).
     pub fn arch(&self) -> Arch {
-        if self.arch == "topk" {
-            Arch::TopK
-        } else {
-            Arch::Relu
-        }
+        self.arch.parse().unwrap_or(Arch::Relu)
     }
 }
 
@@ -483,21 +479,15 @@ impl Suite {
                     t.name, t.data
                 ));
             }
-            match t.arch.as_str() {
-                "relu" => {}
-                "topk" if t.k.is_some_and(|k| k > 0 && k <= t.d_sae) => {}
-                "topk" => {
+            match t.arch.parse::<Arch>() {
+                Ok(a) if a.uses_k() && !t.k.is_some_and(|k| k > 0 && k <= t.d_sae) => {
                     return bad(format!(
-                        "benchmark {}: arch topk needs 0 < k <= d_sae",
+                        "benchmark {}: arch {a} needs 0 < k <= d_sae",
                         t.name
                     ))
                 }
-                other => {
-                    return bad(format!(
-                        "benchmark {}: unknown arch {other:?} (relu or topk)",
-                        t.name
-                    ))
-                }
+                Ok(_) => {}
+                Err(e) => return bad(format!("benchmark {}: {e}", t.name)),
             }
             if t.steps == 0 || t.batch == 0 || t.d_sae == 0 {
                 return bad(format!(

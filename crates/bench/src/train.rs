@@ -201,6 +201,8 @@ pub(crate) fn train_config(t: &TrainSpec, seed: u64) -> TrainConfig {
                     sample: r.sample,
                 }),
             log_every: Some(t.log_every),
+            bandwidth: None,
+            init_threshold: None,
         },
     )
 }

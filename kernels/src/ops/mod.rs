@@ -5,12 +5,14 @@
 
 pub mod adam;
 pub mod backward;
+pub mod batchtopk;
 pub mod decode;
 pub mod encode;
 pub mod gemm;
 pub mod reduce;
 pub mod resample;
 pub mod sparse;
+pub mod threshold;
 
 pub use adam::AdamHyper;
 pub use reduce::{BatchStats, CurvePoint};

@@ -15,6 +15,8 @@ use saeperf_sae::train::{self, ResampleConfig, TrainConfig, TrainOverrides};
 pub enum ArchArg {
     Relu,
     Topk,
+    Jumprelu,
+    Batchtopk,
 }
 
 #[derive(Args, Debug)]
@@ -30,12 +32,18 @@ pub struct TrainArgs {
     /// Dictionary size [default: 8 × d_in].
     #[arg(long)]
     pub d_sae: Option<usize>,
-    /// L1 coefficient λ (ReLU).
+    /// Sparsity coefficient λ: of the L1 penalty (relu) or of the L0 penalty (jumprelu).
     #[arg(long)]
     pub l1: Option<f32>,
-    /// Features kept per token (TopK).
+    /// Features kept per token (topk), on average over a batch (batchtopk).
     #[arg(long)]
     pub k: Option<usize>,
+    /// JumpReLU: bandwidth ε of the threshold's pseudo-gradient [default: 0.001].
+    #[arg(long)]
+    pub bandwidth: Option<f32>,
+    /// JumpReLU: every threshold's initial value [default: 0.001].
+    #[arg(long)]
+    pub init_threshold: Option<f32>,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -161,6 +169,8 @@ pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
         arch: Some(match a.arch {
             ArchArg::Relu => Arch::Relu,
             ArchArg::Topk => Arch::TopK,
+            ArchArg::Jumprelu => Arch::JumpRelu,
+            ArchArg::Batchtopk => Arch::BatchTopK,
         }),
         d_sae: a.d_sae,
         l1_coeff: a.l1,
@@ -177,6 +187,8 @@ pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
             sample: a.resample_sample,
         }),
         log_every: None,
+        bandwidth: a.bandwidth,
+        init_threshold: a.init_threshold,
     };
     Ok(TrainConfig::with_overrides(set_kind, &overrides))
 }

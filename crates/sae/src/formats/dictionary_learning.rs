@@ -5,6 +5,11 @@
 //!   [d_in, F], bias = b_dec [d_in]; encode relu(encoder(x − bias)).
 //! - `AutoEncoderTopK`: encoder.weight, encoder.bias, decoder.weight as above, b_dec [d_in], and the buffers k
 //!   (a 0-dim integer) and threshold (a 0-dim float, −1: unused); encode relu(encoder(x − b_dec)), top k.
+//! - `BatchTopKSAE` (BatchTopK): the same tensors as `AutoEncoderTopK`, threshold = θ; encode
+//!   a = relu(encoder(x − b_dec)), a·1[a > θ].
+//! - `JumpReluAutoEncoder` (JumpReLU): W_enc [d_in, F], b_enc [F], W_dec [F, d_in], b_dec [d_in], threshold [F];
+//!   it does not subtract b_dec from the input (`apply_b_dec_to_input` is an attribute that loading leaves False),
+//!   so the export writes b_enc − b_dec·W_enc and reading absorbs b_dec back ([`super::absorb_b_dec`]).
 //!
 //! `ae.pt` is written here as torch's zip format (below, [`write_torch_state_dict`]) and read with candle's
 //! reader of torch files.
@@ -27,6 +32,21 @@ pub fn write(sae: &Sae, out: &Path, lm_name: Option<&str>, layer: Option<usize>)
     let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
     let enc = super::transpose(&folded.w_enc, d, f); // [F, d]
     let dec = super::transpose(&folded.w_dec, f, d); // [d, F]
+    let threshold = super::threshold_of(sae)?.unwrap_or_default();
+    let theta = [threshold.first().copied().unwrap_or(-1.0)];
+    // JumpReluAutoEncoder encodes x·W_enc + b_enc: b_dec is folded into its bias.
+    let mut b_enc_no_dec = folded.b_enc.clone();
+    if sae.cfg.architecture == Arch::JumpRelu {
+        for (j, b) in b_enc_no_dec.iter_mut().enumerate() {
+            let dot: f64 = (0..d)
+                .map(|i| folded.b_dec[i] as f64 * folded.w_enc[i * f + j] as f64)
+                .sum();
+            *b = (*b as f64 - dot) as f32;
+        }
+    }
+    if sae.cfg.architecture == Arch::BatchTopK && threshold.iter().any(|t| *t != theta[0]) {
+        bail!("dictionary_learning's BatchTopKSAE has one threshold; this dictionary's thresholds differ");
+    }
     let (class, tensors) = match sae.cfg.architecture {
         Arch::Relu => (
             "AutoEncoder",
@@ -46,6 +66,27 @@ pub fn write(sae: &Sae, out: &Path, lm_name: Option<&str>, layer: Option<usize>)
                 ("encoder.weight", TorchTensor::F32(vec![f, d], &enc)),
                 ("encoder.bias", TorchTensor::F32(vec![f], &folded.b_enc)),
                 ("b_dec", TorchTensor::F32(vec![d], &folded.b_dec)),
+            ],
+        ),
+        Arch::BatchTopK => (
+            "BatchTopKSAE",
+            vec![
+                ("k", TorchTensor::I64Scalar(sae.cfg.k.unwrap_or(0) as i64)),
+                ("threshold", TorchTensor::F32(vec![], &theta)),
+                ("decoder.weight", TorchTensor::F32(vec![d, f], &dec)),
+                ("encoder.weight", TorchTensor::F32(vec![f, d], &enc)),
+                ("encoder.bias", TorchTensor::F32(vec![f], &folded.b_enc)),
+                ("b_dec", TorchTensor::F32(vec![d], &folded.b_dec)),
+            ],
+        ),
+        Arch::JumpRelu => (
+            "JumpReluAutoEncoder",
+            vec![
+                ("W_enc", TorchTensor::F32(vec![d, f], &folded.w_enc)),
+                ("b_enc", TorchTensor::F32(vec![f], &b_enc_no_dec)),
+                ("W_dec", TorchTensor::F32(vec![f, d], &folded.w_dec)),
+                ("b_dec", TorchTensor::F32(vec![d], &folded.b_dec)),
+                ("threshold", TorchTensor::F32(vec![f], &threshold)),
             ],
         ),
     };
@@ -82,8 +123,11 @@ pub fn read(dir: &Path) -> Result<Sae> {
     let arch = match class {
         "AutoEncoder" => Arch::Relu,
         "AutoEncoderTopK" => Arch::TopK,
+        "BatchTopKSAE" => Arch::BatchTopK,
+        "JumpReluAutoEncoder" => Arch::JumpRelu,
         other => bail!(
-            "{p}: trainer.dict_class {other:?} is not one saeperf runs (it reads AutoEncoder and AutoEncoderTopK)"
+            "{p}: trainer.dict_class {other:?} is not one saeperf runs (it reads AutoEncoder, AutoEncoderTopK, \
+             BatchTopKSAE and JumpReluAutoEncoder)"
         ),
     };
     let wpath = dir.join(WEIGHTS_FILE);
@@ -116,6 +160,9 @@ pub fn read(dir: &Path) -> Result<Sae> {
         }
         Ok((t.dims().to_vec(), v))
     };
+    if arch == Arch::JumpRelu {
+        return read_jumprelu(&get, &cfg, &cpath);
+    }
     let (es, enc) = get("encoder.weight")?;
     let [f, d] = es[..] else {
         bail!("{w}: encoder.weight has shape {es:?}, expected [dict_size, activation_dim]");
@@ -130,7 +177,7 @@ pub fn read(dir: &Path) -> Result<Sae> {
     let b_enc = expect("encoder.bias", &[f])?;
     let dec = expect("decoder.weight", &[d, f])?;
     let b_dec = expect(if arch == Arch::Relu { "bias" } else { "b_dec" }, &[d])?;
-    let k = if arch == Arch::TopK {
+    let k = if arch.uses_k() {
         let k = match cfg["trainer"]["k"].as_u64() {
             Some(k) => k as usize,
             None => get("k")?.1.first().copied().unwrap_or(0.0) as usize,
@@ -142,7 +189,17 @@ pub fn read(dir: &Path) -> Result<Sae> {
     } else {
         None
     };
+    let threshold = if arch == Arch::BatchTopK {
+        let (_, t) = get("threshold")?;
+        match t[..] {
+            [t] if t >= 0.0 => Some(vec![t; f]),
+            _ => bail!("{w}: BatchTopKSAE's threshold is {t:?}, not one value ≥ 0 (a dictionary still training?)"),
+        }
+    } else {
+        None
+    };
     let sae = Sae {
+        threshold,
         w_enc: super::transpose(&enc, f, d),
         b_enc,
         w_dec: super::transpose(&dec, d, f),
@@ -268,4 +325,45 @@ pub fn write_torch_state_dict(path: &Path, tensors: &[(&str, TorchTensor)]) -> R
     zip.finish()
         .with_context(|| format!("{}: finishing the archive", path.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))
+}
+
+/// A tensor of ae.pt by name: its shape and values as f32.
+type GetTensor<'a> = dyn Fn(&str) -> Result<(Vec<usize>, Vec<f32>)> + 'a;
+
+/// `JumpReluAutoEncoder`: its own tensor names, and b_dec not subtracted from the input.
+fn read_jumprelu(get: &GetTensor, cfg: &serde_json::Value, cpath: &Path) -> Result<Sae> {
+    let (es, w_enc) = get("W_enc")?;
+    let [d, f] = es[..] else {
+        bail!(
+            "{}: W_enc has shape {es:?}, expected [activation_dim, dict_size]",
+            cpath.display()
+        );
+    };
+    let expect = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let (s, v) = get(name)?;
+        if s != shape {
+            bail!(
+                "{}: tensor {name} has shape {s:?}, W_enc implies {shape:?}",
+                cpath.display()
+            );
+        }
+        Ok(v)
+    };
+    let threshold = expect("threshold", &[f])?;
+    if let Some(i) = threshold.iter().position(|t| *t < 0.0) {
+        bail!("{}: threshold is negative at feature {i}", cpath.display());
+    }
+    let mut sae = Sae {
+        w_enc,
+        b_enc: expect("b_enc", &[f])?,
+        w_dec: expect("W_dec", &[f, d])?,
+        b_dec: expect("b_dec", &[d])?,
+        threshold: Some(threshold),
+        cfg: SaeCfg {
+            apply_b_dec_to_input: false,
+            ..SaeCfg::inference(d, f, Arch::JumpRelu, None)
+        },
+    };
+    super::absorb_b_dec(&mut sae);
+    super::restore_saeperf(sae, cfg, cpath)
 }

@@ -19,7 +19,7 @@ pub mod sparsify;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use saeperf_kernels::Sae;
+use saeperf_kernels::{Arch, Sae};
 
 /// The layouts `runner export` writes and `runner eval` / `runner features` read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +106,23 @@ pub fn fold_scaling(sae: &Sae) -> Sae {
     out
 }
 
+/// The thresholds a JumpReLU or BatchTopK dictionary is written with (None for the others); the threshold compares
+/// with pre-activations, which folding leaves unchanged, so it is written as it is.
+fn threshold_of(sae: &Sae) -> Result<Option<Vec<f32>>> {
+    match (&sae.threshold, sae.cfg.architecture.has_threshold()) {
+        (Some(t), true) => Ok(Some(t.clone())),
+        (None, false) => Ok(None),
+        (None, true) => bail!(
+            "the {} dictionary has no threshold to write",
+            sae.cfg.architecture
+        ),
+        (Some(_), false) => bail!(
+            "the {} dictionary carries a threshold its architecture does not use",
+            sae.cfg.architecture
+        ),
+    }
+}
+
 /// The inverse of [`fold_scaling`]: a raw-unit dictionary put back in units scaled by `s`.
 pub fn unfold_scaling(sae: &Sae, s: f32) -> Sae {
     let mut out = sae.clone();
@@ -147,7 +164,14 @@ fn restore_saeperf(sae: Sae, cfg: &serde_json::Value, path: &Path) -> Result<Sae
     let orig: saeperf_kernels::SaeCfg = serde_json::from_value(block["cfg"].clone())
         .with_context(|| format!("{p}: saeperf.cfg is not a saeperf configuration"))?;
     let c = &sae.cfg;
-    if (orig.d_in, orig.d_sae, orig.architecture, orig.k) != (c.d_in, c.d_sae, c.architecture, c.k)
+    // BatchTopK is saved for inference as JumpReLU, and its k is the saeperf block's alone.
+    let k_of = |cfg: &saeperf_kernels::SaeCfg| (cfg.architecture == Arch::TopK).then_some(cfg.k);
+    if (
+        orig.d_in,
+        orig.d_sae,
+        orig.architecture.inference(),
+        k_of(&orig),
+    ) != (c.d_in, c.d_sae, c.architecture.inference(), k_of(c))
     {
         bail!(
             "{p}: saeperf.cfg (d_in {}, d_sae {}, {} k {:?}) disagrees with the file's own keys (d_in {}, d_sae {}, \
@@ -282,7 +306,7 @@ pub(crate) mod testutil {
             d_in: 6,
             d_sae: 10,
             architecture: arch,
-            k: (arch == Arch::TopK).then_some(3),
+            k: arch.uses_k().then_some(3),
             l1_coefficient: 1.5,
             scaling_factor: s,
             seed: 4,
@@ -301,6 +325,9 @@ pub(crate) mod testutil {
         sae.b_enc
             .iter_mut()
             .for_each(|b| *b = rng.random::<f32>() - 0.6);
+        if arch.has_threshold() {
+            sae.threshold = Some((0..10).map(|_| 0.05 + 0.3 * rng.random::<f32>()).collect());
+        }
         sae
     }
 

@@ -1,6 +1,7 @@
 //! SAELens' dictionary directory: `cfg.json` + `sae_weights.safetensors` with W_enc [d_in, d_sae], b_enc [d_sae],
-//! W_dec [d_sae, d_in], b_dec [d_in], as `SAE.save_model` writes it and `SAE.load_from_disk` reads it
-//! (docs/formats.md, "SAELens").
+//! W_dec [d_sae, d_in], b_dec [d_in] (and `threshold` [d_sae] for "jumprelu"), as `SAE.save_model` writes it and
+//! `SAE.load_from_disk` reads it (docs/formats.md, "SAELens"). BatchTopK is written as SAELens saves it for
+//! inference: a "jumprelu" dictionary whose thresholds all equal the learned θ; the saeperf block keeps "batchtopk".
 //!
 //! Writing: the weights folded to raw units ([`super::fold_scaling`]); the keys SAELens' own `save_model` writes
 //! (`architecture` by its registry name, `dtype` by its torch name, `metadata.sae_lens_version`, so that its loader
@@ -37,9 +38,10 @@ pub fn write(sae: &Sae, out: &Path, prov: &Provenance) -> Result<()> {
     let folded = super::fold_scaling(sae);
     let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
     let mut cfg = json!({
-        "architecture": match sae.cfg.architecture {
+        "architecture": match sae.cfg.architecture.inference() {
             Arch::Relu => "standard",
             Arch::TopK => "topk",
+            Arch::JumpRelu | Arch::BatchTopK => "jumprelu",
         },
         "d_in": d,
         "d_sae": f,
@@ -62,15 +64,17 @@ pub fn write(sae: &Sae, out: &Path, prov: &Provenance) -> Result<()> {
     if let Some(m) = &prov.model_name {
         cfg["metadata"]["model_name"] = json!(m);
     }
-    super::write_f32(
-        &out.join(WEIGHTS_FILE),
-        &[
-            ("W_enc", vec![d, f], &folded.w_enc),
-            ("b_enc", vec![f], &folded.b_enc),
-            ("W_dec", vec![f, d], &folded.w_dec),
-            ("b_dec", vec![d], &folded.b_dec),
-        ],
-    )?;
+    let mut tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
+        ("W_enc", vec![d, f], &folded.w_enc),
+        ("b_enc", vec![f], &folded.b_enc),
+        ("W_dec", vec![f, d], &folded.w_dec),
+        ("b_dec", vec![d], &folded.b_dec),
+    ];
+    let threshold = super::threshold_of(sae)?;
+    if let Some(t) = &threshold {
+        tensors.push(("threshold", vec![f], t));
+    }
+    super::write_f32(&out.join(WEIGHTS_FILE), &tensors)?;
     super::write_json(&out.join(CFG_FILE), &cfg)
 }
 
@@ -92,8 +96,9 @@ pub fn read(dir: &Path) -> Result<Sae> {
     let arch = match cfg.get("architecture").and_then(Value::as_str) {
         Some("standard") | None => Arch::Relu,
         Some("topk") => Arch::TopK,
+        Some("jumprelu") => Arch::JumpRelu,
         Some(other) => bail!(
-            "{p}: architecture {other:?} is not one saeperf runs (it reads \"standard\" and \"topk\")"
+            "{p}: architecture {other:?} is not one saeperf runs (it reads \"standard\", \"topk\" and \"jumprelu\")"
         ),
     };
     let k = if arch == Arch::TopK {
@@ -132,7 +137,21 @@ pub fn read(dir: &Path) -> Result<Sae> {
     let blob = std::fs::read(&wpath).with_context(|| format!("{}", wpath.display()))?;
     let st = safetensors::SafeTensors::deserialize(&blob)
         .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", wpath.display()))?;
+    let threshold = if arch == Arch::JumpRelu {
+        let t = super::read_f32(&st, &wpath, "threshold", &[f])?;
+        if let Some(i) = t.iter().position(|v| *v < 0.0) {
+            bail!(
+                "{}: tensor threshold is negative at feature {i} ({}); saeperf's JumpReLU needs θ ≥ 0",
+                wpath.display(),
+                t[i]
+            );
+        }
+        Some(t)
+    } else {
+        None
+    };
     let mut sae = Sae {
+        threshold,
         w_enc: super::read_f32(&st, &wpath, "W_enc", &[d, f])?,
         b_enc: super::read_f32(&st, &wpath, "b_enc", &[f])?,
         w_dec: super::read_f32(&st, &wpath, "W_dec", &[f, d])?,
@@ -163,7 +182,7 @@ mod tests {
 
     #[test]
     fn folding_gives_the_same_codes_on_raw_inputs_and_reconstructions_in_raw_units() {
-        for arch in [Arch::Relu, Arch::TopK] {
+        for arch in Arch::ALL {
             let s = 1.7;
             let sae = dict(arch, s);
             let raw = x(20, 6);
@@ -180,21 +199,19 @@ mod tests {
     #[test]
     fn export_and_read_back_restores_the_dictionary() {
         let dir = tempfile::tempdir().unwrap();
-        for arch in [Arch::Relu, Arch::TopK] {
+        for arch in Arch::ALL {
             let sae = dict(arch, 1.7);
             let out = dir.path().join(format!("{arch}"));
             write(&sae, &out, &Provenance::default()).unwrap();
             let cfg: Value =
                 serde_json::from_slice(&std::fs::read(out.join(CFG_FILE)).unwrap()).unwrap();
             // What SAELens' loader needs: registry names, a version, strings where it wants strings.
-            assert_eq!(
-                cfg["architecture"],
-                if arch == Arch::Relu {
-                    "standard"
-                } else {
-                    "topk"
-                }
-            );
+            let want = match arch {
+                Arch::Relu => "standard",
+                Arch::TopK => "topk",
+                Arch::JumpRelu | Arch::BatchTopK => "jumprelu",
+            };
+            assert_eq!(cfg["architecture"], want);
             assert_eq!(cfg["dtype"], "float32");
             assert_eq!(cfg["metadata"]["sae_lens_version"], SAE_LENS_VERSION);
             assert_eq!(cfg["metadata"]["hook_name"], "blocks.15.hook_resid_pre");
@@ -209,6 +226,7 @@ mod tests {
             close(&back.w_dec, &sae.w_dec, 1e-6, "W_dec");
             close(&back.b_dec, &sae.b_dec, 1e-6, "b_dec");
             assert_eq!(back.b_enc, sae.b_enc);
+            assert_eq!(back.threshold, sae.threshold, "{arch}: threshold");
         }
     }
 
@@ -266,8 +284,8 @@ mod tests {
         type Edit = Box<dyn Fn(&mut Value)>;
         let cases: [(&str, Edit); 6] = [
             (
-                "architecture \"jumprelu\"",
-                Box::new(|c| c["architecture"] = json!("jumprelu")),
+                "architecture \"gated\"",
+                Box::new(|c| c["architecture"] = json!("gated")),
             ),
             (
                 "needs k",

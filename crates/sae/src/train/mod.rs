@@ -40,9 +40,9 @@ pub struct TrainConfig {
     pub arch: Arch,
     /// Dictionary size; None: 8 × d_in.
     pub d_sae: Option<usize>,
-    /// λ of the L1 penalty (ReLU only).
+    /// λ of the sparsity penalty: L1 for ReLU, L0 for JumpReLU; unused by TopK and BatchTopK.
     pub l1_coeff: f32,
-    /// TopK only.
+    /// TopK: features per token; BatchTopK: features per token on average over a batch.
     pub k: usize,
     pub steps: usize,
     pub batch: usize,
@@ -55,7 +55,24 @@ pub struct TrainConfig {
     pub resample: Option<ResampleConfig>,
     /// Record a point of the training curve every this many steps.
     pub log_every: usize,
+    /// JumpReLU: the bandwidth ε of the threshold's pseudo-gradient (the paper: 0.001 on unit-scale inputs).
+    #[serde(default = "default_bandwidth")]
+    pub bandwidth: f32,
+    /// JumpReLU: every threshold's initial value.
+    #[serde(default = "default_init_threshold")]
+    pub init_threshold: f32,
 }
+
+fn default_bandwidth() -> f32 {
+    0.001
+}
+fn default_init_threshold() -> f32 {
+    0.001
+}
+
+/// BatchTopK's inference threshold follows the smallest kept activation of each batch with this decay (a time
+/// constant of 100 steps).
+pub const BATCHTOPK_THRESHOLD_DECAY: f64 = 0.99;
 
 /// Values that replace a [`TrainConfig`]'s defaults: the one way the command line (`runner train` flags) and the
 /// suite (a reference dictionary's entry) build a training configuration. `None` keeps the default.
@@ -73,6 +90,8 @@ pub struct TrainOverrides {
     pub seed: Option<u64>,
     pub resample: Option<ResampleConfig>,
     pub log_every: Option<usize>,
+    pub bandwidth: Option<f32>,
+    pub init_threshold: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -94,6 +113,8 @@ impl Default for TrainConfig {
             enc_init_scale: 1.0,
             resample: None,
             log_every: 50,
+            bandwidth: default_bandwidth(),
+            init_threshold: default_init_threshold(),
         }
     }
 }
@@ -157,6 +178,12 @@ impl TrainConfig {
         if let Some(v) = o.log_every {
             c.log_every = v;
         }
+        if let Some(v) = o.bandwidth {
+            c.bandwidth = v;
+        }
+        if let Some(v) = o.init_threshold {
+            c.init_threshold = v;
+        }
         c
     }
 
@@ -175,6 +202,16 @@ impl TrainConfig {
             "l1 coefficient must be ≥ 0, got {}",
             self.l1_coeff
         );
+        ensure!(
+            self.bandwidth.is_finite() && self.bandwidth > 0.0,
+            "bandwidth must be positive and finite, got {}",
+            self.bandwidth
+        );
+        ensure!(
+            self.init_threshold.is_finite() && self.init_threshold > 0.0,
+            "initial threshold must be positive and finite, got {}",
+            self.init_threshold
+        );
         Ok(())
     }
 
@@ -182,7 +219,7 @@ impl TrainConfig {
     pub fn validate(&self, d_in: usize) -> Result<()> {
         self.validate_basic()?;
         let d_sae = self.d_sae(d_in);
-        if self.arch == Arch::TopK {
+        if self.arch.uses_k() {
             ensure!(
                 self.k > 0 && self.k <= d_sae,
                 "k must lie in 1..=d_sae ({d_sae}), got {}",
@@ -200,7 +237,7 @@ impl TrainConfig {
         self.d_sae.unwrap_or(8 * d_in)
     }
     fn l1_at(&self, step: usize) -> f32 {
-        if self.arch == Arch::TopK {
+        if self.arch.uses_k() {
             return 0.0;
         }
         self.l1_coeff * ramp(step, self.l1_warmup)
@@ -313,6 +350,14 @@ impl Batches {
     }
 }
 
+/// JumpReLU's log thresholds on the device, with their gradient and Adam moments.
+struct JumpState<B> {
+    t: B,
+    g: B,
+    m: B,
+    v: B,
+}
+
 /// The training loop on any backend.
 pub fn train_on<B: Backend>(
     backend: &B,
@@ -330,12 +375,8 @@ pub fn train_on<B: Backend>(
         d_in: d,
         d_sae,
         architecture: cfg.arch,
-        k: (cfg.arch == Arch::TopK).then_some(cfg.k),
-        l1_coefficient: if cfg.arch == Arch::TopK {
-            0.0
-        } else {
-            cfg.l1_coeff
-        },
+        k: cfg.arch.uses_k().then_some(cfg.k),
+        l1_coefficient: if cfg.arch.uses_k() { 0.0 } else { cfg.l1_coeff },
         scaling_factor: scale,
         seed: cfg.seed,
         steps: cfg.steps,
@@ -368,6 +409,27 @@ pub fn train_on<B: Backend>(
     let mut v = zeros.try_map(up).map_err(be)?;
     let mut x = backend.zeros(s.batch * d).map_err(be)?;
     let mut f = backend.zeros(s.batch * d_sae).map_err(be)?;
+    // JumpReLU and BatchTopK select from the ReLU'd pre-activations a, kept beside the codes.
+    let arch = cfg.arch;
+    let mut a = if arch.has_threshold() {
+        Some(backend.zeros(s.batch * d_sae).map_err(be)?)
+    } else {
+        None
+    };
+    // JumpReLU's t = log θ, its gradient and Adam moments.
+    let mut jump = if arch == Arch::JumpRelu {
+        let t0 = vec![cfg.init_threshold.ln(); d_sae];
+        Some(JumpState {
+            t: backend.upload(&t0).map_err(be)?,
+            g: backend.zeros(d_sae).map_err(be)?,
+            m: backend.zeros(d_sae).map_err(be)?,
+            v: backend.zeros(d_sae).map_err(be)?,
+        })
+    } else {
+        None
+    };
+    // BatchTopK's inference threshold, averaged over batches.
+    let mut batch_theta: Option<f64> = None;
     let mut xhat = backend.zeros(s.batch * d).map_err(be)?;
     let mut batches = Batches::new(set.train_rows().len());
     let mut fire = vec![0u32; d_sae];
@@ -395,14 +457,38 @@ pub fn train_on<B: Backend>(
         let raw = set.gather_f32(&abs);
         hostx.iter_mut().zip(&raw).for_each(|(h, r)| *h = r * scale);
         backend.write(&mut x, &hostx).map_err(be)?;
-        backend.encode(s, act, &x, &p, &mut f).map_err(be)?;
+        match (&mut a, &jump) {
+            (Some(a), Some(j)) => {
+                backend.encode(s, act, &x, &p, a).map_err(be)?;
+                backend.threshold(s, a, &j.t, &mut f).map_err(be)?;
+            }
+            (Some(a), None) => {
+                backend.encode(s, act, &x, &p, a).map_err(be)?;
+                let min_kept = backend.batch_topk(s, cfg.k, a, &mut f).map_err(be)? as f64;
+                if min_kept > 0.0 {
+                    batch_theta = Some(match batch_theta {
+                        None => min_kept,
+                        Some(t) => {
+                            BATCHTOPK_THRESHOLD_DECAY * t
+                                + (1.0 - BATCHTOPK_THRESHOLD_DECAY) * min_kept
+                        }
+                    });
+                }
+            }
+            _ => backend.encode(s, act, &x, &p, &mut f).map_err(be)?,
+        }
         backend.decode(s, &f, &p, &mut xhat).map_err(be)?;
         fire.fill(0);
         let st = backend
             .batch_stats(s, &x, &xhat, &f, &mut fire)
             .map_err(be)?;
         let l1 = cfg.l1_at(step);
-        let loss = st.loss(s.batch, l1);
+        // JumpReLU's penalty is λ·L0 and reaches only θ; ReLU's is λ·L1 and reaches the encoder through backward.
+        let (loss, l1_backward) = if arch == Arch::JumpRelu {
+            ((st.sse + l1 as f64 * st.l0) / s.batch.max(1) as f64, 0.0)
+        } else {
+            (st.loss(s.batch, l1), l1)
+        };
         if !loss.is_finite() {
             bail!(Diverged(format!(
                 "training diverged at step {step}: the loss is {loss} (try a lower --lr)"
@@ -410,21 +496,25 @@ pub fn train_on<B: Backend>(
         }
         dead_tracker.record(&fire, step);
         backend
-            .backward(s, l1, &x, &f, &xhat, &p, &mut g)
+            .backward(s, l1_backward, &x, &f, &xhat, &p, &mut g)
             .map_err(be)?;
+        let hyper = AdamHyper::new(cfg.lr_at(step), step as u64 + 1);
+        if let (Some(j), Some(a)) = (&mut jump, &a) {
+            backend
+                .threshold_grad(s, cfg.bandwidth, l1, a, &j.t, &x, &xhat, &p, &mut j.g)
+                .map_err(be)?;
+            backend
+                .adam_vec(hyper, &mut j.t, &j.g, &mut j.m, &mut j.v)
+                .map_err(be)?;
+        }
         backend
-            .adam(
-                s,
-                AdamHyper::new(cfg.lr_at(step), step as u64 + 1),
-                &mut p,
-                &mut g,
-                &mut m,
-                &mut v,
-            )
+            .adam(s, hyper, &mut p, &mut g, &mut m, &mut v)
             .map_err(be)?;
         let l0 = st.l0 / s.batch as f64;
         if step % cfg.log_every == 0 || step + 1 == cfg.steps {
-            curve.push(st.curve_point(step, s, l1));
+            let mut point = st.curve_point(step, s, l1_backward);
+            point.loss = loss;
+            curve.push(point);
             tracing::debug!(step, loss, l0, "training");
         }
         if let Some(b) = &bar {
@@ -453,12 +543,38 @@ pub fn train_on<B: Backend>(
             cfg.steps
         )));
     }
+    let threshold = match (&jump, batch_theta) {
+        (Some(j), _) => Some(
+            backend
+                .download(&j.t)
+                .map_err(be)?
+                .iter()
+                .map(|t| t.exp())
+                .collect::<Vec<f32>>(),
+        ),
+        (None, Some(t)) => Some(vec![t as f32; d_sae]),
+        (None, None) if arch == Arch::BatchTopK => bail!(Diverged(format!(
+            "training kept no activation in {} steps, so BatchTopK has no threshold (every pre-activation was ≤ 0)",
+            cfg.steps
+        ))),
+        _ => None,
+    };
+    if threshold
+        .as_ref()
+        .is_some_and(|t| t.iter().any(|v| !v.is_finite()))
+    {
+        bail!(Diverged(format!(
+            "training diverged: a threshold is NaN or Inf after {} steps",
+            cfg.steps
+        )));
+    }
     let sae = Sae {
         cfg: init.cfg,
         w_enc: p.w_enc,
         b_enc: p.b_enc,
         w_dec: p.w_dec,
         b_dec: p.b_dec,
+        threshold,
     };
     Ok(TrainOutcome {
         sae,
