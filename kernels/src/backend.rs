@@ -206,6 +206,110 @@ pub trait Backend {
         self.write(f, &hf)?;
         Ok(t)
     }
+    /// TopK on ReLU'd pre-activations a already computed: f = the k largest of each row (ops::encode::topk_*).
+    /// The default runs on host copies, as for `threshold`.
+    fn topk(
+        &self,
+        s: Shape,
+        k: usize,
+        a: &Self::Buf,
+        f: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        let ha = self.download(a)?;
+        len_check("a", ha.len(), s.batch * s.d_sae)?;
+        let mut hf = self.download(f)?;
+        len_check("f", hf.len(), s.batch * s.d_sae)?;
+        ops::encode::topk_fast(s, k, &ha, &mut hf);
+        self.write(f, &hf)
+    }
+    /// Matryoshka: `out` = f in the first m columns, 0 elsewhere (ops::matryoshka). Default on host copies.
+    fn prefix_mask(
+        &self,
+        s: Shape,
+        m: usize,
+        f: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        let hf = self.download(f)?;
+        len_check("f", hf.len(), s.batch * s.d_sae)?;
+        let mut ho = self.download(out)?;
+        len_check("out", ho.len(), s.batch * s.d_sae)?;
+        if m > s.d_sae {
+            return Err(BackendError::Shape(format!(
+                "prefix {m} > d_sae {}",
+                s.d_sae
+            )));
+        }
+        ops::matryoshka::prefix_mask_fast(s, m, &hf, &mut ho);
+        self.write(out, &ho)
+    }
+    /// acc += g for every parameter (Matryoshka sums its prefixes' gradients). Default on host copies.
+    fn accumulate(
+        &self,
+        s: Shape,
+        acc: &mut Params<Self::Buf>,
+        g: &Params<Self::Buf>,
+    ) -> Result<(), BackendError> {
+        let _ = s;
+        for (a, b) in [
+            (&mut acc.w_enc, &g.w_enc),
+            (&mut acc.b_enc, &g.b_enc),
+            (&mut acc.w_dec, &g.w_dec),
+            (&mut acc.b_dec, &g.b_dec),
+        ] {
+            let (mut ha, hb) = (self.download(a)?, self.download(b)?);
+            len_check("accumulate", hb.len(), ha.len())?;
+            ops::matryoshka::accumulate_fast(&mut ha, &hb);
+            self.write(a, &ha)?;
+        }
+        Ok(())
+    }
+    /// AuxK: adds the auxiliary loss's gradients to `g` and returns the loss (ops::auxk). `dead` on the host.
+    /// Default on host copies.
+    #[allow(clippy::too_many_arguments)]
+    fn auxk(
+        &self,
+        s: Shape,
+        k_aux: usize,
+        coeff: f32,
+        a: &Self::Buf,
+        dead: &[usize],
+        x: &Self::Buf,
+        xhat: &Self::Buf,
+        p: &Params<Self::Buf>,
+        g: &mut Params<Self::Buf>,
+    ) -> Result<f64, BackendError> {
+        let hp = p.try_map(|b| self.download(b))?;
+        let mut hg = g.try_map(|b| self.download(b))?;
+        let (ha, hx, hxh) = (self.download(a)?, self.download(x)?, self.download(xhat)?);
+        let c = ArgCheck::<Vec<f32>> { s, len: Vec::len };
+        c.params(&hp, "params")?;
+        c.params(&hg, "grads")?;
+        len_check("a", ha.len(), s.batch * s.d_sae)?;
+        len_check("x", hx.len(), s.batch * s.d_in)?;
+        len_check("x̂", hxh.len(), s.batch * s.d_in)?;
+        if let Some(&bad) = dead.iter().find(|&&i| i >= s.d_sae) {
+            return Err(BackendError::Shape(format!(
+                "dead feature {bad} ≥ d_sae {}",
+                s.d_sae
+            )));
+        }
+        let loss = cpu_auxk(
+            s,
+            CpuMode::Fast,
+            k_aux,
+            coeff,
+            [&ha, &hx, &hxh],
+            dead,
+            &hp,
+            &mut hg,
+        );
+        self.write(&mut g.w_enc, &hg.w_enc)?;
+        self.write(&mut g.b_enc, &hg.b_enc)?;
+        self.write(&mut g.w_dec, &hg.w_dec)?;
+        self.write(&mut g.b_dec, &hg.b_dec)?;
+        Ok(loss)
+    }
     /// One plain Adam step on a parameter vector outside [`Params`] (JumpReLU's log θ). The default runs on host
     /// copies, as for `threshold`.
     fn adam_vec(
@@ -225,6 +329,44 @@ pub trait Backend {
         self.write(p, &hp)?;
         self.write(m, &hm)?;
         self.write(v, &hv)
+    }
+}
+
+/// AuxK on host vectors, in either CPU mode.
+#[allow(clippy::too_many_arguments)]
+fn cpu_auxk(
+    s: Shape,
+    mode: CpuMode,
+    k_aux: usize,
+    coeff: f32,
+    [a, x, xhat]: [&Vec<f32>; 3],
+    dead: &[usize],
+    p: &Params<Vec<f32>>,
+    g: &mut Params<Vec<f32>>,
+) -> f64 {
+    let i = ops::auxk::AuxInputs {
+        a,
+        dead,
+        x,
+        xhat,
+        k_aux,
+        coeff,
+    };
+    let w = backward::Weights {
+        w_enc: &p.w_enc,
+        b_enc: &p.b_enc,
+        w_dec: &p.w_dec,
+        b_dec: &p.b_dec,
+    };
+    let gm = backward::GradsMut {
+        w_enc: &mut g.w_enc,
+        b_enc: &mut g.b_enc,
+        w_dec: &mut g.w_dec,
+        b_dec: &mut g.b_dec,
+    };
+    match mode {
+        CpuMode::Fast => ops::auxk::fast(s, i, w, gm),
+        CpuMode::Reference => ops::auxk::reference(s, i, w, gm),
     }
 }
 
@@ -606,5 +748,87 @@ impl Backend for CpuBackend {
             CpuMode::Reference => ops::adam::reference(h, p, g, m, v),
         }
         Ok(())
+    }
+    fn topk(&self, s: Shape, k: usize, a: &Vec<f32>, f: &mut Vec<f32>) -> Result<(), BackendError> {
+        len_check("a", a.len(), s.batch * s.d_sae)?;
+        len_check("f", f.len(), s.batch * s.d_sae)?;
+        match self.mode {
+            CpuMode::Fast => ops::encode::topk_fast(s, k, a, f),
+            CpuMode::Reference => ops::encode::topk_reference(s, k, a, f),
+        }
+        Ok(())
+    }
+    fn prefix_mask(
+        &self,
+        s: Shape,
+        m: usize,
+        f: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        len_check("f", f.len(), s.batch * s.d_sae)?;
+        len_check("out", out.len(), s.batch * s.d_sae)?;
+        if m > s.d_sae {
+            return Err(BackendError::Shape(format!(
+                "prefix {m} > d_sae {}",
+                s.d_sae
+            )));
+        }
+        match self.mode {
+            CpuMode::Fast => ops::matryoshka::prefix_mask_fast(s, m, f, out),
+            CpuMode::Reference => ops::matryoshka::prefix_mask_reference(s, m, f, out),
+        }
+        Ok(())
+    }
+    fn accumulate(
+        &self,
+        s: Shape,
+        acc: &mut Params<Vec<f32>>,
+        g: &Params<Vec<f32>>,
+    ) -> Result<(), BackendError> {
+        check(s).params(acc, "accumulator")?;
+        check(s).params(g, "grads")?;
+        let add = match self.mode {
+            CpuMode::Fast => ops::matryoshka::accumulate_fast,
+            CpuMode::Reference => ops::matryoshka::accumulate_reference,
+        };
+        add(&mut acc.w_enc, &g.w_enc);
+        add(&mut acc.b_enc, &g.b_enc);
+        add(&mut acc.w_dec, &g.w_dec);
+        add(&mut acc.b_dec, &g.b_dec);
+        Ok(())
+    }
+    fn auxk(
+        &self,
+        s: Shape,
+        k_aux: usize,
+        coeff: f32,
+        a: &Vec<f32>,
+        dead: &[usize],
+        x: &Vec<f32>,
+        xhat: &Vec<f32>,
+        p: &Params<Vec<f32>>,
+        g: &mut Params<Vec<f32>>,
+    ) -> Result<f64, BackendError> {
+        check(s).params(p, "params")?;
+        check(s).params(g, "grads")?;
+        len_check("a", a.len(), s.batch * s.d_sae)?;
+        len_check("x", x.len(), s.batch * s.d_in)?;
+        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        if let Some(&bad) = dead.iter().find(|&&i| i >= s.d_sae) {
+            return Err(BackendError::Shape(format!(
+                "dead feature {bad} ≥ d_sae {}",
+                s.d_sae
+            )));
+        }
+        Ok(cpu_auxk(
+            s,
+            self.mode,
+            k_aux,
+            coeff,
+            [a, x, xhat],
+            dead,
+            p,
+            g,
+        ))
     }
 }

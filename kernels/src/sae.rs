@@ -43,23 +43,32 @@ pub enum Arch {
     /// The k·B largest activations of a training batch; one threshold θ at inference.
     #[serde(rename = "batchtopk")]
     BatchTopK,
+    /// BatchTopK trained with nested prefix losses: every prefix of the dictionary reconstructs on its own.
+    #[serde(rename = "matryoshka")]
+    Matryoshka,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 4] = [Arch::Relu, Arch::TopK, Arch::JumpRelu, Arch::BatchTopK];
+    pub const ALL: [Arch; 5] = [
+        Arch::Relu,
+        Arch::TopK,
+        Arch::JumpRelu,
+        Arch::BatchTopK,
+        Arch::Matryoshka,
+    ];
 
     /// True when the dictionary carries a `threshold` tensor and encodes with it.
     pub fn has_threshold(self) -> bool {
-        matches!(self, Arch::JumpRelu | Arch::BatchTopK)
+        matches!(self, Arch::JumpRelu | Arch::BatchTopK | Arch::Matryoshka)
     }
     /// True when the architecture keeps k features per token (TopK) or on average per token (BatchTopK).
     pub fn uses_k(self) -> bool {
-        matches!(self, Arch::TopK | Arch::BatchTopK)
+        matches!(self, Arch::TopK | Arch::BatchTopK | Arch::Matryoshka)
     }
     /// The architecture an inference-only reader (SAELens' loader) sees: BatchTopK encodes like JumpReLU.
     pub fn inference(self) -> Arch {
         match self {
-            Arch::BatchTopK => Arch::JumpRelu,
+            Arch::BatchTopK | Arch::Matryoshka => Arch::JumpRelu,
             a => a,
         }
     }
@@ -74,7 +83,9 @@ impl std::str::FromStr for Arch {
             _ => Arch::ALL
                 .into_iter()
                 .find(|a| a.to_string() == s)
-                .ok_or_else(|| format!("unknown arch {s:?} (relu, topk, jumprelu or batchtopk)")),
+                .ok_or_else(|| {
+                    format!("unknown arch {s:?} (relu, topk, jumprelu, batchtopk or matryoshka)")
+                }),
         }
     }
 }
@@ -86,6 +97,7 @@ impl std::fmt::Display for Arch {
             Arch::TopK => "topk",
             Arch::JumpRelu => "jumprelu",
             Arch::BatchTopK => "batchtopk",
+            Arch::Matryoshka => "matryoshka",
         })
     }
 }
@@ -145,7 +157,7 @@ impl SaeCfg {
     /// The activation the encoder applies (for JumpReLU and BatchTopK the threshold comes after it).
     pub fn activation(&self) -> Activation {
         match self.architecture {
-            Arch::Relu | Arch::JumpRelu | Arch::BatchTopK => Activation::Relu,
+            Arch::Relu | Arch::JumpRelu | Arch::BatchTopK | Arch::Matryoshka => Activation::Relu,
             Arch::TopK => Activation::TopK {
                 k: self.k.unwrap_or(0),
             },

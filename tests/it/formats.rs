@@ -51,6 +51,10 @@ fn saelens_export_round_trips_and_keeps_fvu_and_l0_on_raw_activations() {
         ("topk", vec!["--arch", "topk", "--k", "4"]),
         ("jumprelu", vec!["--arch", "jumprelu", "--l1", "0.5"]),
         ("batchtopk", vec!["--arch", "batchtopk", "--k", "4"]),
+        (
+            "matryoshka",
+            vec!["--arch", "matryoshka", "--k", "4", "--aux-k", "8"],
+        ),
     ] {
         let dict = tmp.path().join(name);
         ok(runner(&home)
@@ -242,6 +246,10 @@ fn the_fields_packages_load_the_dictionaries() {
         ("topk", vec!["--arch", "topk", "--k", "4"]),
         ("jumprelu", vec!["--arch", "jumprelu", "--l1", "0.5"]),
         ("batchtopk", vec!["--arch", "batchtopk", "--k", "4"]),
+        (
+            "matryoshka",
+            vec!["--arch", "matryoshka", "--k", "4", "--aux-k", "8"],
+        ),
     ] {
         let dict = tmp.path().join(name);
         ok(runner(&home)

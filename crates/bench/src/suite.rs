@@ -127,7 +127,7 @@ pub struct Resample {
 pub struct TrainSpec {
     pub name: String,
     pub data: String,
-    /// "relu", "topk", "jumprelu" or "batchtopk" (docs/architectures.md).
+    /// "relu", "topk", "jumprelu", "batchtopk" or "matryoshka" (docs/architectures.md).
     pub arch: String,
     #[serde(default)]
     pub k: Option<usize>,
@@ -148,6 +148,12 @@ pub struct TrainSpec {
     pub resample: Option<Resample>,
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// AuxK's dead latents per token (TopK family; 0 or absent: off).
+    #[serde(default)]
+    pub aux_k: usize,
+    /// Matryoshka's prefix sizes (absent: d_sae/8, /4, /2, d_sae).
+    #[serde(default)]
+    pub prefixes: Vec<usize>,
     /// Pruning variant only: remove features firing on more than this fraction of evaluation tokens.
     #[serde(default)]
     pub prune_above: Option<f64>,

@@ -203,6 +203,9 @@ pub(crate) fn train_config(t: &TrainSpec, seed: u64) -> TrainConfig {
             log_every: Some(t.log_every),
             bandwidth: None,
             init_threshold: None,
+            prefixes: (!t.prefixes.is_empty()).then(|| t.prefixes.clone()),
+            aux_k: (t.aux_k > 0).then_some(t.aux_k),
+            aux_window: None,
         },
     )
 }

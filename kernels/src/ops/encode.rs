@@ -49,6 +49,32 @@ fn activate_row(row: &mut [f32], act: Activation, scratch: &mut Vec<(usize, f32)
     }
 }
 
+/// TopK on ReLU'd pre-activations a [B, F] already computed (TopK training with AuxK keeps a beside the codes):
+/// f = the k largest of each row of a, ties to the lower index. Plain: sort each row.
+pub fn topk_reference(s: Shape, k: usize, a: &[f32], f: &mut [f32]) {
+    assert_eq!(a.len(), s.batch * s.d_sae, "topk: a");
+    assert_eq!(f.len(), s.batch * s.d_sae, "topk: f");
+    for (fr, ar) in f.chunks_mut(s.d_sae.max(1)).zip(a.chunks(s.d_sae.max(1))) {
+        let mut order: Vec<(usize, f32)> = ar.iter().copied().enumerate().collect();
+        order.sort_by(|x, y| topk_order(*x, *y));
+        fr.fill(0.0);
+        for &(i, v) in order.iter().take(k) {
+            fr[i] = v.max(0.0);
+        }
+    }
+}
+
+/// TopK on a, rows in parallel with a partial selection (the encoder's own epilogue).
+pub fn topk_fast(s: Shape, k: usize, a: &[f32], f: &mut [f32]) {
+    assert_eq!(a.len(), s.batch * s.d_sae, "topk: a");
+    assert_eq!(f.len(), s.batch * s.d_sae, "topk: f");
+    f.copy_from_slice(a);
+    f.par_chunks_mut(s.d_sae.max(1))
+        .for_each_init(Vec::new, |scratch, row| {
+            activate_row(row, Activation::TopK { k }, scratch)
+        });
+}
+
 /// Plain loops: the definition.
 pub fn reference(
     s: Shape,

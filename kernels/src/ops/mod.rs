@@ -4,11 +4,13 @@
 //! f [batch, d_sae], W_dec [d_sae, d_in], b_dec [d_in], x̂ [batch, d_in].
 
 pub mod adam;
+pub mod auxk;
 pub mod backward;
 pub mod batchtopk;
 pub mod decode;
 pub mod encode;
 pub mod gemm;
+pub mod matryoshka;
 pub mod reduce;
 pub mod resample;
 pub mod sparse;

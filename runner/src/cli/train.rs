@@ -17,6 +17,7 @@ pub enum ArchArg {
     Topk,
     Jumprelu,
     Batchtopk,
+    Matryoshka,
 }
 
 #[derive(Args, Debug)]
@@ -35,7 +36,7 @@ pub struct TrainArgs {
     /// Sparsity coefficient λ: of the L1 penalty (relu) or of the L0 penalty (jumprelu).
     #[arg(long)]
     pub l1: Option<f32>,
-    /// Features kept per token (topk), on average over a batch (batchtopk).
+    /// Features kept per token (topk), on average over a batch (batchtopk, matryoshka).
     #[arg(long)]
     pub k: Option<usize>,
     /// JumpReLU: bandwidth ε of the threshold's pseudo-gradient [default: 0.001].
@@ -44,6 +45,15 @@ pub struct TrainArgs {
     /// JumpReLU: every threshold's initial value [default: 0.001].
     #[arg(long)]
     pub init_threshold: Option<f32>,
+    /// Matryoshka: nested prefix sizes, the last one d_sae, e.g. 64,128,256,512 [default: d_sae/8, /4, /2, d_sae].
+    #[arg(long, value_delimiter = ',')]
+    pub prefixes: Vec<usize>,
+    /// AuxK (topk, batchtopk, matryoshka): dead latents per token that reconstruct the residual [default: 0, off].
+    #[arg(long)]
+    pub aux_k: Option<usize>,
+    /// AuxK: a latent is dead when it has not fired for this many steps [default: 100].
+    #[arg(long)]
+    pub aux_window: Option<usize>,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -171,6 +181,7 @@ pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
             ArchArg::Topk => Arch::TopK,
             ArchArg::Jumprelu => Arch::JumpRelu,
             ArchArg::Batchtopk => Arch::BatchTopK,
+            ArchArg::Matryoshka => Arch::Matryoshka,
         }),
         d_sae: a.d_sae,
         l1_coeff: a.l1,
@@ -189,6 +200,9 @@ pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
         log_every: None,
         bandwidth: a.bandwidth,
         init_threshold: a.init_threshold,
+        prefixes: (!a.prefixes.is_empty()).then(|| a.prefixes.clone()),
+        aux_k: a.aux_k,
+        aux_window: a.aux_window,
     };
     Ok(TrainConfig::with_overrides(set_kind, &overrides))
 }

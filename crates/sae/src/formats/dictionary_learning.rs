@@ -5,7 +5,8 @@
 //!   [d_in, F], bias = b_dec [d_in]; encode relu(encoder(x − bias)).
 //! - `AutoEncoderTopK`: encoder.weight, encoder.bias, decoder.weight as above, b_dec [d_in], and the buffers k
 //!   (a 0-dim integer) and threshold (a 0-dim float, −1: unused); encode relu(encoder(x − b_dec)), top k.
-//! - `BatchTopKSAE` (BatchTopK): the same tensors as `AutoEncoderTopK`, threshold = θ; encode
+//! - `BatchTopKSAE` (BatchTopK, and Matryoshka, which encodes the same way at inference): the same tensors as
+//!   `AutoEncoderTopK`, threshold = θ; encode
 //!   a = relu(encoder(x − b_dec)), a·1[a > θ].
 //! - `JumpReluAutoEncoder` (JumpReLU): W_enc [d_in, F], b_enc [F], W_dec [F, d_in], b_dec [d_in], threshold [F];
 //!   it does not subtract b_dec from the input (`apply_b_dec_to_input` is an attribute that loading leaves False),
@@ -44,7 +45,9 @@ pub fn write(sae: &Sae, out: &Path, lm_name: Option<&str>, layer: Option<usize>)
             *b = (*b as f64 - dot) as f32;
         }
     }
-    if sae.cfg.architecture == Arch::BatchTopK && threshold.iter().any(|t| *t != theta[0]) {
+    if matches!(sae.cfg.architecture, Arch::BatchTopK | Arch::Matryoshka)
+        && threshold.iter().any(|t| *t != theta[0])
+    {
         bail!("dictionary_learning's BatchTopKSAE has one threshold; this dictionary's thresholds differ");
     }
     let (class, tensors) = match sae.cfg.architecture {
@@ -68,7 +71,8 @@ pub fn write(sae: &Sae, out: &Path, lm_name: Option<&str>, layer: Option<usize>)
                 ("b_dec", TorchTensor::F32(vec![d], &folded.b_dec)),
             ],
         ),
-        Arch::BatchTopK => (
+        // A Matryoshka dictionary encodes at inference exactly as BatchTopK does; its prefixes are a training matter.
+        Arch::BatchTopK | Arch::Matryoshka => (
             "BatchTopKSAE",
             vec![
                 ("k", TorchTensor::I64Scalar(sae.cfg.k.unwrap_or(0) as i64)),

@@ -325,8 +325,11 @@ pub(crate) mod testutil {
         sae.b_enc
             .iter_mut()
             .for_each(|b| *b = rng.random::<f32>() - 0.6);
-        if arch.has_threshold() {
+        if arch == Arch::JumpRelu {
             sae.threshold = Some((0..10).map(|_| 0.05 + 0.3 * rng.random::<f32>()).collect());
+        } else if arch.has_threshold() {
+            // BatchTopK and Matryoshka: one θ for every feature.
+            sae.threshold = Some(vec![0.21; 10]);
         }
         sae
     }
@@ -361,6 +364,14 @@ mod tests {
         close(&back.b_enc, &sae.b_enc, 1e-6, "b_enc");
         close(&back.w_dec, &sae.w_dec, 1e-6, "W_dec");
         close(&back.b_dec, &sae.b_dec, 1e-6, "b_dec");
+        assert_eq!(
+            back.threshold.is_some(),
+            sae.threshold.is_some(),
+            "threshold"
+        );
+        if let (Some(a), Some(b)) = (&back.threshold, &sae.threshold) {
+            close(a, b, 1e-6, "threshold");
+        }
         let raw = x(12, sae.cfg.d_in);
         close(&back.encode(&raw, 12), &sae.encode(&raw, 12), 1e-5, "codes");
     }
@@ -368,7 +379,7 @@ mod tests {
     #[test]
     fn every_export_reads_back_as_the_same_dictionary() {
         let dir = tempfile::tempdir().unwrap();
-        for arch in [Arch::Relu, Arch::TopK] {
+        for arch in Arch::ALL {
             let sae = dict(arch, 1.7);
             let out = dir.path().join(format!("{arch}-dl"));
             dictionary_learning::write(&sae, &out, Some("m"), Some(15)).unwrap();
@@ -380,7 +391,8 @@ mod tests {
                 assert_eq!(detect(&out).unwrap(), Format::Sparsify);
                 same(&load(&out).unwrap(), &sae);
             } else {
-                let e = sparsify::write(&sae, &dir.path().join("relu-sparsify")).unwrap_err();
+                let e = sparsify::write(&sae, &dir.path().join(format!("{arch}-sparsify")))
+                    .unwrap_err();
                 assert!(e.to_string().contains("TopK dictionaries only"), "{e}");
             }
         }

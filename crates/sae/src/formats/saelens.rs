@@ -41,7 +41,7 @@ pub fn write(sae: &Sae, out: &Path, prov: &Provenance) -> Result<()> {
         "architecture": match sae.cfg.architecture.inference() {
             Arch::Relu => "standard",
             Arch::TopK => "topk",
-            Arch::JumpRelu | Arch::BatchTopK => "jumprelu",
+            Arch::JumpRelu | Arch::BatchTopK | Arch::Matryoshka => "jumprelu",
         },
         "d_in": d,
         "d_sae": f,
@@ -209,7 +209,7 @@ mod tests {
             let want = match arch {
                 Arch::Relu => "standard",
                 Arch::TopK => "topk",
-                Arch::JumpRelu | Arch::BatchTopK => "jumprelu",
+                Arch::JumpRelu | Arch::BatchTopK | Arch::Matryoshka => "jumprelu",
             };
             assert_eq!(cfg["architecture"], want);
             assert_eq!(cfg["dtype"], "float32");

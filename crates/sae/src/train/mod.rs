@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use saeperf_kernels::select::{Selected, WithBackend};
-use saeperf_kernels::{AdamHyper, Arch, Backend, Params, Sae, SaeCfg, Shape};
+use saeperf_kernels::{Activation, AdamHyper, Arch, Backend, Params, Sae, SaeCfg, Shape};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -61,6 +61,25 @@ pub struct TrainConfig {
     /// JumpReLU: every threshold's initial value.
     #[serde(default = "default_init_threshold")]
     pub init_threshold: f32,
+    /// Matryoshka: the nested prefix sizes m_1 < … < m_n = d_sae; empty: d_sae/8, /4, /2, d_sae.
+    #[serde(default)]
+    pub prefixes: Vec<usize>,
+    /// AuxK (TopK, BatchTopK, Matryoshka): dead latents that reconstruct the residual per token; 0: off.
+    #[serde(default)]
+    pub aux_k: usize,
+    /// AuxK: the auxiliary loss's coefficient α (Gao et al.: 1/32).
+    #[serde(default = "default_aux_coeff")]
+    pub aux_coeff: f32,
+    /// AuxK: a latent is dead when it has not fired for this many steps.
+    #[serde(default = "default_aux_window")]
+    pub aux_window: usize,
+}
+
+fn default_aux_coeff() -> f32 {
+    1.0 / 32.0
+}
+fn default_aux_window() -> usize {
+    100
 }
 
 fn default_bandwidth() -> f32 {
@@ -92,6 +111,9 @@ pub struct TrainOverrides {
     pub log_every: Option<usize>,
     pub bandwidth: Option<f32>,
     pub init_threshold: Option<f32>,
+    pub prefixes: Option<Vec<usize>>,
+    pub aux_k: Option<usize>,
+    pub aux_window: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -115,6 +137,10 @@ impl Default for TrainConfig {
             log_every: 50,
             bandwidth: default_bandwidth(),
             init_threshold: default_init_threshold(),
+            prefixes: Vec::new(),
+            aux_k: 0,
+            aux_coeff: default_aux_coeff(),
+            aux_window: default_aux_window(),
         }
     }
 }
@@ -184,6 +210,15 @@ impl TrainConfig {
         if let Some(v) = o.init_threshold {
             c.init_threshold = v;
         }
+        if let Some(v) = &o.prefixes {
+            c.prefixes = v.clone();
+        }
+        if let Some(v) = o.aux_k {
+            c.aux_k = v;
+        }
+        if let Some(v) = o.aux_window {
+            c.aux_window = v;
+        }
         c
     }
 
@@ -226,12 +261,45 @@ impl TrainConfig {
                 self.k
             );
         }
+        if self.aux_k > 0 {
+            ensure!(
+                self.arch.uses_k(),
+                "--aux-k needs a TopK-family dictionary (topk, batchtopk, matryoshka), not {}",
+                self.arch
+            );
+            ensure!(self.aux_window > 0, "the AuxK window must be positive");
+        }
+        if self.arch == Arch::Matryoshka {
+            let p = self.prefixes_for(d_sae);
+            ensure!(
+                p.windows(2).all(|w| w[0] < w[1]) && p.first().is_some_and(|m| *m > 0),
+                "matryoshka prefixes must increase strictly from at least 1, got {p:?}"
+            );
+            ensure!(
+                p.last() == Some(&d_sae),
+                "the last matryoshka prefix must be d_sae ({d_sae}), got {p:?}"
+            );
+        } else {
+            ensure!(
+                self.prefixes.is_empty(),
+                "prefixes apply to matryoshka only, not {}",
+                self.arch
+            );
+        }
         if let Some(r) = &self.resample {
             ensure!(r.window > 0, "resample window must be positive");
             ensure!(r.sample > 0, "resample sample must be positive");
         }
         ensure!(self.log_every > 0, "log_every must be positive");
         Ok(())
+    }
+    /// Matryoshka's prefix sizes for a dictionary of `d_sae` features.
+    pub fn prefixes_for(&self, d_sae: usize) -> Vec<usize> {
+        if self.prefixes.is_empty() {
+            saeperf_kernels::ops::matryoshka::default_prefixes(d_sae)
+        } else {
+            self.prefixes.clone()
+        }
     }
     pub fn d_sae(&self, d_in: usize) -> usize {
         self.d_sae.unwrap_or(8 * d_in)
@@ -411,7 +479,7 @@ pub fn train_on<B: Backend>(
     let mut f = backend.zeros(s.batch * d_sae).map_err(be)?;
     // JumpReLU and BatchTopK select from the ReLU'd pre-activations a, kept beside the codes.
     let arch = cfg.arch;
-    let mut a = if arch.has_threshold() {
+    let mut a = if arch.has_threshold() || cfg.aux_k > 0 {
         Some(backend.zeros(s.batch * d_sae).map_err(be)?)
     } else {
         None
@@ -430,6 +498,23 @@ pub fn train_on<B: Backend>(
     };
     // BatchTopK's inference threshold, averaged over batches.
     let mut batch_theta: Option<f64> = None;
+    // Matryoshka: the prefixes below d_sae, each with its masked codes, reconstruction and gradients.
+    let prefixes: Vec<usize> = if arch == Arch::Matryoshka {
+        let mut p = cfg.prefixes_for(d_sae);
+        p.pop();
+        p
+    } else {
+        Vec::new()
+    };
+    let mut nested = if prefixes.is_empty() {
+        None
+    } else {
+        Some((
+            backend.zeros(s.batch * d_sae).map_err(be)?,
+            backend.zeros(s.batch * d).map_err(be)?,
+            zeros.try_map(up).map_err(be)?,
+        ))
+    };
     let mut xhat = backend.zeros(s.batch * d).map_err(be)?;
     let mut batches = Batches::new(set.train_rows().len());
     let mut fire = vec![0u32; d_sae];
@@ -462,6 +547,10 @@ pub fn train_on<B: Backend>(
                 backend.encode(s, act, &x, &p, a).map_err(be)?;
                 backend.threshold(s, a, &j.t, &mut f).map_err(be)?;
             }
+            (Some(a), None) if arch == Arch::TopK => {
+                backend.encode(s, Activation::Relu, &x, &p, a).map_err(be)?;
+                backend.topk(s, cfg.k, a, &mut f).map_err(be)?;
+            }
             (Some(a), None) => {
                 backend.encode(s, act, &x, &p, a).map_err(be)?;
                 let min_kept = backend.batch_topk(s, cfg.k, a, &mut f).map_err(be)? as f64;
@@ -484,7 +573,7 @@ pub fn train_on<B: Backend>(
             .map_err(be)?;
         let l1 = cfg.l1_at(step);
         // JumpReLU's penalty is λ·L0 and reaches only θ; ReLU's is λ·L1 and reaches the encoder through backward.
-        let (loss, l1_backward) = if arch == Arch::JumpRelu {
+        let (mut loss, l1_backward) = if arch == Arch::JumpRelu {
             ((st.sse + l1 as f64 * st.l0) / s.batch.max(1) as f64, 0.0)
         } else {
             (st.loss(s.batch, l1), l1)
@@ -498,6 +587,31 @@ pub fn train_on<B: Backend>(
         backend
             .backward(s, l1_backward, &x, &f, &xhat, &p, &mut g)
             .map_err(be)?;
+        // Matryoshka: every shorter prefix's reconstruction loss and gradient on top of the full one.
+        if let Some((fj, xhj, gj)) = &mut nested {
+            for &m in &prefixes {
+                backend.prefix_mask(s, m, &f, fj).map_err(be)?;
+                backend.decode(s, fj, &p, xhj).map_err(be)?;
+                let sse: f64 = backend
+                    .per_token_sq_err(s, &x, xhj)
+                    .map_err(be)?
+                    .iter()
+                    .map(|v| *v as f64)
+                    .sum();
+                loss += sse / s.batch.max(1) as f64;
+                backend.backward(s, 0.0, &x, fj, xhj, &p, gj).map_err(be)?;
+                backend.accumulate(s, &mut g, gj).map_err(be)?;
+            }
+        }
+        // AuxK: once a window has passed, the latents silent for it reconstruct the residual.
+        if let (true, Some(a)) = (cfg.aux_k > 0 && step >= cfg.aux_window, &a) {
+            let dead = dead_tracker.dead(step, cfg.aux_window);
+            if !dead.is_empty() {
+                loss += backend
+                    .auxk(s, cfg.aux_k, cfg.aux_coeff, a, &dead, &x, &xhat, &p, &mut g)
+                    .map_err(be)?;
+            }
+        }
         let hyper = AdamHyper::new(cfg.lr_at(step), step as u64 + 1);
         if let (Some(j), Some(a)) = (&mut jump, &a) {
             backend
@@ -553,8 +667,8 @@ pub fn train_on<B: Backend>(
                 .collect::<Vec<f32>>(),
         ),
         (None, Some(t)) => Some(vec![t as f32; d_sae]),
-        (None, None) if arch == Arch::BatchTopK => bail!(Diverged(format!(
-            "training kept no activation in {} steps, so BatchTopK has no threshold (every pre-activation was ≤ 0)",
+        (None, None) if arch.has_threshold() => bail!(Diverged(format!(
+            "training kept no activation in {} steps, so {arch} has no threshold (every pre-activation was ≤ 0)",
             cfg.steps
         ))),
         _ => None,
