@@ -142,13 +142,9 @@ pub trait Backend {
         log_theta: &Self::Buf,
         f: &mut Self::Buf,
     ) -> Result<(), BackendError> {
-        let (ha, ht) = (self.download(a)?, self.download(log_theta)?);
-        len_check("a", ha.len(), s.batch * s.d_sae)?;
+        let ht = self.download(log_theta)?;
         len_check("log θ", ht.len(), s.d_sae)?;
-        let mut hf = self.download(f)?;
-        len_check("f", hf.len(), s.batch * s.d_sae)?;
-        ops::threshold::fast(s, &ha, &ht, &mut hf);
-        self.write(f, &hf)
+        on_host_codes(self, s, a, f, |a, f| ops::threshold::fast(s, a, &ht, f))
     }
     /// JumpReLU's pseudo-gradient of the loss with respect to t = log θ into `g` [d_sae] (ops::threshold).
     #[allow(clippy::too_many_arguments)]
@@ -198,13 +194,7 @@ pub trait Backend {
         a: &Self::Buf,
         f: &mut Self::Buf,
     ) -> Result<f32, BackendError> {
-        let ha = self.download(a)?;
-        len_check("a", ha.len(), s.batch * s.d_sae)?;
-        let mut hf = self.download(f)?;
-        len_check("f", hf.len(), s.batch * s.d_sae)?;
-        let t = ops::batchtopk::fast(s, k, &ha, &mut hf);
-        self.write(f, &hf)?;
-        Ok(t)
+        on_host_codes(self, s, a, f, |a, f| ops::batchtopk::fast(s, k, a, f))
     }
     /// TopK on ReLU'd pre-activations a already computed: f = the k largest of each row (ops::encode::topk_*).
     /// The default runs on host copies, as for `threshold`.
@@ -215,12 +205,7 @@ pub trait Backend {
         a: &Self::Buf,
         f: &mut Self::Buf,
     ) -> Result<(), BackendError> {
-        let ha = self.download(a)?;
-        len_check("a", ha.len(), s.batch * s.d_sae)?;
-        let mut hf = self.download(f)?;
-        len_check("f", hf.len(), s.batch * s.d_sae)?;
-        ops::encode::topk_fast(s, k, &ha, &mut hf);
-        self.write(f, &hf)
+        on_host_codes(self, s, a, f, |a, f| ops::encode::topk_fast(s, k, a, f))
     }
     /// Matryoshka: `out` = f in the first m columns, 0 elsewhere (ops::matryoshka). Default on host copies.
     fn prefix_mask(
@@ -230,18 +215,10 @@ pub trait Backend {
         f: &Self::Buf,
         out: &mut Self::Buf,
     ) -> Result<(), BackendError> {
-        let hf = self.download(f)?;
-        len_check("f", hf.len(), s.batch * s.d_sae)?;
-        let mut ho = self.download(out)?;
-        len_check("out", ho.len(), s.batch * s.d_sae)?;
-        if m > s.d_sae {
-            return Err(BackendError::Shape(format!(
-                "prefix {m} > d_sae {}",
-                s.d_sae
-            )));
-        }
-        ops::matryoshka::prefix_mask_fast(s, m, &hf, &mut ho);
-        self.write(out, &ho)
+        prefix_check(s, m)?;
+        on_host_codes(self, s, f, out, |f, o| {
+            ops::matryoshka::prefix_mask_fast(s, m, f, o)
+        })
     }
     /// acc += g for every parameter (Matryoshka sums its prefixes' gradients). Default on host copies.
     fn accumulate(
@@ -367,6 +344,36 @@ fn cpu_auxk(
     match mode {
         CpuMode::Fast => ops::auxk::fast(s, i, w, gm),
         CpuMode::Reference => ops::auxk::reference(s, i, w, gm),
+    }
+}
+
+/// The default path of the ops a device has no kernel for: `op` on host copies of the codes-shaped `a` and `out`
+/// ([batch, d_sae] both), and `out` written back.
+fn on_host_codes<B: Backend + ?Sized, T>(
+    be: &B,
+    s: Shape,
+    a: &B::Buf,
+    out: &mut B::Buf,
+    op: impl FnOnce(&[f32], &mut [f32]) -> T,
+) -> Result<T, BackendError> {
+    let ha = be.download(a)?;
+    len_check("a", ha.len(), s.batch * s.d_sae)?;
+    let mut ho = be.download(out)?;
+    len_check("out", ho.len(), s.batch * s.d_sae)?;
+    let t = op(&ha, &mut ho);
+    be.write(out, &ho)?;
+    Ok(t)
+}
+
+/// A Matryoshka prefix lies inside the dictionary.
+fn prefix_check(s: Shape, m: usize) -> Result<(), BackendError> {
+    if m > s.d_sae {
+        Err(BackendError::Shape(format!(
+            "prefix {m} > d_sae {}",
+            s.d_sae
+        )))
+    } else {
+        Ok(())
     }
 }
 
@@ -767,12 +774,7 @@ impl Backend for CpuBackend {
     ) -> Result<(), BackendError> {
         len_check("f", f.len(), s.batch * s.d_sae)?;
         len_check("out", out.len(), s.batch * s.d_sae)?;
-        if m > s.d_sae {
-            return Err(BackendError::Shape(format!(
-                "prefix {m} > d_sae {}",
-                s.d_sae
-            )));
-        }
+        prefix_check(s, m)?;
         match self.mode {
             CpuMode::Fast => ops::matryoshka::prefix_mask_fast(s, m, f, out),
             CpuMode::Reference => ops::matryoshka::prefix_mask_reference(s, m, f, out),
@@ -830,5 +832,182 @@ impl Backend for CpuBackend {
             p,
             g,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::inputs::{rng, uniform};
+
+    /// The CPU backend with only the trait's required methods: every op with a default runs its default, the path
+    /// a device without a kernel for it takes (the CUDA backend today).
+    struct Defaults(CpuBackend);
+
+    impl Backend for Defaults {
+        type Buf = Vec<f32>;
+        fn name(&self) -> String {
+            "defaults".into()
+        }
+        fn upload(&self, d: &[f32]) -> Result<Vec<f32>, BackendError> {
+            self.0.upload(d)
+        }
+        fn download(&self, b: &Vec<f32>) -> Result<Vec<f32>, BackendError> {
+            self.0.download(b)
+        }
+        fn write(&self, b: &mut Vec<f32>, d: &[f32]) -> Result<(), BackendError> {
+            self.0.write(b, d)
+        }
+        fn zeros(&self, n: usize) -> Result<Vec<f32>, BackendError> {
+            self.0.zeros(n)
+        }
+        fn encode(
+            &self,
+            s: Shape,
+            act: Activation,
+            x: &Vec<f32>,
+            p: &Params<Vec<f32>>,
+            f: &mut Vec<f32>,
+        ) -> Result<(), BackendError> {
+            self.0.encode(s, act, x, p, f)
+        }
+        fn decode(
+            &self,
+            s: Shape,
+            f: &Vec<f32>,
+            p: &Params<Vec<f32>>,
+            xh: &mut Vec<f32>,
+        ) -> Result<(), BackendError> {
+            self.0.decode(s, f, p, xh)
+        }
+        fn backward(
+            &self,
+            s: Shape,
+            l1: f32,
+            x: &Vec<f32>,
+            f: &Vec<f32>,
+            xh: &Vec<f32>,
+            p: &Params<Vec<f32>>,
+            g: &mut Params<Vec<f32>>,
+        ) -> Result<(), BackendError> {
+            self.0.backward(s, l1, x, f, xh, p, g)
+        }
+        fn adam(
+            &self,
+            s: Shape,
+            h: AdamHyper,
+            p: &mut Params<Vec<f32>>,
+            g: &mut Params<Vec<f32>>,
+            m: &mut Params<Vec<f32>>,
+            v: &mut Params<Vec<f32>>,
+        ) -> Result<(), BackendError> {
+            self.0.adam(s, h, p, g, m, v)
+        }
+        fn batch_stats(
+            &self,
+            s: Shape,
+            x: &Vec<f32>,
+            xh: &Vec<f32>,
+            f: &Vec<f32>,
+            c: &mut [u32],
+        ) -> Result<BatchStats, BackendError> {
+            self.0.batch_stats(s, x, xh, f, c)
+        }
+        fn per_token_sq_err(
+            &self,
+            s: Shape,
+            x: &Vec<f32>,
+            xh: &Vec<f32>,
+        ) -> Result<Vec<f32>, BackendError> {
+            self.0.per_token_sq_err(s, x, xh)
+        }
+        fn resample(
+            &self,
+            s: Shape,
+            dead: &[usize],
+            dirs: &[f32],
+            p: &mut Params<Vec<f32>>,
+            m: &mut Params<Vec<f32>>,
+            v: &mut Params<Vec<f32>>,
+        ) -> Result<(), BackendError> {
+            self.0.resample(s, dead, dirs, p, m, v)
+        }
+    }
+
+    /// Each default gives what the CPU backend's own method gives (the reference mode's, for the ops whose fast
+    /// and reference versions add in the same order), and both refuse a wrong length in the same way.
+    #[test]
+    fn the_host_copy_defaults_match_the_cpu_backend() {
+        let s = Shape::new(9, 7, 20);
+        let mut r = rng(21);
+        let (cpu, def) = (CpuBackend::reference(), Defaults(CpuBackend::fast()));
+        let x = uniform(&mut r, s.batch * s.d_in, 1.0);
+        let xh = uniform(&mut r, s.batch * s.d_in, 1.0);
+        let p = Params {
+            w_enc: uniform(&mut r, s.d_in * s.d_sae, 0.5),
+            b_enc: uniform(&mut r, s.d_sae, 0.2),
+            w_dec: uniform(&mut r, s.d_sae * s.d_in, 0.5),
+            b_dec: uniform(&mut r, s.d_in, 0.1),
+        };
+        let mut a = vec![0.0; s.batch * s.d_sae];
+        cpu.encode(s, Activation::Relu, &x, &p, &mut a).unwrap();
+        let t: Vec<f32> = uniform(&mut r, s.d_sae, 0.5)
+            .iter()
+            .map(|v| v - 1.5)
+            .collect();
+        let fresh = || vec![f32::NAN; s.batch * s.d_sae];
+        let (mut f1, mut f2) = (fresh(), fresh());
+        cpu.threshold(s, &a, &t, &mut f1).unwrap();
+        def.threshold(s, &a, &t, &mut f2).unwrap();
+        assert_eq!(f1, f2, "threshold");
+        let (mut f1, mut f2) = (fresh(), fresh());
+        let k1 = cpu.batch_topk(s, 3, &a, &mut f1).unwrap();
+        let k2 = def.batch_topk(s, 3, &a, &mut f2).unwrap();
+        assert_eq!((f1, k1), (f2, k2), "batch_topk");
+        let (mut f1, mut f2) = (fresh(), fresh());
+        cpu.topk(s, 4, &a, &mut f1).unwrap();
+        def.topk(s, 4, &a, &mut f2).unwrap();
+        assert_eq!(f1, f2, "topk");
+        let (mut f1, mut f2) = (fresh(), fresh());
+        cpu.prefix_mask(s, 6, &a, &mut f1).unwrap();
+        def.prefix_mask(s, 6, &a, &mut f2).unwrap();
+        assert_eq!(f1, f2, "prefix_mask");
+        let (mut g1, mut g2) = (vec![0.0; s.d_sae], vec![0.0; s.d_sae]);
+        cpu.threshold_grad(s, 0.4, 0.3, &a, &t, &x, &xh, &p, &mut g1)
+            .unwrap();
+        def.threshold_grad(s, 0.4, 0.3, &a, &t, &x, &xh, &p, &mut g2)
+            .unwrap();
+        assert!(ops::inputs::rel_err(&g2, &g1) < 1e-5, "threshold_grad");
+        let dead: Vec<usize> = (0..s.d_sae).step_by(2).collect();
+        let (mut ga, mut gb) = (p.clone(), p.clone());
+        let l1 = cpu
+            .auxk(s, 3, 0.5, &a, &dead, &x, &xh, &p, &mut ga)
+            .unwrap();
+        let l2 = def
+            .auxk(s, 3, 0.5, &a, &dead, &x, &xh, &p, &mut gb)
+            .unwrap();
+        assert_eq!((ga.clone(), l1), (gb.clone(), l2), "auxk");
+        cpu.accumulate(s, &mut ga, &p).unwrap();
+        def.accumulate(s, &mut gb, &p).unwrap();
+        assert_eq!(ga, gb, "accumulate");
+        let (mut p1, mut p2) = (t.clone(), t.clone());
+        let (mut m1, mut v1) = (vec![0.0; s.d_sae], vec![0.0; s.d_sae]);
+        let (mut m2, mut v2) = (m1.clone(), v1.clone());
+        let h = AdamHyper::new(1e-2, 1);
+        CpuBackend::fast()
+            .adam_vec(h, &mut p1, &g1, &mut m1, &mut v1)
+            .unwrap();
+        def.adam_vec(h, &mut p2, &g1, &mut m2, &mut v2).unwrap();
+        assert_eq!((p1, m1, v1), (p2, m2, v2), "adam_vec");
+        // The same refusal, with the same words, on a buffer of the wrong length.
+        let mut short = vec![0.0; 3];
+        let e1 = cpu.topk(s, 4, &a, &mut short).unwrap_err().to_string();
+        let e2 = def.topk(s, 4, &a, &mut short).unwrap_err().to_string();
+        assert!(
+            e1.contains("expected 180") && e2.contains("expected 180"),
+            "{e1} / {e2}"
+        );
+        let e = def.prefix_mask(s, 21, &a, &mut fresh()).unwrap_err();
+        assert!(e.to_string().contains("prefix 21 > d_sae 20"), "{e}");
     }
 }
