@@ -477,7 +477,8 @@ pub fn train_on<B: Backend>(
     let mut v = zeros.try_map(up).map_err(be)?;
     let mut x = backend.zeros(s.batch * d).map_err(be)?;
     let mut f = backend.zeros(s.batch * d_sae).map_err(be)?;
-    // JumpReLU and BatchTopK select from the ReLU'd pre-activations a, kept beside the codes.
+    // JumpReLU, BatchTopK, Matryoshka and TopK with AuxK select from the ReLU'd pre-activations a, kept beside the
+    // codes (AuxK reads a again for the dead latents).
     let arch = cfg.arch;
     let mut a = if arch.has_threshold() || cfg.aux_k > 0 {
         Some(backend.zeros(s.batch * d_sae).map_err(be)?)
@@ -589,8 +590,8 @@ pub fn train_on<B: Backend>(
             .map_err(be)?;
         // Matryoshka: every shorter prefix's reconstruction loss and gradient on top of the full one.
         if let Some((fj, xhj, gj)) = &mut nested {
-            for &m in &prefixes {
-                backend.prefix_mask(s, m, &f, fj).map_err(be)?;
+            for &size in &prefixes {
+                backend.prefix_mask(s, size, &f, fj).map_err(be)?;
                 backend.decode(s, fj, &p, xhj).map_err(be)?;
                 let sse: f64 = backend
                     .per_token_sq_err(s, &x, xhj)
