@@ -252,9 +252,7 @@ impl Sae {
             &mut f,
         );
         if let Some(theta) = &self.threshold {
-            let log_theta: Vec<f32> = theta.iter().map(|t| t.ln()).collect();
-            let a = f.clone();
-            ops::threshold::fast(self.shape(n), &a, &log_theta, &mut f);
+            ops::threshold::mask(self.shape(n), theta, &mut f);
         }
         f
     }

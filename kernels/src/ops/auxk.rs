@@ -156,24 +156,9 @@ mod tests {
     use crate::ops::testutil::*;
 
     fn setup(seed: u64, b: usize, d: usize, fsz: usize) -> [Vec<f32>; 7] {
-        let mut r = rng(seed);
-        let x = randn(&mut r, b * d, 1.0);
-        let w_enc = randn(&mut r, d * fsz, 0.6);
-        let b_enc = randn(&mut r, fsz, 0.3);
-        let w_dec = randn(&mut r, fsz * d, 0.5);
-        let b_dec = randn(&mut r, d, 0.1);
+        let (c, mut r) = case(seed, Shape::new(b, d, fsz), 0.3);
         let xhat = randn(&mut r, b * d, 0.5);
-        let mut a = vec![0.0; b * fsz];
-        crate::ops::encode::reference(
-            Shape::new(b, d, fsz),
-            crate::ops::Activation::Relu,
-            &x,
-            &w_enc,
-            &b_enc,
-            &b_dec,
-            &mut a,
-        );
-        [x, w_enc, b_enc, w_dec, b_dec, xhat, a]
+        [c.x, c.w_enc, c.b_enc, c.w_dec, c.b_dec, xhat, c.a]
     }
 
     fn zeros(d: usize, fsz: usize) -> [Vec<f32>; 4] {

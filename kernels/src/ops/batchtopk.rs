@@ -132,12 +132,17 @@ mod tests {
         use crate::ops::backward::{self, GradsMut, Weights};
         let (b, d, fsz, k) = (6, 4, 9, 2);
         let s = Shape::new(b, d, fsz);
-        let mut r = rng(14);
-        let x = randn(&mut r, b * d, 1.0);
-        let w_enc = randn(&mut r, d * fsz, 0.6);
-        let b_enc = randn(&mut r, fsz, 0.2);
-        let w_dec = randn(&mut r, fsz * d, 0.5);
-        let b_dec = randn(&mut r, d, 0.1);
+        let (
+            Case {
+                x,
+                w_enc,
+                b_enc,
+                w_dec,
+                b_dec,
+                a,
+            },
+            _,
+        ) = case(14, s, 0.2);
         let loss = |we: &[f64], be: &[f64], wd: &[f64], bd: &[f64]| -> f64 {
             let mut pre: Vec<(usize, f64)> = Vec::new();
             for bb in 0..b {
@@ -167,16 +172,6 @@ mod tests {
             }
             l
         };
-        let mut a = vec![0.0; b * fsz];
-        crate::ops::encode::reference(
-            s,
-            crate::ops::Activation::Relu,
-            &x,
-            &w_enc,
-            &b_enc,
-            &b_dec,
-            &mut a,
-        );
         let mut f = vec![0.0; b * fsz];
         fast(s, k, &a, &mut f);
         let mut xh = vec![0.0; b * d];

@@ -100,12 +100,17 @@ mod tests {
         let (b, d, fsz) = (5, 4, 8);
         let prefixes = [2usize, 5, 8];
         let s = Shape::new(b, d, fsz);
-        let mut r = rng(16);
-        let x = randn(&mut r, b * d, 1.0);
-        let w_enc = randn(&mut r, d * fsz, 0.6);
-        let b_enc = randn(&mut r, fsz, 0.3);
-        let w_dec = randn(&mut r, fsz * d, 0.5);
-        let b_dec = randn(&mut r, d, 0.1);
+        let (
+            Case {
+                x,
+                w_enc,
+                b_enc,
+                w_dec,
+                b_dec,
+                a: f,
+            },
+            _,
+        ) = case(16, s, 0.3);
         let loss = |p: &[Vec<f64>; 4]| -> f64 {
             let (we, be, wd, bd) = (&p[0], &p[1], &p[2], &p[3]);
             let mut l = 0.0;
@@ -128,16 +133,6 @@ mod tests {
             }
             l
         };
-        let mut f = vec![0.0; b * fsz];
-        crate::ops::encode::reference(
-            s,
-            crate::ops::Activation::Relu,
-            &x,
-            &w_enc,
-            &b_enc,
-            &b_dec,
-            &mut f,
-        );
         let w = Weights {
             w_enc: &w_enc,
             b_enc: &b_enc,

@@ -182,6 +182,47 @@ pub mod inputs {
 pub(crate) mod testutil {
     pub use super::inputs::{rel_err, rng, uniform as randn};
 
+    /// A gradient check's seeded case: inputs x [B, d] and the four weights, drawn in that order (x ±1, W_enc ±0.6,
+    /// b_enc ±`b_enc_scale`, W_dec ±0.5, b_dec ±0.1), and a = ReLU(pre) by the reference encode. The generator comes
+    /// back for whatever else the check draws.
+    pub struct Case {
+        pub x: Vec<f32>,
+        pub w_enc: Vec<f32>,
+        pub b_enc: Vec<f32>,
+        pub w_dec: Vec<f32>,
+        pub b_dec: Vec<f32>,
+        pub a: Vec<f32>,
+    }
+
+    pub fn case(seed: u64, s: super::Shape, b_enc_scale: f32) -> (Case, rand_chacha::ChaCha8Rng) {
+        let mut r = rng(seed);
+        let (b, d, fsz) = (s.batch, s.d_in, s.d_sae);
+        let x = randn(&mut r, b * d, 1.0);
+        let w_enc = randn(&mut r, d * fsz, 0.6);
+        let b_enc = randn(&mut r, fsz, b_enc_scale);
+        let w_dec = randn(&mut r, fsz * d, 0.5);
+        let b_dec = randn(&mut r, d, 0.1);
+        let mut a = vec![0.0; b * fsz];
+        super::encode::reference(
+            s,
+            super::Activation::Relu,
+            &x,
+            &w_enc,
+            &b_enc,
+            &b_dec,
+            &mut a,
+        );
+        let c = Case {
+            x,
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+            a,
+        };
+        (c, r)
+    }
+
     /// Shapes that are and are not multiples of common tile sizes.
     pub const SHAPES: &[(usize, usize, usize)] = &[
         (1, 1, 1),

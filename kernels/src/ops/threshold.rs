@@ -35,17 +35,24 @@ pub fn reference(s: Shape, a: &[f32], log_theta: &[f32], f: &mut [f32]) {
     }
 }
 
-/// θ computed once, rows in parallel.
+/// θ computed once, then [`mask`].
 pub fn fast(s: Shape, a: &[f32], log_theta: &[f32], f: &mut [f32]) {
     check_apply(s, a, log_theta, f);
     let theta: Vec<f32> = log_theta.iter().map(|t| t.exp()).collect();
-    f.par_chunks_mut(s.d_sae.max(1))
-        .zip(a.par_chunks(s.d_sae.max(1)))
-        .for_each(|(fr, ar)| {
-            for ((o, &v), &th) in fr.iter_mut().zip(ar).zip(&theta) {
-                *o = if v > th { v } else { 0.0 };
-            }
-        });
+    f.copy_from_slice(a);
+    mask(s, &theta, f);
+}
+
+/// In place on ReLU'd pre-activations f [B, F] with the thresholds themselves (θ [F], not log θ): f = f·1[f > θ],
+/// rows in parallel. A saved dictionary's encode calls it directly, with no copy and no log/exp round trip.
+pub fn mask(s: Shape, theta: &[f32], f: &mut [f32]) {
+    assert_eq!(theta.len(), s.d_sae, "threshold: θ");
+    assert_eq!(f.len(), s.batch * s.d_sae, "threshold: f");
+    f.par_chunks_mut(s.d_sae.max(1)).for_each(|row| {
+        for (v, &th) in row.iter_mut().zip(theta) {
+            *v = if *v > th { *v } else { 0.0 };
+        }
+    });
 }
 
 /// The inputs of the pseudo-gradient, borrowed.
@@ -165,22 +172,12 @@ mod tests {
     fn the_pseudo_gradient_is_the_derivative_of_the_documented_surrogate() {
         let (b, d, fsz) = (16, 5, 7);
         let s = Shape::new(b, d, fsz);
-        let mut r = rng(13);
-        let x = randn(&mut r, b * d, 1.0);
-        let w_enc = randn(&mut r, d * fsz, 0.6);
-        let b_enc = randn(&mut r, fsz, 0.2);
-        let w_dec = randn(&mut r, fsz * d, 0.5);
-        let b_dec = randn(&mut r, d, 0.1);
-        let mut a = vec![0.0; b * fsz];
-        crate::ops::encode::reference(
-            s,
-            crate::ops::Activation::Relu,
-            &x,
-            &w_enc,
-            &b_enc,
-            &b_dec,
-            &mut a,
-        );
+        let (
+            Case {
+                x, w_dec, b_dec, a, ..
+            },
+            _,
+        ) = case(13, s, 0.2);
         // Thresholds near the middle of each feature's positive values, a band wide enough to hold several pairs.
         let t0: Vec<f32> = (0..fsz)
             .map(|i| {
