@@ -307,6 +307,154 @@ pub trait Backend {
         self.write(m, &hm)?;
         self.write(v, &hv)
     }
+    /// Gated's encode (ops::gated): π_gate = (x − b_dec)·W_enc + b_gate, with b_gate in `p.b_enc`, and
+    /// f = 1[π_gate > 0]·ReLU(π_mag); `mag` = [r_mag, b_mag]. The default runs on host copies, as for `threshold`.
+    fn gated_encode(
+        &self,
+        s: Shape,
+        x: &Self::Buf,
+        p: &Params<Self::Buf>,
+        mag: [&Self::Buf; 2],
+        pi_gate: &mut Self::Buf,
+        f: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        let hp = p.try_map(|b| self.download(b))?;
+        let (hx, hr, hb) = (
+            self.download(x)?,
+            self.download(mag[0])?,
+            self.download(mag[1])?,
+        );
+        let (mut hpg, mut hf) = (self.download(pi_gate)?, self.download(f)?);
+        cpu_gated_encode(s, CpuMode::Fast, &hx, &hp, [&hr, &hb], &mut hpg, &mut hf)?;
+        self.write(pi_gate, &hpg)?;
+        self.write(f, &hf)
+    }
+    /// Gated's backward (ops::gated): the gradients of its loss (reconstruction, λ·L1 of the gate, the auxiliary
+    /// reconstruction through a stopped decoder) into `g` and `g_mag` = [∂r_mag, ∂b_mag], overwritten; returns the
+    /// batch's sums of the auxiliary squared error and of the gate's L1. The default runs on host copies.
+    #[allow(clippy::too_many_arguments)]
+    fn gated_backward(
+        &self,
+        s: Shape,
+        l1: f32,
+        [x, pi_gate, f, xhat]: [&Self::Buf; 4],
+        p: &Params<Self::Buf>,
+        mag: [&Self::Buf; 2],
+        g: &mut Params<Self::Buf>,
+        g_mag: [&mut Self::Buf; 2],
+    ) -> Result<ops::gated::Sums, BackendError> {
+        let hp = p.try_map(|b| self.download(b))?;
+        let mut hg = g.try_map(|b| self.download(b))?;
+        let [hx, hpg, hf, hxh] = [x, pi_gate, f, xhat].map(|b| self.download(b));
+        let (hx, hpg, hf, hxh) = (hx?, hpg?, hf?, hxh?);
+        let (hr, hb) = (self.download(mag[0])?, self.download(mag[1])?);
+        let [gr, gb] = g_mag;
+        let (mut hgr, mut hgb) = (self.download(gr)?, self.download(gb)?);
+        let aux = cpu_gated_backward(
+            s,
+            CpuMode::Fast,
+            l1,
+            [&hx, &hpg, &hf, &hxh],
+            &hp,
+            [&hr, &hb],
+            &mut hg,
+            [&mut hgr, &mut hgb],
+        )?;
+        self.write(&mut g.w_enc, &hg.w_enc)?;
+        self.write(&mut g.b_enc, &hg.b_enc)?;
+        self.write(&mut g.w_dec, &hg.w_dec)?;
+        self.write(&mut g.b_dec, &hg.b_dec)?;
+        self.write(gr, &hgr)?;
+        self.write(gb, &hgb)?;
+        Ok(aux)
+    }
+}
+
+/// Gated's encode on host vectors, in either CPU mode, after the argument checks every backend shares.
+fn cpu_gated_encode(
+    s: Shape,
+    mode: CpuMode,
+    x: &[f32],
+    p: &Params<Vec<f32>>,
+    [r_mag, b_mag]: [&[f32]; 2],
+    pi_gate: &mut [f32],
+    f: &mut [f32],
+) -> Result<(), BackendError> {
+    check(s).params(p, "params")?;
+    len_check("x", x.len(), s.batch * s.d_in)?;
+    len_check("r_mag", r_mag.len(), s.d_sae)?;
+    len_check("b_mag", b_mag.len(), s.d_sae)?;
+    len_check("π_gate", pi_gate.len(), s.batch * s.d_sae)?;
+    len_check("f", f.len(), s.batch * s.d_sae)?;
+    let w = backward::Weights {
+        w_enc: &p.w_enc,
+        b_enc: &p.b_enc,
+        w_dec: &p.w_dec,
+        b_dec: &p.b_dec,
+    };
+    let m = ops::gated::Mag { r_mag, b_mag };
+    match mode {
+        CpuMode::Fast => ops::gated::encode_fast(s, x, w, m, pi_gate, f),
+        CpuMode::Reference => ops::gated::encode_reference(s, x, w, m, pi_gate, f),
+    }
+    Ok(())
+}
+
+/// Gated's backward on host vectors, in either CPU mode, after the shared argument checks.
+#[allow(clippy::too_many_arguments)]
+fn cpu_gated_backward(
+    s: Shape,
+    mode: CpuMode,
+    l1: f32,
+    [x, pi_gate, f, xhat]: [&[f32]; 4],
+    p: &Params<Vec<f32>>,
+    [r_mag, b_mag]: [&[f32]; 2],
+    g: &mut Params<Vec<f32>>,
+    [g_r, g_b]: [&mut [f32]; 2],
+) -> Result<ops::gated::Sums, BackendError> {
+    let c = check(s);
+    c.params(p, "params")?;
+    c.params(g, "grads")?;
+    for (what, n, want) in [
+        ("x", x.len(), s.batch * s.d_in),
+        ("x̂", xhat.len(), s.batch * s.d_in),
+        ("π_gate", pi_gate.len(), s.batch * s.d_sae),
+        ("f", f.len(), s.batch * s.d_sae),
+        ("r_mag", r_mag.len(), s.d_sae),
+        ("b_mag", b_mag.len(), s.d_sae),
+        ("∂r_mag", g_r.len(), s.d_sae),
+        ("∂b_mag", g_b.len(), s.d_sae),
+    ] {
+        len_check(what, n, want)?;
+    }
+    let i = ops::gated::BackInputs {
+        x,
+        pi_gate,
+        f,
+        xhat,
+        l1,
+    };
+    let w = backward::Weights {
+        w_enc: &p.w_enc,
+        b_enc: &p.b_enc,
+        w_dec: &p.w_dec,
+        b_dec: &p.b_dec,
+    };
+    let gm = backward::GradsMut {
+        w_enc: &mut g.w_enc,
+        b_enc: &mut g.b_enc,
+        w_dec: &mut g.w_dec,
+        b_dec: &mut g.b_dec,
+    };
+    let m = ops::gated::Mag { r_mag, b_mag };
+    let mg = ops::gated::MagGradsMut {
+        r_mag: g_r,
+        b_mag: g_b,
+    };
+    Ok(match mode {
+        CpuMode::Fast => ops::gated::backward_fast(s, i, w, m, gm, mg),
+        CpuMode::Reference => ops::gated::backward_reference(s, i, w, m, gm, mg),
+    })
 }
 
 /// AuxK on host vectors, in either CPU mode.
@@ -833,6 +981,38 @@ impl Backend for CpuBackend {
             g,
         ))
     }
+    fn gated_encode(
+        &self,
+        s: Shape,
+        x: &Vec<f32>,
+        p: &Params<Vec<f32>>,
+        mag: [&Vec<f32>; 2],
+        pi_gate: &mut Vec<f32>,
+        f: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        cpu_gated_encode(s, self.mode, x, p, [mag[0], mag[1]], pi_gate, f)
+    }
+    fn gated_backward(
+        &self,
+        s: Shape,
+        l1: f32,
+        [x, pi_gate, f, xhat]: [&Vec<f32>; 4],
+        p: &Params<Vec<f32>>,
+        mag: [&Vec<f32>; 2],
+        g: &mut Params<Vec<f32>>,
+        [g_r, g_b]: [&mut Vec<f32>; 2],
+    ) -> Result<ops::gated::Sums, BackendError> {
+        cpu_gated_backward(
+            s,
+            self.mode,
+            l1,
+            [x, pi_gate, f, xhat],
+            p,
+            [mag[0], mag[1]],
+            g,
+            [g_r, g_b],
+        )
+    }
 }
 
 #[cfg(test)]
@@ -999,6 +1179,40 @@ mod tests {
             .unwrap();
         def.adam_vec(h, &mut p2, &g1, &mut m2, &mut v2).unwrap();
         assert_eq!((p1, m1, v1), (p2, m2, v2), "adam_vec");
+        let (rm, bm) = (uniform(&mut r, s.d_sae, 0.4), uniform(&mut r, s.d_sae, 0.2));
+        let (mut pg1, mut pg2, mut f1, mut f2) = (fresh(), fresh(), fresh(), fresh());
+        cpu.gated_encode(s, &x, &p, [&rm, &bm], &mut pg1, &mut f1)
+            .unwrap();
+        def.gated_encode(s, &x, &p, [&rm, &bm], &mut pg2, &mut f2)
+            .unwrap();
+        assert!(ops::inputs::rel_err(&pg2, &pg1) < 1e-5, "gated π_gate");
+        assert!(ops::inputs::rel_err(&f2, &f1) < 1e-5, "gated f");
+        let (mut ga, mut gb) = (p.clone(), p.clone());
+        let [mut r1, mut b1, mut r2, mut b2] = [0; 4].map(|_| vec![f32::NAN; s.d_sae]);
+        let a1 = cpu
+            .gated_backward(s, 0.3, [&x, &pg1, &f1, &xh], &p, [&rm, &bm], &mut ga, [&mut r1, &mut b1])
+            .unwrap();
+        let a2 = def
+            .gated_backward(s, 0.3, [&x, &pg1, &f1, &xh], &p, [&rm, &bm], &mut gb, [&mut r2, &mut b2])
+            .unwrap();
+        assert!(
+            (a1.aux_sse - a2.aux_sse).abs() < 1e-4 * a1.aux_sse
+                && (a1.gate_l1 - a2.gate_l1).abs() < 1e-4 * a1.gate_l1,
+            "gated sums {a1:?} vs {a2:?}"
+        );
+        for (n, (u, w)) in [
+            (&ga.w_enc, &gb.w_enc),
+            (&ga.b_enc, &gb.b_enc),
+            (&ga.w_dec, &gb.w_dec),
+            (&ga.b_dec, &gb.b_dec),
+            (&r1, &r2),
+            (&b1, &b2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert!(ops::inputs::rel_err(w, u) < 1e-4, "gated gradient {n}");
+        }
         // The same refusal, with the same words, on a buffer of the wrong length.
         let mut short = vec![0.0; 3];
         let e1 = cpu.topk(s, 4, &a, &mut short).unwrap_err().to_string();

@@ -17,4 +17,4 @@ pub mod select;
 
 pub use backend::{Backend, BackendError, CpuBackend, CpuMode, Params};
 pub use ops::{Activation, AdamHyper, BatchStats, CurvePoint, Op, Shape};
-pub use sae::{Arch, Sae, SaeCfg, SaeError};
+pub use sae::{Arch, GatedMag, Sae, SaeCfg, SaeError};

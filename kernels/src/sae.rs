@@ -1,6 +1,7 @@
 //! A dictionary (a trained SAE): its configuration and parameters, initialisation, and save / load in the SAELens
 //! layout (cfg.json + sae_weights.safetensors with W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in],
-//! b_dec [d_in], and for JumpReLU and BatchTopK threshold [d_sae], all f32).
+//! b_dec [d_in], and for JumpReLU and BatchTopK threshold [d_sae]; Gated names its gate bias b_gate (in place of
+//! b_enc) and adds r_mag [d_sae] and b_mag [d_sae]; all f32).
 
 use crate::ops::{self, Activation, Shape};
 use rand::Rng;
@@ -46,15 +47,19 @@ pub enum Arch {
     /// BatchTopK trained with nested prefix losses: every prefix of the dictionary reconstructs on its own.
     #[serde(rename = "matryoshka")]
     Matryoshka,
+    /// A gate (π_gate > 0) picks the features, a magnitude path sharing W_enc (scaled by exp(r_mag)) sizes them.
+    #[serde(rename = "gated")]
+    Gated,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 5] = [
+    pub const ALL: [Arch; 6] = [
         Arch::Relu,
         Arch::TopK,
         Arch::JumpRelu,
         Arch::BatchTopK,
         Arch::Matryoshka,
+        Arch::Gated,
     ];
 
     /// True when the dictionary carries a `threshold` tensor and encodes with it.
@@ -76,7 +81,7 @@ impl Arch {
 
 impl std::str::FromStr for Arch {
     type Err = String;
-    /// saeperf's names ("relu", "topk", "jumprelu", "batchtopk"; SAELens' "standard" too).
+    /// saeperf's names ("relu", "topk", "jumprelu", "batchtopk", "matryoshka", "gated"; SAELens' "standard" too).
     fn from_str(s: &str) -> Result<Arch, String> {
         match s {
             "standard" => Ok(Arch::Relu),
@@ -84,7 +89,9 @@ impl std::str::FromStr for Arch {
                 .into_iter()
                 .find(|a| a.to_string() == s)
                 .ok_or_else(|| {
-                    format!("unknown arch {s:?} (relu, topk, jumprelu, batchtopk or matryoshka)")
+                    format!(
+                        "unknown arch {s:?} (relu, topk, jumprelu, batchtopk, matryoshka or gated)"
+                    )
                 }),
         }
     }
@@ -98,6 +105,7 @@ impl std::fmt::Display for Arch {
             Arch::JumpRelu => "jumprelu",
             Arch::BatchTopK => "batchtopk",
             Arch::Matryoshka => "matryoshka",
+            Arch::Gated => "gated",
         })
     }
 }
@@ -157,7 +165,10 @@ impl SaeCfg {
     /// The activation the encoder applies (for JumpReLU and BatchTopK the threshold comes after it).
     pub fn activation(&self) -> Activation {
         match self.architecture {
-            Arch::Relu | Arch::JumpRelu | Arch::BatchTopK | Arch::Matryoshka => Activation::Relu,
+            // Gated encodes through ops::gated; its magnitude path is a ReLU.
+            Arch::Relu | Arch::JumpRelu | Arch::BatchTopK | Arch::Matryoshka | Arch::Gated => {
+                Activation::Relu
+            }
             Arch::TopK => Activation::TopK {
                 k: self.k.unwrap_or(0),
             },
@@ -202,6 +213,15 @@ pub struct Sae {
     pub b_dec: Vec<f32>,
     /// JumpReLU and BatchTopK: θ [d_sae] (positive), f = a·1[a > θ] on a = ReLU(pre); None for the others.
     pub threshold: Option<Vec<f32>>,
+    /// Gated: the magnitude path's own parameters (b_enc holds b_gate); None for the others.
+    pub gated: Option<GatedMag>,
+}
+
+/// A Gated dictionary's magnitude path: π_mag = (x − b_dec)·(W_enc ⊙ exp(r_mag)) + b_mag (ops::gated).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatedMag {
+    pub r_mag: Vec<f32>,
+    pub b_mag: Vec<f32>,
 }
 
 impl Sae {
@@ -225,6 +245,11 @@ impl Sae {
                 w_enc[j * fsz + i] = enc_scale * w_dec[i * d + j];
             }
         }
+        // Gated starts with the magnitude path equal to the gate's pre-activation (r_mag = 0, b_mag = 0).
+        let gated = (cfg.architecture == Arch::Gated).then(|| GatedMag {
+            r_mag: vec![0.0; fsz],
+            b_mag: vec![0.0; fsz],
+        });
         Sae {
             cfg,
             w_enc,
@@ -232,6 +257,7 @@ impl Sae {
             w_dec,
             b_dec,
             threshold: None,
+            gated,
         }
     }
 
@@ -242,6 +268,21 @@ impl Sae {
     /// Codes f [n, d_sae] for scaled inputs x [n, d_in] (fast CPU path).
     pub fn encode(&self, x: &[f32], n: usize) -> Vec<f32> {
         let mut f = vec![0.0; n * self.cfg.d_sae];
+        if let Some(g) = &self.gated {
+            let mut pi_gate = vec![0.0; n * self.cfg.d_sae];
+            let w = ops::backward::Weights {
+                w_enc: &self.w_enc,
+                b_enc: &self.b_enc,
+                w_dec: &self.w_dec,
+                b_dec: &self.b_dec,
+            };
+            let m = ops::gated::Mag {
+                r_mag: &g.r_mag,
+                b_mag: &g.b_mag,
+            };
+            ops::gated::encode_fast(self.shape(n), x, w, m, &mut pi_gate, &mut f);
+            return f;
+        }
         ops::encode::fast(
             self.shape(n),
             self.cfg.activation(),
@@ -330,6 +371,10 @@ impl Sae {
                 .threshold
                 .as_ref()
                 .map(|t| keep.iter().map(|&i| t[i]).collect()),
+            gated: self.gated.as_ref().map(|g| GatedMag {
+                r_mag: keep.iter().map(|&i| g.r_mag[i]).collect(),
+                b_mag: keep.iter().map(|&i| g.b_mag[i]).collect(),
+            }),
         }
     }
 
@@ -342,14 +387,20 @@ impl Sae {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let (d, fsz) = (self.cfg.d_in, self.cfg.d_sae);
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        // SAELens' Gated has no b_enc: the same vector is its gate bias b_gate.
+        let b_name = if self.gated.is_some() { "b_gate" } else { "b_enc" };
         let mut data = vec![
             ("W_enc", vec![d, fsz], bytes(&self.w_enc)),
-            ("b_enc", vec![fsz], bytes(&self.b_enc)),
+            (b_name, vec![fsz], bytes(&self.b_enc)),
             ("W_dec", vec![fsz, d], bytes(&self.w_dec)),
             ("b_dec", vec![d], bytes(&self.b_dec)),
         ];
         if let Some(t) = &self.threshold {
             data.push(("threshold", vec![fsz], bytes(t)));
+        }
+        if let Some(g) = &self.gated {
+            data.push(("r_mag", vec![fsz], bytes(&g.r_mag)));
+            data.push(("b_mag", vec![fsz], bytes(&g.b_mag)));
         }
         let wpath = dir.join(WEIGHTS_FILE);
         let werr = |m: String| SaeError::Weights {
@@ -435,12 +486,22 @@ impl Sae {
         } else {
             None
         };
+        let gated = if cfg.architecture == Arch::Gated {
+            Some(GatedMag {
+                r_mag: get("r_mag", &[fsz])?,
+                b_mag: get("b_mag", &[fsz])?,
+            })
+        } else {
+            None
+        };
+        let b_name = if gated.is_some() { "b_gate" } else { "b_enc" };
         Ok(Sae {
             w_enc: get("W_enc", &[d, fsz])?,
-            b_enc: get("b_enc", &[fsz])?,
+            b_enc: get(b_name, &[fsz])?,
             w_dec: get("W_dec", &[fsz, d])?,
             b_dec: get("b_dec", &[d])?,
             threshold,
+            gated,
             cfg,
         })
     }
@@ -488,6 +549,19 @@ mod tests {
         let sae = Sae::init(cfg(5, 7), vec![0.5; 5], 1.0, &mut rng(1));
         sae.save(&dir).unwrap();
         assert_eq!(Sae::load(&dir).unwrap(), sae);
+        // Gated: b_gate, r_mag and b_mag come back under SAELens' names.
+        let mut gcfg = cfg(5, 7);
+        gcfg.architecture = Arch::Gated;
+        let mut gated = Sae::init(gcfg, vec![0.5; 5], 1.0, &mut rng(3));
+        gated.gated.as_mut().unwrap().r_mag[2] = 0.25;
+        gated.b_enc[1] = -0.5;
+        let gdir = dir.join("gated");
+        gated.save(&gdir).unwrap();
+        assert_eq!(Sae::load(&gdir).unwrap(), gated);
+        let blob = std::fs::read(gdir.join(WEIGHTS_FILE)).unwrap();
+        let names = SafeTensors::deserialize(&blob).unwrap().names().len();
+        assert_eq!(names, 6, "W_enc, b_gate, r_mag, b_mag, W_dec, b_dec");
+        std::fs::remove_dir_all(&gdir).unwrap();
         // A cfg that disagrees with the tensors is refused with the file named.
         let mut c = sae.cfg.clone();
         c.d_sae = 8;

@@ -55,7 +55,10 @@ pub(crate) fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usiz
     let w = dict.join("sae_weights.safetensors");
     let (se, w_enc) = read_tensor(&w, "W_enc");
     assert_eq!(se, vec![d, fs]);
-    let (_, b_enc) = read_tensor(&w, "b_enc");
+    // Gated: b_gate in b_enc's place, and the magnitude path π_mag = z·exp(r_mag) + b_mag on the same z.
+    let gated = cfg["architecture"] == "gated";
+    let (_, b_enc) = read_tensor(&w, if gated { "b_gate" } else { "b_enc" });
+    let mag = gated.then(|| (read_tensor(&w, "r_mag").1, read_tensor(&w, "b_mag").1));
     let (sd, w_dec) = read_tensor(&w, "W_dec");
     assert_eq!(sd, vec![fs, d]);
     let (_, b_dec) = read_tensor(&w, "b_dec");
@@ -84,14 +87,27 @@ pub(crate) fn plain_metrics(dict: &Path, data: &Path, rows: std::ops::Range<usiz
     let (mut cos_n, mut ratio_n) = (0usize, 0usize);
     let mut errs: Vec<Vec<f64>> = vec![];
     for xr in &xs {
-        let mut f: Vec<f64> = (0..fs)
+        let z: Vec<f64> = (0..fs)
             .map(|i| {
-                b_enc[i] as f64
-                    + (0..d)
-                        .map(|j| (xr[j] - b_dec[j] as f64) * w_enc[j * fs + i] as f64)
-                        .sum::<f64>()
+                (0..d)
+                    .map(|j| (xr[j] - b_dec[j] as f64) * w_enc[j * fs + i] as f64)
+                    .sum::<f64>()
             })
             .collect();
+        let mut f: Vec<f64> = match &mag {
+            None => (0..fs).map(|i| b_enc[i] as f64 + z[i]).collect(),
+            Some((r_mag, b_mag)) => (0..fs)
+                .map(|i| {
+                    let open = b_enc[i] as f64 + z[i] > 0.0;
+                    let m = z[i] * (r_mag[i] as f64).exp() + b_mag[i] as f64;
+                    if open {
+                        m
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        };
         if topk {
             let mut order: Vec<usize> = (0..fs).collect();
             order.sort_by(|a, b| f[*b].partial_cmp(&f[*a]).unwrap());
@@ -205,6 +221,7 @@ fn eval_metrics_agree_with_a_plain_recomputation() {
         ("relu", vec!["--l1", "1"]),
         ("topk", vec!["--arch", "topk", "--k", "4"]),
         ("jumprelu", vec!["--arch", "jumprelu", "--l1", "0.5"]),
+        ("gated", vec!["--arch", "gated", "--l1", "1"]),
         ("batchtopk", vec!["--arch", "batchtopk", "--k", "4"]),
         (
             "matryoshka",
@@ -365,6 +382,7 @@ fn the_newer_architectures_recover_the_default_sets_ground_truth() {
     let (n_train, n_tokens) = manifest_split(&data);
     for (name, extra) in [
         ("jumprelu", vec!["--arch", "jumprelu"]),
+        ("gated", vec!["--arch", "gated"]),
         ("batchtopk", vec!["--arch", "batchtopk", "--k", "5"]),
         (
             "matryoshka",

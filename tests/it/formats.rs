@@ -50,6 +50,7 @@ fn saelens_export_round_trips_and_keeps_fvu_and_l0_on_raw_activations() {
         ("relu", vec!["--l1", "1"]),
         ("topk", vec!["--arch", "topk", "--k", "4"]),
         ("jumprelu", vec!["--arch", "jumprelu", "--l1", "0.5"]),
+        ("gated", vec!["--arch", "gated", "--l1", "1"]),
         ("batchtopk", vec!["--arch", "batchtopk", "--k", "4"]),
         (
             "matryoshka",
@@ -254,6 +255,7 @@ fn the_fields_packages_load_the_dictionaries() {
         ("relu", vec!["--l1", "1"]),
         ("topk", vec!["--arch", "topk", "--k", "4"]),
         ("jumprelu", vec!["--arch", "jumprelu", "--l1", "0.5"]),
+        ("gated", vec!["--arch", "gated", "--l1", "1"]),
         ("batchtopk", vec!["--arch", "batchtopk", "--k", "4"]),
         (
             "matryoshka",

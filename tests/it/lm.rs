@@ -699,6 +699,7 @@ fn identity_sae(d: usize, scaling_factor: f32, exact: bool) -> Sae {
         w_dec,
         b_dec: vec![0.0; d],
         threshold: None,
+        gated: None,
     }
 }
 

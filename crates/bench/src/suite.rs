@@ -127,7 +127,7 @@ pub struct Resample {
 pub struct TrainSpec {
     pub name: String,
     pub data: String,
-    /// "relu", "topk", "jumprelu", "batchtopk" or "matryoshka" (docs/architectures.md).
+    /// "relu", "topk", "jumprelu", "batchtopk", "matryoshka" or "gated" (docs/architectures.md).
     pub arch: String,
     #[serde(default)]
     pub k: Option<usize>,

@@ -84,7 +84,7 @@ pub fn reference(s: Shape, x: &[f32], f: &[f32], xhat: &[f32], l1: f32, w: Weigh
 }
 
 /// 2·(x̂ − x)/B, and x − b_dec, both [B, d].
-fn residuals(s: Shape, x: &[f32], xhat: &[f32], b_dec: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub(super) fn residuals(s: Shape, x: &[f32], xhat: &[f32], b_dec: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let inv_b = 1.0 / s.batch.max(1) as f32;
     let mut dxh = vec![0.0f32; x.len()];
     let mut xc = vec![0.0f32; x.len()];
@@ -104,7 +104,7 @@ fn residuals(s: Shape, x: &[f32], xhat: &[f32], b_dec: &[f32]) -> (Vec<f32>, Vec
 }
 
 /// Column sums of a row-major [rows, cols] matrix, in row order (deterministic).
-fn column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
+pub(super) fn column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     out.fill(0.0);
     if cols == 0 {
         return;
@@ -117,7 +117,7 @@ fn column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
 }
 
 /// ∂b_dec = Σ_b ∂x̂_b − W_enc · ∂b_enc.
-fn b_dec_grad(s: Shape, dxh: &[f32], w_enc: &[f32], g_b_enc: &[f32], out: &mut [f32]) {
+pub(super) fn b_dec_grad(s: Shape, dxh: &[f32], w_enc: &[f32], g_b_enc: &[f32], out: &mut [f32]) {
     column_sums(dxh, s.d_in, out);
     if s.d_sae == 0 {
         return;

@@ -9,6 +9,7 @@ pub mod backward;
 pub mod batchtopk;
 pub mod decode;
 pub mod encode;
+pub mod gated;
 pub mod gemm;
 pub mod matryoshka;
 pub mod reduce;

@@ -18,6 +18,7 @@ pub enum ArchArg {
     Jumprelu,
     Batchtopk,
     Matryoshka,
+    Gated,
 }
 
 #[derive(Args, Debug)]
@@ -33,7 +34,7 @@ pub struct TrainArgs {
     /// Dictionary size [default: 8 × d_in].
     #[arg(long)]
     pub d_sae: Option<usize>,
-    /// Sparsity coefficient λ: of the L1 penalty (relu) or of the L0 penalty (jumprelu).
+    /// Sparsity coefficient λ: of the L1 penalty (relu; gated: of its gate), or of the L0 penalty (jumprelu).
     #[arg(long)]
     pub l1: Option<f32>,
     /// Features kept per token (topk), on average over a batch (batchtopk, matryoshka).
@@ -182,6 +183,7 @@ pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
             ArchArg::Jumprelu => Arch::JumpRelu,
             ArchArg::Batchtopk => Arch::BatchTopK,
             ArchArg::Matryoshka => Arch::Matryoshka,
+            ArchArg::Gated => Arch::Gated,
         }),
         d_sae: a.d_sae,
         l1_coeff: a.l1,

@@ -11,6 +11,9 @@
 //! - `JumpReluAutoEncoder` (JumpReLU): W_enc [d_in, F], b_enc [F], W_dec [F, d_in], b_dec [d_in], threshold [F];
 //!   it does not subtract b_dec from the input (`apply_b_dec_to_input` is an attribute that loading leaves False),
 //!   so the export writes b_enc − b_dec·W_enc and reading absorbs b_dec back ([`super::absorb_b_dec`]).
+//! - `GatedAutoEncoder` (Gated): encoder.weight = W_encᵀ [F, d_in] (no bias), gate_bias = b_gate [F], r_mag [F],
+//!   mag_bias = b_mag [F], decoder.weight = W_decᵀ [d_in, F], decoder_bias = b_dec [d_in]; it subtracts
+//!   decoder_bias from the input, as saeperf does.
 //!
 //! `ae.pt` is written here as torch's zip format (below, [`write_torch_state_dict`]) and read with candle's
 //! reader of torch files.
@@ -83,6 +86,22 @@ pub fn write(sae: &Sae, out: &Path, lm_name: Option<&str>, layer: Option<usize>)
                 ("b_dec", TorchTensor::F32(vec![d], &folded.b_dec)),
             ],
         ),
+        Arch::Gated => {
+            let Some(g) = &folded.gated else {
+                bail!("the gated dictionary has no magnitude path (r_mag, b_mag) to write");
+            };
+            (
+                "GatedAutoEncoder",
+                vec![
+                    ("decoder_bias", TorchTensor::F32(vec![d], &folded.b_dec)),
+                    ("encoder.weight", TorchTensor::F32(vec![f, d], &enc)),
+                    ("r_mag", TorchTensor::F32(vec![f], &g.r_mag)),
+                    ("gate_bias", TorchTensor::F32(vec![f], &folded.b_enc)),
+                    ("mag_bias", TorchTensor::F32(vec![f], &g.b_mag)),
+                    ("decoder.weight", TorchTensor::F32(vec![d, f], &dec)),
+                ],
+            )
+        }
         Arch::JumpRelu => (
             "JumpReluAutoEncoder",
             vec![
@@ -116,7 +135,7 @@ pub fn write(sae: &Sae, out: &Path, lm_name: Option<&str>, layer: Option<usize>)
     super::write_json(&out.join(CFG_FILE), &cfg)
 }
 
-/// Reads a dictionary_learning directory (`AutoEncoder` and `AutoEncoderTopK`; other classes refused in one line).
+/// Reads a dictionary_learning directory (the five classes of the module doc; any other class refused in one line).
 pub fn read(dir: &Path) -> Result<Sae> {
     let cpath = dir.join(CFG_FILE);
     let cfg = super::read_json(&cpath)?;
@@ -129,9 +148,10 @@ pub fn read(dir: &Path) -> Result<Sae> {
         "AutoEncoderTopK" => Arch::TopK,
         "BatchTopKSAE" => Arch::BatchTopK,
         "JumpReluAutoEncoder" => Arch::JumpRelu,
+        "GatedAutoEncoder" => Arch::Gated,
         other => bail!(
             "{p}: trainer.dict_class {other:?} is not one saeperf runs (it reads AutoEncoder, AutoEncoderTopK, \
-             BatchTopKSAE and JumpReluAutoEncoder)"
+             BatchTopKSAE, JumpReluAutoEncoder and GatedAutoEncoder)"
         ),
     };
     let wpath = dir.join(WEIGHTS_FILE);
@@ -178,9 +198,23 @@ pub fn read(dir: &Path) -> Result<Sae> {
         }
         Ok(v)
     };
-    let b_enc = expect("encoder.bias", &[f])?;
+    let gated = arch == Arch::Gated;
+    let b_enc = expect(if gated { "gate_bias" } else { "encoder.bias" }, &[f])?;
     let dec = expect("decoder.weight", &[d, f])?;
-    let b_dec = expect(if arch == Arch::Relu { "bias" } else { "b_dec" }, &[d])?;
+    let b_dec_name = match arch {
+        Arch::Relu => "bias",
+        Arch::Gated => "decoder_bias",
+        _ => "b_dec",
+    };
+    let b_dec = expect(b_dec_name, &[d])?;
+    let gated = if gated {
+        Some(saeperf_kernels::GatedMag {
+            r_mag: expect("r_mag", &[f])?,
+            b_mag: expect("mag_bias", &[f])?,
+        })
+    } else {
+        None
+    };
     let k = if arch.uses_k() {
         let k = match cfg["trainer"]["k"].as_u64() {
             Some(k) => k as usize,
@@ -204,6 +238,7 @@ pub fn read(dir: &Path) -> Result<Sae> {
     };
     let sae = Sae {
         threshold,
+        gated,
         w_enc: super::transpose(&enc, f, d),
         b_enc,
         w_dec: super::transpose(&dec, d, f),
@@ -363,6 +398,7 @@ fn read_jumprelu(get: &GetTensor, cfg: &serde_json::Value, cpath: &Path) -> Resu
         w_dec: expect("W_dec", &[f, d])?,
         b_dec: expect("b_dec", &[d])?,
         threshold: Some(threshold),
+        gated: None,
         cfg: SaeCfg {
             apply_b_dec_to_input: false,
             ..SaeCfg::inference(d, f, Arch::JumpRelu, None)

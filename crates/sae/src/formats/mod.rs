@@ -135,7 +135,8 @@ pub fn unfold_scaling(sae: &Sae, s: f32) -> Sae {
 
 /// A dictionary whose encoder does not subtract b_dec (SAELens' `apply_b_dec_to_input: false`) rewritten for
 /// saeperf's encoder, which always does: x·W_enc + b_enc = (x − b_dec)·W_enc + (b_enc + b_dec·W_enc), so b_enc
-/// absorbs b_dec·W_enc and the codes are unchanged.
+/// absorbs b_dec·W_enc and the codes are unchanged. Gated's magnitude path sees W_enc ⊙ exp(r_mag), so b_mag
+/// absorbs (b_dec·W_enc)·exp(r_mag).
 pub fn absorb_b_dec(sae: &mut Sae) {
     let (d, f) = (sae.cfg.d_in, sae.cfg.d_sae);
     for j in 0..f {
@@ -143,6 +144,9 @@ pub fn absorb_b_dec(sae: &mut Sae) {
             .map(|i| sae.b_dec[i] as f64 * sae.w_enc[i * f + j] as f64)
             .sum();
         sae.b_enc[j] = (sae.b_enc[j] as f64 + dot) as f32;
+        if let Some(g) = &mut sae.gated {
+            g.b_mag[j] = (g.b_mag[j] as f64 + dot * (g.r_mag[j] as f64).exp()) as f32;
+        }
     }
     sae.cfg.apply_b_dec_to_input = true;
 }
@@ -331,6 +335,14 @@ pub(crate) mod testutil {
             // BatchTopK and Matryoshka: one θ for every feature.
             sae.threshold = Some(vec![0.21; 10]);
         }
+        if let Some(g) = &mut sae.gated {
+            g.r_mag
+                .iter_mut()
+                .for_each(|r| *r = rng.random::<f32>() - 0.5);
+            g.b_mag
+                .iter_mut()
+                .for_each(|b| *b = rng.random::<f32>() - 0.4);
+        }
         sae
     }
 
@@ -434,12 +446,17 @@ mod tests {
         let out = dir.path().join("dl");
         dictionary_learning::write(&sae, &out, None, None).unwrap();
         let path = out.join("config.json");
-        std::fs::write(&path, r#"{"trainer": {"dict_class": "GatedAutoEncoder"}}"#).unwrap();
+        // A class saeperf does not run (dictionary_learning's p-annealing trainer's) is named and refused.
+        std::fs::write(&path, r#"{"trainer": {"dict_class": "AutoEncoderNew"}}"#).unwrap();
         let e = format!("{:#}", load(&out).unwrap_err());
         assert!(
-            e.contains("GatedAutoEncoder") && e.contains("config.json"),
+            e.contains("AutoEncoderNew") && e.contains("config.json"),
             "{e}"
         );
+        // A GatedAutoEncoder's config over a ReLU state dict: the missing tensor is named.
+        std::fs::write(&path, r#"{"trainer": {"dict_class": "GatedAutoEncoder"}}"#).unwrap();
+        let e = format!("{:#}", load(&out).unwrap_err());
+        assert!(e.contains("no tensor gate_bias") && e.contains("ae.pt"), "{e}");
         std::fs::write(&path, r#"{"trainer": {"dict_class": "AutoEncoder"}}"#).unwrap();
         std::fs::write(out.join("ae.pt"), b"not a zip").unwrap();
         let e = format!("{:#}", load(&out).unwrap_err());

@@ -1,5 +1,6 @@
 //! SAELens' dictionary directory: `cfg.json` + `sae_weights.safetensors` with W_enc [d_in, d_sae], b_enc [d_sae],
-//! W_dec [d_sae, d_in], b_dec [d_in] (and `threshold` [d_sae] for "jumprelu"), as `SAE.save_model` writes it and
+//! W_dec [d_sae, d_in], b_dec [d_in] (and `threshold` [d_sae] for "jumprelu"; b_gate in place of b_enc, with r_mag
+//! and b_mag [d_sae], for "gated"), as `SAE.save_model` writes it and
 //! `SAE.load_from_disk` reads it (docs/formats.md, "SAELens"). BatchTopK is written as SAELens saves it for
 //! inference: a "jumprelu" dictionary whose thresholds all equal the learned θ; the saeperf block keeps "batchtopk".
 //!
@@ -42,6 +43,7 @@ pub fn write(sae: &Sae, out: &Path, prov: &Provenance) -> Result<()> {
             Arch::Relu => "standard",
             Arch::TopK => "topk",
             Arch::JumpRelu | Arch::BatchTopK | Arch::Matryoshka => "jumprelu",
+            Arch::Gated => "gated",
         },
         "d_in": d,
         "d_sae": f,
@@ -64,15 +66,25 @@ pub fn write(sae: &Sae, out: &Path, prov: &Provenance) -> Result<()> {
     if let Some(m) = &prov.model_name {
         cfg["metadata"]["model_name"] = json!(m);
     }
+    let b_name = if folded.gated.is_some() { "b_gate" } else { "b_enc" };
     let mut tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
         ("W_enc", vec![d, f], &folded.w_enc),
-        ("b_enc", vec![f], &folded.b_enc),
+        (b_name, vec![f], &folded.b_enc),
         ("W_dec", vec![f, d], &folded.w_dec),
         ("b_dec", vec![d], &folded.b_dec),
     ];
     let threshold = super::threshold_of(sae)?;
     if let Some(t) = &threshold {
         tensors.push(("threshold", vec![f], t));
+    }
+    // Folding leaves the magnitude path as it is: π_mag = z·exp(r_mag) + b_mag with z unchanged.
+    match (&folded.gated, sae.cfg.architecture == Arch::Gated) {
+        (Some(g), true) => {
+            tensors.push(("r_mag", vec![f], &g.r_mag));
+            tensors.push(("b_mag", vec![f], &g.b_mag));
+        }
+        (None, false) => {}
+        _ => bail!("the {} dictionary's magnitude path (r_mag, b_mag) does not match its architecture", sae.cfg.architecture),
     }
     super::write_f32(&out.join(WEIGHTS_FILE), &tensors)?;
     super::write_json(&out.join(CFG_FILE), &cfg)
@@ -97,8 +109,9 @@ pub fn read(dir: &Path) -> Result<Sae> {
         Some("standard") | None => Arch::Relu,
         Some("topk") => Arch::TopK,
         Some("jumprelu") => Arch::JumpRelu,
+        Some("gated") => Arch::Gated,
         Some(other) => bail!(
-            "{p}: architecture {other:?} is not one saeperf runs (it reads \"standard\", \"topk\" and \"jumprelu\")"
+            "{p}: architecture {other:?} is not one saeperf runs (it reads \"standard\", \"topk\", \"jumprelu\" and \"gated\")"
         ),
     };
     let k = if arch == Arch::TopK {
@@ -150,10 +163,20 @@ pub fn read(dir: &Path) -> Result<Sae> {
     } else {
         None
     };
+    let gated = if arch == Arch::Gated {
+        Some(saeperf_kernels::GatedMag {
+            r_mag: super::read_f32(&st, &wpath, "r_mag", &[f])?,
+            b_mag: super::read_f32(&st, &wpath, "b_mag", &[f])?,
+        })
+    } else {
+        None
+    };
+    let b_name = if gated.is_some() { "b_gate" } else { "b_enc" };
     let mut sae = Sae {
         threshold,
+        gated,
         w_enc: super::read_f32(&st, &wpath, "W_enc", &[d, f])?,
-        b_enc: super::read_f32(&st, &wpath, "b_enc", &[f])?,
+        b_enc: super::read_f32(&st, &wpath, b_name, &[f])?,
         w_dec: super::read_f32(&st, &wpath, "W_dec", &[f, d])?,
         b_dec: super::read_f32(&st, &wpath, "b_dec", &[d])?,
         cfg: SaeCfg {
@@ -210,6 +233,7 @@ mod tests {
                 Arch::Relu => "standard",
                 Arch::TopK => "topk",
                 Arch::JumpRelu | Arch::BatchTopK | Arch::Matryoshka => "jumprelu",
+                Arch::Gated => "gated",
             };
             assert_eq!(cfg["architecture"], want);
             assert_eq!(cfg["dtype"], "float32");
@@ -227,6 +251,7 @@ mod tests {
             close(&back.b_dec, &sae.b_dec, 1e-6, "b_dec");
             assert_eq!(back.b_enc, sae.b_enc);
             assert_eq!(back.threshold, sae.threshold, "{arch}: threshold");
+            assert_eq!(back.gated, sae.gated, "{arch}: r_mag, b_mag");
         }
     }
 
@@ -282,9 +307,14 @@ mod tests {
         let cpath = dir.path().join(CFG_FILE);
         let good: Value = serde_json::from_slice(&std::fs::read(&cpath).unwrap()).unwrap();
         type Edit = Box<dyn Fn(&mut Value)>;
-        let cases: [(&str, Edit); 6] = [
+        let cases: [(&str, Edit); 7] = [
             (
-                "architecture \"gated\"",
+                "architecture \"matching_pursuit\"",
+                Box::new(|c| c["architecture"] = json!("matching_pursuit")),
+            ),
+            // A gated cfg over a TopK dictionary's tensors: the missing tensor is named.
+            (
+                "no tensor r_mag",
                 Box::new(|c| c["architecture"] = json!("gated")),
             ),
             (

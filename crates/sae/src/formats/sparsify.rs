@@ -101,6 +101,7 @@ pub fn read(dir: &Path) -> Result<Sae> {
     let enc_t = super::read_f32(&st, &wpath, "encoder.weight", &[f, d])?;
     let sae = Sae {
         threshold: None,
+        gated: None,
         w_enc: super::transpose(&enc_t, f, d),
         b_enc: super::read_f32(&st, &wpath, "encoder.bias", &[f])?,
         w_dec: super::read_f32(&st, &wpath, "W_dec", &[f, d])?,

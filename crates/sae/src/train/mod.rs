@@ -287,6 +287,10 @@ impl TrainConfig {
             );
         }
         if let Some(r) = &self.resample {
+            ensure!(
+                self.arch != Arch::Gated,
+                "resampling does not reset gated's magnitude path (r_mag, b_mag); train gated without resampling"
+            );
             ensure!(r.window > 0, "resample window must be positive");
             ensure!(r.sample > 0, "resample sample must be positive");
         }
@@ -418,8 +422,9 @@ impl Batches {
     }
 }
 
-/// JumpReLU's log thresholds on the device, with their gradient and Adam moments.
-struct JumpState<B> {
+/// A parameter vector outside [`Params`] on the device (JumpReLU's log θ, Gated's r_mag and b_mag), with its
+/// gradient and Adam moments.
+struct VecParam<B> {
     t: B,
     g: B,
     m: B,
@@ -488,7 +493,7 @@ pub fn train_on<B: Backend>(
     // JumpReLU's t = log θ, its gradient and Adam moments.
     let mut jump = if arch == Arch::JumpRelu {
         let t0 = vec![cfg.init_threshold.ln(); d_sae];
-        Some(JumpState {
+        Some(VecParam {
             t: backend.upload(&t0).map_err(be)?,
             g: backend.zeros(d_sae).map_err(be)?,
             m: backend.zeros(d_sae).map_err(be)?,
@@ -496,6 +501,25 @@ pub fn train_on<B: Backend>(
         })
     } else {
         None
+    };
+    // Gated: r_mag and b_mag (from the initial dictionary: zeros), and the gate's pre-activations π_gate.
+    let mut gated = match &init.gated {
+        Some(gm) => {
+            let vp = |v: &Vec<f32>| -> Result<VecParam<B::Buf>> {
+                Ok(VecParam {
+                    t: backend.upload(v).map_err(be)?,
+                    g: backend.zeros(d_sae).map_err(be)?,
+                    m: backend.zeros(d_sae).map_err(be)?,
+                    v: backend.zeros(d_sae).map_err(be)?,
+                })
+            };
+            Some((
+                vp(&gm.r_mag)?,
+                vp(&gm.b_mag)?,
+                backend.zeros(s.batch * d_sae).map_err(be)?,
+            ))
+        }
+        None => None,
     };
     // BatchTopK's inference threshold, averaged over batches.
     let mut batch_theta: Option<f64> = None;
@@ -544,6 +568,12 @@ pub fn train_on<B: Backend>(
         hostx.iter_mut().zip(&raw).for_each(|(h, r)| *h = r * scale);
         backend.write(&mut x, &hostx).map_err(be)?;
         match (&mut a, &jump) {
+            _ if gated.is_some() => {
+                let (r, bm, pg) = gated.as_mut().expect("checked");
+                backend
+                    .gated_encode(s, &x, &p, [&r.t, &bm.t], pg, &mut f)
+                    .map_err(be)?;
+            }
             (Some(a), Some(j)) => {
                 backend.encode(s, act, &x, &p, a).map_err(be)?;
                 backend.threshold(s, a, &j.t, &mut f).map_err(be)?;
@@ -573,21 +603,32 @@ pub fn train_on<B: Backend>(
             .batch_stats(s, &x, &xhat, &f, &mut fire)
             .map_err(be)?;
         let l1 = cfg.l1_at(step);
-        // JumpReLU's penalty is λ·L0 and reaches only θ; ReLU's is λ·L1 and reaches the encoder through backward.
-        let (mut loss, l1_backward) = if arch == Arch::JumpRelu {
-            ((st.sse + l1 as f64 * st.l0) / s.batch.max(1) as f64, 0.0)
-        } else {
-            (st.loss(s.batch, l1), l1)
+        // JumpReLU's penalty is λ·L0 and reaches only θ; ReLU's is λ·L1 and reaches the encoder through backward;
+        // Gated's is λ·L1 of the gate, added below from its backward's sums with the auxiliary reconstruction.
+        let (mut loss, l1_backward) = match arch {
+            Arch::JumpRelu => ((st.sse + l1 as f64 * st.l0) / s.batch.max(1) as f64, 0.0),
+            Arch::Gated => (st.sse / s.batch.max(1) as f64, l1),
+            _ => (st.loss(s.batch, l1), l1),
         };
-        if !loss.is_finite() {
-            bail!(Diverged(format!(
-                "training diverged at step {step}: the loss is {loss} (try a lower --lr)"
-            )));
-        }
         dead_tracker.record(&fire, step);
-        backend
-            .backward(s, l1_backward, &x, &f, &xhat, &p, &mut g)
-            .map_err(be)?;
+        if let Some((r, bm, pg)) = &mut gated {
+            let sums = backend
+                .gated_backward(
+                    s,
+                    l1,
+                    [&x, pg, &f, &xhat],
+                    &p,
+                    [&r.t, &bm.t],
+                    &mut g,
+                    [&mut r.g, &mut bm.g],
+                )
+                .map_err(be)?;
+            loss += (sums.aux_sse + l1 as f64 * sums.gate_l1) / s.batch.max(1) as f64;
+        } else {
+            backend
+                .backward(s, l1_backward, &x, &f, &xhat, &p, &mut g)
+                .map_err(be)?;
+        }
         // Matryoshka: every shorter prefix's reconstruction loss and gradient on top of the full one.
         if let Some((fj, xhj, gj)) = &mut nested {
             for &size in &prefixes {
@@ -613,7 +654,19 @@ pub fn train_on<B: Backend>(
                     .map_err(be)?;
             }
         }
+        if !loss.is_finite() {
+            bail!(Diverged(format!(
+                "training diverged at step {step}: the loss is {loss} (try a lower --lr)"
+            )));
+        }
         let hyper = AdamHyper::new(cfg.lr_at(step), step as u64 + 1);
+        if let Some((r, bm, _)) = &mut gated {
+            for q in [r, bm] {
+                backend
+                    .adam_vec(hyper, &mut q.t, &q.g, &mut q.m, &mut q.v)
+                    .map_err(be)?;
+            }
+        }
         if let (Some(j), Some(a)) = (&mut jump, &a) {
             backend
                 .threshold_grad(s, cfg.bandwidth, l1, a, &j.t, &x, &xhat, &p, &mut j.g)
@@ -683,6 +736,22 @@ pub fn train_on<B: Backend>(
             cfg.steps
         )));
     }
+    let gated = match &gated {
+        Some((r, bm, _)) => {
+            let gm = saeperf_kernels::GatedMag {
+                r_mag: backend.download(&r.t).map_err(be)?,
+                b_mag: backend.download(&bm.t).map_err(be)?,
+            };
+            if gm.r_mag.iter().chain(&gm.b_mag).any(|v| !v.is_finite()) {
+                bail!(Diverged(format!(
+                    "training diverged: r_mag or b_mag holds NaN or Inf after {} steps",
+                    cfg.steps
+                )));
+            }
+            Some(gm)
+        }
+        None => None,
+    };
     let sae = Sae {
         cfg: init.cfg,
         w_enc: p.w_enc,
@@ -690,6 +759,7 @@ pub fn train_on<B: Backend>(
         w_dec: p.w_dec,
         b_dec: p.b_dec,
         threshold,
+        gated,
     };
     Ok(TrainOutcome {
         sae,
