@@ -1190,10 +1190,26 @@ mod tests {
         let (mut ga, mut gb) = (p.clone(), p.clone());
         let [mut r1, mut b1, mut r2, mut b2] = [0; 4].map(|_| vec![f32::NAN; s.d_sae]);
         let a1 = cpu
-            .gated_backward(s, 0.3, [&x, &pg1, &f1, &xh], &p, [&rm, &bm], &mut ga, [&mut r1, &mut b1])
+            .gated_backward(
+                s,
+                0.3,
+                [&x, &pg1, &f1, &xh],
+                &p,
+                [&rm, &bm],
+                &mut ga,
+                [&mut r1, &mut b1],
+            )
             .unwrap();
         let a2 = def
-            .gated_backward(s, 0.3, [&x, &pg1, &f1, &xh], &p, [&rm, &bm], &mut gb, [&mut r2, &mut b2])
+            .gated_backward(
+                s,
+                0.3,
+                [&x, &pg1, &f1, &xh],
+                &p,
+                [&rm, &bm],
+                &mut gb,
+                [&mut r2, &mut b2],
+            )
             .unwrap();
         assert!(
             (a1.aux_sse - a2.aux_sse).abs() < 1e-4 * a1.aux_sse

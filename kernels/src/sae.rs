@@ -388,7 +388,11 @@ impl Sae {
         let (d, fsz) = (self.cfg.d_in, self.cfg.d_sae);
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         // SAELens' Gated has no b_enc: the same vector is its gate bias b_gate.
-        let b_name = if self.gated.is_some() { "b_gate" } else { "b_enc" };
+        let b_name = if self.gated.is_some() {
+            "b_gate"
+        } else {
+            "b_enc"
+        };
         let mut data = vec![
             ("W_enc", vec![d, fsz], bytes(&self.w_enc)),
             (b_name, vec![fsz], bytes(&self.b_enc)),

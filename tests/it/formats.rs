@@ -198,7 +198,7 @@ fn saelens_export_round_trips_and_keeps_fvu_and_l0_on_raw_activations() {
         );
 
         // A malformed one: one line naming the key, exit 1, nothing written.
-        c["architecture"] = serde_json::json!("gated");
+        c["architecture"] = serde_json::json!("matching_pursuit");
         std::fs::write(exp.join("cfg.json"), c.to_string()).unwrap();
         let out_json = tmp.path().join(format!("{name}-bad.json"));
         let o = run(runner(&home)
@@ -212,7 +212,7 @@ fn saelens_export_round_trips_and_keeps_fvu_and_l0_on_raw_activations() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(
-            err.contains("architecture \"gated\"") && err.contains("cfg.json"),
+            err.contains("architecture \"matching_pursuit\"") && err.contains("cfg.json"),
             "{err}"
         );
         assert!(!out_json.exists());

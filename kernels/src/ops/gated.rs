@@ -71,14 +71,7 @@ pub fn encode_reference(
 }
 
 /// The encoder GEMM, then the gated epilogue per row.
-pub fn encode_fast(
-    s: Shape,
-    x: &[f32],
-    w: Weights,
-    m: Mag,
-    pi_gate: &mut [f32],
-    f: &mut [f32],
-) {
+pub fn encode_fast(s: Shape, x: &[f32], w: Weights, m: Mag, pi_gate: &mut [f32], f: &mut [f32]) {
     check_encode(s, x, &w, &m, pi_gate, f);
     let (bsz, d, fs) = (s.batch, s.d_in, s.d_sae);
     if fs == 0 {
@@ -184,7 +177,10 @@ pub fn backward_reference(
                 0.0f32
             };
             let dgate = if i.pi_gate[p] > 0.0 {
-                (0..d).map(|j| daux[b * d + j] * w.w_dec[k * d + j]).sum::<f32>() + i.l1 * inv_b
+                (0..d)
+                    .map(|j| daux[b * d + j] * w.w_dec[k * d + j])
+                    .sum::<f32>()
+                    + i.l1 * inv_b
             } else {
                 0.0
             };
@@ -207,7 +203,9 @@ pub fn backward_reference(
             g.w_enc[j * fs + k] = ge;
         }
     }
-    let dz_sum: Vec<f32> = (0..fs).map(|k| (0..bsz).map(|b| dz[b * fs + k]).sum()).collect();
+    let dz_sum: Vec<f32> = (0..fs)
+        .map(|k| (0..bsz).map(|b| dz[b * fs + k]).sum())
+        .collect();
     for j in 0..d {
         let mut acc: f32 = (0..bsz).map(|b| dxh[b * d + j]).sum();
         for k in 0..fs {
@@ -235,13 +233,33 @@ pub fn backward_fast(
     sgemm(fs, d, bsz, i.f, Trans::T, &dxh, Trans::N, g.w_dec, false);
     // ∂f = ∂x̂·W_decᵀ.
     let mut df = vec![0.0f32; bsz * fs];
-    sgemm(bsz, fs, d, &dxh, Trans::N, w.w_dec, Trans::T, &mut df, false);
+    sgemm(
+        bsz,
+        fs,
+        d,
+        &dxh,
+        Trans::N,
+        w.w_dec,
+        Trans::T,
+        &mut df,
+        false,
+    );
     // x̂aux = ReLU(π_gate)·W_dec + b_dec, and its residual's gradient 2·(x̂aux − x)/B.
     let a: Vec<f32> = i.pi_gate.par_iter().map(|v| v.max(0.0)).collect();
     // In row order, like every other sum here, so the result does not depend on the thread count.
     let gate_l1: f64 = a.iter().map(|v| *v as f64).sum();
     let mut daux = vec![0.0f32; bsz * d];
-    sgemm(bsz, d, fs, &a, Trans::N, w.w_dec, Trans::N, &mut daux, false);
+    sgemm(
+        bsz,
+        d,
+        fs,
+        &a,
+        Trans::N,
+        w.w_dec,
+        Trans::N,
+        &mut daux,
+        false,
+    );
     let aux_sse: f64 = if d == 0 {
         0.0
     } else {
@@ -260,7 +278,17 @@ pub fn backward_fast(
     };
     // ∂ReLU(π_gate) from the auxiliary term = ∂x̂aux·W_decᵀ.
     let mut dga = vec![0.0f32; bsz * fs];
-    sgemm(bsz, fs, d, &daux, Trans::N, w.w_dec, Trans::T, &mut dga, false);
+    sgemm(
+        bsz,
+        fs,
+        d,
+        &daux,
+        Trans::N,
+        w.w_dec,
+        Trans::T,
+        &mut dga,
+        false,
+    );
     let l1b = i.l1 * inv_b;
     let e: Vec<f32> = m.r_mag.iter().map(|r| r.exp()).collect();
     // ∂z = ∂π_gate + ∂π_mag·exp(r_mag); dga becomes ∂π_gate and df becomes ∂π_mag in place.
@@ -413,7 +441,11 @@ mod tests {
             let (gr, ar) = backward(s, &p, 0.7, false);
             let (gf, af) = backward(s, &p, 0.7, true);
             for (n, (a, c)) in gf.iter().zip(&gr).enumerate() {
-                assert!(rel_err(a, c) < 1e-4, "{s:?} gradient {n}: {}", rel_err(a, c));
+                assert!(
+                    rel_err(a, c) < 1e-4,
+                    "{s:?} gradient {n}: {}",
+                    rel_err(a, c)
+                );
             }
             assert!(
                 (af.aux_sse - ar.aux_sse).abs() <= 1e-4 * ar.aux_sse.max(1e-9)
@@ -442,7 +474,9 @@ mod tests {
                 let mut xh = bd.clone();
                 let mut xa = bd0.clone();
                 for k in 0..fs {
-                    let z: f64 = (0..d).map(|j| (x[bb * d + j] - bd[j]) * we[j * fs + k]).sum();
+                    let z: f64 = (0..d)
+                        .map(|j| (x[bb * d + j] - bd[j]) * we[j * fs + k])
+                        .sum();
                     let pg = z + bg[k];
                     let pm = z * rm[k].exp() + bm[k];
                     let f = if pg > 0.0 { pm.max(0.0) } else { 0.0 };
@@ -453,7 +487,8 @@ mod tests {
                     }
                 }
                 for j in 0..d {
-                    l += ((xh[j] - x[bb * d + j]).powi(2) + (xa[j] - x[bb * d + j]).powi(2)) / b as f64;
+                    l += ((xh[j] - x[bb * d + j]).powi(2) + (xa[j] - x[bb * d + j]).powi(2))
+                        / b as f64;
                 }
             }
             l
@@ -482,7 +517,10 @@ mod tests {
                 rel_err(got, &fd) < 1e-3 && rel_err(got_ref, &fd) < 1e-3,
                 "parameter {which}: {got:?} vs {fd:?}"
             );
-            assert!(fd.iter().any(|v| *v != 0.0), "parameter {which}: no gradient at all");
+            assert!(
+                fd.iter().any(|v| *v != 0.0),
+                "parameter {which}: no gradient at all"
+            );
         }
     }
 }

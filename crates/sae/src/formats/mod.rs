@@ -456,7 +456,10 @@ mod tests {
         // A GatedAutoEncoder's config over a ReLU state dict: the missing tensor is named.
         std::fs::write(&path, r#"{"trainer": {"dict_class": "GatedAutoEncoder"}}"#).unwrap();
         let e = format!("{:#}", load(&out).unwrap_err());
-        assert!(e.contains("no tensor gate_bias") && e.contains("ae.pt"), "{e}");
+        assert!(
+            e.contains("no tensor gate_bias") && e.contains("ae.pt"),
+            "{e}"
+        );
         std::fs::write(&path, r#"{"trainer": {"dict_class": "AutoEncoder"}}"#).unwrap();
         std::fs::write(out.join("ae.pt"), b"not a zip").unwrap();
         let e = format!("{:#}", load(&out).unwrap_err());

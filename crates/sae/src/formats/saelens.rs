@@ -66,7 +66,11 @@ pub fn write(sae: &Sae, out: &Path, prov: &Provenance) -> Result<()> {
     if let Some(m) = &prov.model_name {
         cfg["metadata"]["model_name"] = json!(m);
     }
-    let b_name = if folded.gated.is_some() { "b_gate" } else { "b_enc" };
+    let b_name = if folded.gated.is_some() {
+        "b_gate"
+    } else {
+        "b_enc"
+    };
     let mut tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
         ("W_enc", vec![d, f], &folded.w_enc),
         (b_name, vec![f], &folded.b_enc),
@@ -84,7 +88,10 @@ pub fn write(sae: &Sae, out: &Path, prov: &Provenance) -> Result<()> {
             tensors.push(("b_mag", vec![f], &g.b_mag));
         }
         (None, false) => {}
-        _ => bail!("the {} dictionary's magnitude path (r_mag, b_mag) does not match its architecture", sae.cfg.architecture),
+        _ => bail!(
+            "the {} dictionary's magnitude path (r_mag, b_mag) does not match its architecture",
+            sae.cfg.architecture
+        ),
     }
     super::write_f32(&out.join(WEIGHTS_FILE), &tensors)?;
     super::write_json(&out.join(CFG_FILE), &cfg)
