@@ -41,6 +41,24 @@ impl<B> Params<B> {
 }
 
 impl Params<Vec<f32>> {
+    /// The host parameters as the ops borrow them.
+    pub fn weights(&self) -> backward::Weights<'_> {
+        backward::Weights {
+            w_enc: &self.w_enc,
+            b_enc: &self.b_enc,
+            w_dec: &self.w_dec,
+            b_dec: &self.b_dec,
+        }
+    }
+    /// The host gradient buffers as the ops overwrite them.
+    pub fn grads_mut(&mut self) -> backward::GradsMut<'_> {
+        backward::GradsMut {
+            w_enc: &mut self.w_enc,
+            b_enc: &mut self.b_enc,
+            w_dec: &mut self.w_dec,
+            b_dec: &mut self.b_dec,
+        }
+    }
     /// Zero buffers of the sizes of a dictionary of shape `s`.
     pub fn zeros(s: Shape) -> Self {
         Params {
@@ -386,12 +404,7 @@ fn cpu_gated_encode(
     len_check("b_mag", b_mag.len(), s.d_sae)?;
     len_check("π_gate", pi_gate.len(), s.batch * s.d_sae)?;
     len_check("f", f.len(), s.batch * s.d_sae)?;
-    let w = backward::Weights {
-        w_enc: &p.w_enc,
-        b_enc: &p.b_enc,
-        w_dec: &p.w_dec,
-        b_dec: &p.b_dec,
-    };
+    let w = p.weights();
     let m = ops::gated::Mag { r_mag, b_mag };
     match mode {
         CpuMode::Fast => ops::gated::encode_fast(s, x, w, m, pi_gate, f),
@@ -434,18 +447,8 @@ fn cpu_gated_backward(
         xhat,
         l1,
     };
-    let w = backward::Weights {
-        w_enc: &p.w_enc,
-        b_enc: &p.b_enc,
-        w_dec: &p.w_dec,
-        b_dec: &p.b_dec,
-    };
-    let gm = backward::GradsMut {
-        w_enc: &mut g.w_enc,
-        b_enc: &mut g.b_enc,
-        w_dec: &mut g.w_dec,
-        b_dec: &mut g.b_dec,
-    };
+    let w = p.weights();
+    let gm = g.grads_mut();
     let m = ops::gated::Mag { r_mag, b_mag };
     let mg = ops::gated::MagGradsMut {
         r_mag: g_r,
@@ -477,18 +480,8 @@ fn cpu_auxk(
         k_aux,
         coeff,
     };
-    let w = backward::Weights {
-        w_enc: &p.w_enc,
-        b_enc: &p.b_enc,
-        w_dec: &p.w_dec,
-        b_dec: &p.b_dec,
-    };
-    let gm = backward::GradsMut {
-        w_enc: &mut g.w_enc,
-        b_enc: &mut g.b_enc,
-        w_dec: &mut g.w_dec,
-        b_dec: &mut g.b_dec,
-    };
+    let w = p.weights();
+    let gm = g.grads_mut();
     match mode {
         CpuMode::Fast => ops::auxk::fast(s, i, w, gm),
         CpuMode::Reference => ops::auxk::reference(s, i, w, gm),
@@ -726,18 +719,8 @@ impl Backend for CpuBackend {
         g: &mut Params<Vec<f32>>,
     ) -> Result<(), BackendError> {
         check(s).backward(p, g, [x, f, xhat])?;
-        let w = backward::Weights {
-            w_enc: &p.w_enc,
-            b_enc: &p.b_enc,
-            w_dec: &p.w_dec,
-            b_dec: &p.b_dec,
-        };
-        let gm = backward::GradsMut {
-            w_enc: &mut g.w_enc,
-            b_enc: &mut g.b_enc,
-            w_dec: &mut g.w_dec,
-            b_dec: &mut g.b_dec,
-        };
+        let w = p.weights();
+        let gm = g.grads_mut();
         match self.mode {
             CpuMode::Fast => backward::fast(s, x, f, xhat, l1, w, gm),
             CpuMode::Reference => backward::reference(s, x, f, xhat, l1, w, gm),
