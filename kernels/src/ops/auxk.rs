@@ -272,16 +272,8 @@ mod tests {
             "{} vs {l}",
             loss(&p0)
         );
-        let h = 1e-6;
         for (which, got) in g.iter().enumerate() {
-            let fd: Vec<f32> = (0..got.len())
-                .map(|e| {
-                    let (mut up, mut dn) = (p0.clone(), p0.clone());
-                    up[which][e] += h;
-                    dn[which][e] -= h;
-                    ((loss(&up) - loss(&dn)) / (2.0 * h)) as f32
-                })
-                .collect();
+            let fd = central_diff(loss, &p0, which);
             assert!(
                 rel_err(got, &fd) < 1e-3,
                 "parameter {which}: {got:?} vs {fd:?}"

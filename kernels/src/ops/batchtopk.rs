@@ -203,17 +203,9 @@ mod tests {
         );
         let to64 = |v: &[f32]| v.iter().map(|x| *x as f64).collect::<Vec<f64>>();
         let p0 = [to64(&w_enc), to64(&b_enc), to64(&w_dec), to64(&b_dec)];
-        let h = 1e-6;
+        let loss4 = |q: &[Vec<f64>; 4]| loss(&q[0], &q[1], &q[2], &q[3]);
         for (which, got) in [&gwe, &gbe, &gwd, &gbd].into_iter().enumerate() {
-            let fd: Vec<f32> = (0..got.len())
-                .map(|e| {
-                    let (mut up, mut dn) = (p0.clone(), p0.clone());
-                    up[which][e] += h;
-                    dn[which][e] -= h;
-                    ((loss(&up[0], &up[1], &up[2], &up[3]) - loss(&dn[0], &dn[1], &dn[2], &dn[3]))
-                        / (2.0 * h)) as f32
-                })
-                .collect();
+            let fd = central_diff(loss4, &p0, which);
             assert!(
                 rel_err(got, &fd) < 1e-3,
                 "parameter {which}: {got:?} vs {fd:?}"

@@ -503,16 +503,8 @@ mod tests {
         ];
         let (g, _) = backward(s, &p, l1 as f32, true);
         let (g_ref, _) = backward(s, &p, l1 as f32, false);
-        let h = 1e-6;
         for (which, (got, got_ref)) in g.iter().zip(&g_ref).enumerate() {
-            let fd: Vec<f32> = (0..got.len())
-                .map(|e| {
-                    let (mut up, mut dn) = (p0.clone(), p0.clone());
-                    up[which][e] += h;
-                    dn[which][e] -= h;
-                    ((loss(&up) - loss(&dn)) / (2.0 * h)) as f32
-                })
-                .collect();
+            let fd = central_diff(loss, &p0, which);
             assert!(
                 rel_err(got, &fd) < 1e-3 && rel_err(got_ref, &fd) < 1e-3,
                 "parameter {which}: {got:?} vs {fd:?}"

@@ -224,6 +224,24 @@ pub(crate) mod testutil {
         (c, r)
     }
 
+    /// Central differences (step 1e-6, in f64) of `loss` with respect to every entry of parameter `which` of `p0`:
+    /// the finite-difference side of every gradient check.
+    pub fn central_diff<const N: usize>(
+        loss: impl Fn(&[Vec<f64>; N]) -> f64,
+        p0: &[Vec<f64>; N],
+        which: usize,
+    ) -> Vec<f32> {
+        let h = 1e-6;
+        (0..p0[which].len())
+            .map(|e| {
+                let (mut up, mut dn) = (p0.clone(), p0.clone());
+                up[which][e] += h;
+                dn[which][e] -= h;
+                ((loss(&up) - loss(&dn)) / (2.0 * h)) as f32
+            })
+            .collect()
+    }
+
     /// Shapes that are and are not multiples of common tile sizes.
     pub const SHAPES: &[(usize, usize, usize)] = &[
         (1, 1, 1),
