@@ -2,7 +2,8 @@
 //
 //   sgemm_body<TA, TB, EPI>   the register-blocked SGEMM (128x128 tile, BK 16, 256 threads, 8x8 per thread) with
 //                             an optional per-column subtraction fused into the A load and a fused epilogue
-//                             (store / +bias / +bias then ReLU / mask-by-f then +l1). Used by encode, decode, backward.
+//                             (store / +bias / +bias then ReLU / mask-by-f then +l1 / Gated's two paths). Used by
+//                             encode, decode, backward and gated.
 //   block_sum<T>              a block-wide sum (warp shuffles, then shared memory); every thread gets the result.
 //   compact_nonzero_chunk     the nonzero entries of a 256-wide slice of a row, in index order, into shared memory.
 //
@@ -22,7 +23,7 @@
 #define GEMM_THREADS 256
 #define FULL_MASK 0xffffffffu
 
-enum { EPI_STORE = 0, EPI_BIAS = 1, EPI_BIAS_RELU = 2, EPI_MASK_L1 = 3 };
+enum { EPI_STORE = 0, EPI_BIAS = 1, EPI_BIAS_RELU = 2, EPI_MASK_L1 = 3, EPI_GATED = 4 };
 
 typedef unsigned long long u64;
 
@@ -59,6 +60,8 @@ __device__ __forceinline__ void load4(const float* __restrict__ P, int ld, int r
 //   A is stored [M][lda] (TA = false) or [K][lda] (TA = true); sub_a (may be null) is subtracted per STORED column.
 //   B is stored [K][ldb] (TB = false) or [N][ldb] (TB = true).
 //   EPI_BIAS: C = acc + bias[n]; EPI_BIAS_RELU: max(acc + bias[n], 0); EPI_MASK_L1: mask[m][n] > 0 ? acc + addend : 0.
+//   EPI_GATED: C = π_gate = acc + bias[n] and C2[m][n] (leading dimension ldc) = π_gate > 0 ?
+//              max(acc·exp(r_mag[n]) + b_mag[n], 0) : 0, the gate and the magnitude path from one accumulator.
 // Grid: (ceil(N / 128), ceil(M / 128)); block: 256 threads; any M, N, K (partial tiles are zero-filled).
 template <bool TA, bool TB, int EPI>
 __device__ __forceinline__ void sgemm_body(int M, int N, int K,
@@ -66,7 +69,10 @@ __device__ __forceinline__ void sgemm_body(int M, int N, int K,
                                            const float* __restrict__ B, int ldb,
                                            float* __restrict__ C, int ldc,
                                            const float* __restrict__ bias,
-                                           const float* __restrict__ mask, int ldmask, float addend) {
+                                           const float* __restrict__ mask, int ldmask, float addend,
+                                           const float* __restrict__ r_mag = nullptr,
+                                           const float* __restrict__ b_mag = nullptr,
+                                           float* __restrict__ C2 = nullptr) {
     __shared__ __align__(16) float As[GEMM_BK][GEMM_BM];
     __shared__ __align__(16) float Bs[GEMM_BK][GEMM_BN];
     const int t = threadIdx.x;
@@ -140,32 +146,47 @@ __device__ __forceinline__ void sgemm_body(int M, int N, int K,
         __syncthreads();
     }
 
-    const bool vec_c = (ldc & 3) == 0 && aligned16(C);
+    const bool vec_c = (ldc & 3) == 0 && aligned16(C) && (EPI != EPI_GATED || aligned16(C2));
 #pragma unroll
     for (int i = 0; i < GEMM_TM; ++i) {
         const int m = m0 + tr * GEMM_TM + i;
         if (m >= M) break;
         const int nb = n0 + tc * GEMM_TN;
         float out[GEMM_TN];
+        float out2[GEMM_TN];
 #pragma unroll
         for (int j = 0; j < GEMM_TN; ++j) {
             const int n = nb + j;
             float r = acc[i][j];
+            out2[j] = 0.0f;
             if (n < N) {
                 if (EPI == EPI_BIAS) r += bias[n];
                 if (EPI == EPI_BIAS_RELU) { r += bias[n]; r = r > 0.0f ? r : 0.0f; }
                 if (EPI == EPI_MASK_L1) r = mask[(size_t)m * ldmask + n] > 0.0f ? r + addend : 0.0f;
+                if (EPI == EPI_GATED) {
+                    const float mag = r * expf(r_mag[n]) + b_mag[n];
+                    r += bias[n];
+                    out2[j] = r > 0.0f && mag > 0.0f ? mag : 0.0f;
+                }
             }
             out[j] = r;
         }
         float* crow = C + (size_t)m * ldc;
+        float* crow2 = EPI == EPI_GATED ? C2 + (size_t)m * ldc : nullptr;
         if (vec_c && nb + GEMM_TN - 1 < N) {
             *reinterpret_cast<float4*>(crow + nb) = make_float4(out[0], out[1], out[2], out[3]);
             *reinterpret_cast<float4*>(crow + nb + 4) = make_float4(out[4], out[5], out[6], out[7]);
+            if (EPI == EPI_GATED) {
+                *reinterpret_cast<float4*>(crow2 + nb) = make_float4(out2[0], out2[1], out2[2], out2[3]);
+                *reinterpret_cast<float4*>(crow2 + nb + 4) = make_float4(out2[4], out2[5], out2[6], out2[7]);
+            }
         } else {
 #pragma unroll
             for (int j = 0; j < GEMM_TN; ++j)
-                if (nb + j < N) crow[nb + j] = out[j];
+                if (nb + j < N) {
+                    crow[nb + j] = out[j];
+                    if (EPI == EPI_GATED) crow2[nb + j] = out2[j];
+                }
         }
     }
 }

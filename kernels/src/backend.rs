@@ -507,7 +507,7 @@ fn on_host_codes<B: Backend + ?Sized, T>(
 }
 
 /// A Matryoshka prefix lies inside the dictionary.
-fn prefix_check(s: Shape, m: usize) -> Result<(), BackendError> {
+pub(crate) fn prefix_check(s: Shape, m: usize) -> Result<(), BackendError> {
     if m > s.d_sae {
         Err(BackendError::Shape(format!(
             "prefix {m} > d_sae {}",

@@ -1,8 +1,10 @@
 //! Op micro-benchmarks: each op of the chosen backend at fixed shapes, warm-up iterations, then one raw timing
 //! sample per iteration.
 //!
-//! Inputs are deterministic (seeded) and realistic: codes for decode/backward/reduce have 32 firing features per
-//! token (the sparse path a trained dictionary takes), resample replaces 1/8 of the features.
+//! Inputs are deterministic (seeded) and realistic: codes for decode/backward/reduce/matryoshka have 32 firing
+//! features per token (the sparse path a trained dictionary takes), resample replaces 1/8 of the features; the ops
+//! that read pre-activations (threshold, batchtopk, auxk) get ReLU'd ones of which about half are positive, with
+//! thresholds that keep about half of those, a batch-wide k of 32 per token, and 1/8 of the features dead for AuxK.
 //!
 //! Every op sample is paired with a yardstick sample taken just before it: a fixed multi-threaded workload that does
 //! not depend on saeperf's code ([`yardstick`]). The comparison divides one by the other, so load from other processes
@@ -19,6 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use saeperf_kernels::ops::inputs::{sparse_codes, uniform as randn};
+use saeperf_kernels::ops::matryoshka::default_prefixes;
 use saeperf_kernels::{Activation, AdamHyper, Backend, Op, Params, Shape};
 
 /// The environment variable read by the timing loop (see the module doc).
@@ -62,10 +65,19 @@ pub struct OpBench<'a, B: Backend> {
     f: B::Buf,
     xhat: B::Buf,
     out_f: B::Buf,
+    /// A second codes-shaped output (gated's π_gate).
+    out_f2: B::Buf,
     out_x: B::Buf,
     counts: Vec<u32>,
     dead: Vec<usize>,
     dirs: Vec<f32>,
+    /// ReLU'd pre-activations [batch, d_sae] (threshold, batchtopk, auxk).
+    a: B::Buf,
+    /// Per-feature vectors [d_sae]: log θ (threshold), r_mag and b_mag (gated), and their gradients.
+    vecs: [B::Buf; 3],
+    vec_grads: [B::Buf; 3],
+    /// A second gradient set (matryoshka's per-prefix gradients).
+    g2: Params<B::Buf>,
     step: u64,
     /// The injected extra work (see the module doc).
     extra: Option<Box<OpBench<'a, B>>>,
@@ -113,10 +125,19 @@ impl<'a, B: Backend> OpBench<'a, B> {
             let n = d.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
             d.iter_mut().for_each(|x| *x /= n);
         }
+        let a: Vec<f32> = randn(&mut rng, s.batch * s.d_sae, 1.0)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        let vec_up = |v: f32| be.upload(&vec![v; s.d_sae]);
         Ok(OpBench {
             be,
             op,
             s,
+            a: up(&a)?,
+            vecs: [vec_up(0.5f32.ln())?, vec_up(0.0)?, vec_up(0.0)?],
+            vec_grads: [be.zeros(s.d_sae)?, be.zeros(s.d_sae)?, be.zeros(s.d_sae)?],
+            g2: zeros()?,
             p: host.try_map(|v| up(v))?,
             g: zeros()?,
             m: zeros()?,
@@ -125,6 +146,7 @@ impl<'a, B: Backend> OpBench<'a, B> {
             f: up(&sparse_codes(&mut rng, s, firing))?,
             xhat: up(&randn(&mut rng, s.batch * s.d_in, 1.0))?,
             out_f: be.zeros(s.batch * s.d_sae)?,
+            out_f2: be.zeros(s.batch * s.d_sae)?,
             out_x: be.zeros(s.batch * s.d_in)?,
             counts: vec![0u32; s.d_sae],
             dead,
@@ -173,6 +195,75 @@ impl<'a, B: Backend> OpBench<'a, B> {
             )?,
             Op::Reduce => {
                 be.batch_stats(s, &self.x, &self.xhat, &self.f, &mut self.counts)?;
+            }
+            Op::Threshold => {
+                be.threshold(s, &self.a, &self.vecs[0], &mut self.out_f)?;
+                be.threshold_grad(
+                    s,
+                    0.05,
+                    1e-3,
+                    &self.a,
+                    &self.vecs[0],
+                    &self.x,
+                    &self.xhat,
+                    &self.p,
+                    &mut self.vec_grads[0],
+                )?;
+            }
+            Op::BatchTopK => {
+                be.batch_topk(s, FIRING, &self.a, &mut self.out_f)?;
+            }
+            Op::Matryoshka => {
+                let prefixes = default_prefixes(s.d_sae);
+                for &m in &prefixes[..prefixes.len().saturating_sub(1)] {
+                    be.prefix_mask(s, m, &self.f, &mut self.out_f)?;
+                    be.decode(s, &self.out_f, &self.p, &mut self.out_x)?;
+                    be.per_token_sq_err(s, &self.x, &self.out_x)?;
+                    be.backward(
+                        s,
+                        0.0,
+                        &self.x,
+                        &self.out_f,
+                        &self.out_x,
+                        &self.p,
+                        &mut self.g2,
+                    )?;
+                    be.accumulate(s, &mut self.g, &self.g2)?;
+                }
+            }
+            Op::Gated => {
+                let [_, r, bm] = &self.vecs;
+                be.gated_encode(
+                    s,
+                    &self.x,
+                    &self.p,
+                    [r, bm],
+                    &mut self.out_f2,
+                    &mut self.out_f,
+                )?;
+                let [_, gr, gb] = &mut self.vec_grads;
+                be.gated_backward(
+                    s,
+                    1e-3,
+                    [&self.x, &self.out_f2, &self.out_f, &self.xhat],
+                    &self.p,
+                    [r, bm],
+                    &mut self.g,
+                    [gr, gb],
+                )?;
+            }
+            Op::AuxK => {
+                be.auxk(
+                    s,
+                    2 * FIRING,
+                    1.0 / 32.0,
+                    &self.a,
+                    &self.dead,
+                    &self.x,
+                    &self.xhat,
+                    &self.p,
+                    &mut self.g,
+                )?;
             }
         }
         Ok(())

@@ -18,6 +18,10 @@
 #include "../adam.cu"
 #include "../resample.cu"
 #include "../reduce.cu"
+#include "../threshold.cu"
+#include "../batchtopk.cu"
+#include "../matryoshka.cu"
+#include "../gated.cu"
 
 using V = std::vector<float>;
 static int failures = 0, comparisons = 0;
@@ -120,6 +124,139 @@ static void ref_adam(float lr, float b1, float b2, float eps, float c1, float c2
     }
 }
 
+// ---- the architectures' ops (kernels/src/ops/{threshold,batchtopk,matryoshka,gated}.rs) ----
+static void ref_threshold(int B, int F, const V &a, const V &t, V &f) {
+    for (int b = 0; b < B; ++b)
+        for (int i = 0; i < F; ++i) {
+            float v = a[(size_t)b * F + i];
+            f[(size_t)b * F + i] = v > std::exp(t[i]) ? v : 0.0f;
+        }
+}
+static void ref_threshold_grad(int B, int d, int F, float eps, float l0, const V &a, const V &t, const V &x, const V &xh,
+                               const V &wd, V &g) {
+    float inv_b = 1.0f / std::max(B, 1);
+    for (int i = 0; i < F; ++i) {
+        float theta = std::exp(t[i]), acc = 0;
+        for (int b = 0; b < B; ++b) {
+            float v = a[(size_t)b * F + i];
+            if (v > 0 && std::fabs((v - theta) / eps) < 0.5f) {
+                float df = 0;
+                for (int j = 0; j < d; ++j) df += 2.0f * (xh[(size_t)b * d + j] - x[(size_t)b * d + j]) * inv_b * wd[(size_t)i * d + j];
+                acc += -(theta * df + l0 * inv_b) / eps;
+            }
+        }
+        g[i] = theta * acc;
+    }
+}
+static float ref_batchtopk(int B, int F, int k, const V &a, V &f) {
+    std::vector<std::pair<size_t, float>> all(a.size());
+    for (size_t p = 0; p < a.size(); ++p) all[p] = {p, a[p]};
+    std::sort(all.begin(), all.end(), [](auto p, auto q) { return p.second != q.second ? p.second > q.second : p.first < q.first; });
+    std::fill(f.begin(), f.end(), 0.0f);
+    float min_kept = 0;
+    for (size_t r = 0; r < (size_t)k * B && r < all.size(); ++r)
+        if (all[r].second > 0) { f[all[r].first] = all[r].second; min_kept = all[r].second; }
+    (void)F;
+    return min_kept;
+}
+static void ref_gated(int B, int d, int F, const V &x, const V &we, const V &bg, const V &bd, const V &rm, const V &bm, V &pg, V &f) {
+    for (int b = 0; b < B; ++b)
+        for (int i = 0; i < F; ++i) {
+            float z = 0;
+            for (int j = 0; j < d; ++j) z += (x[(size_t)b * d + j] - bd[j]) * we[(size_t)j * F + i];
+            float gate = z + bg[i], mag = z * std::exp(rm[i]) + bm[i];
+            pg[(size_t)b * F + i] = gate;
+            f[(size_t)b * F + i] = gate > 0 ? std::max(mag, 0.0f) : 0.0f;
+        }
+}
+
+// BatchTopK on the device (mirrors CudaBackend::batch_topk): count the positives, four histogram passes, ties, apply.
+static float dev_batchtopk(int B, int F, int k, const V &a, V &f) {
+    const long long n = (long long)B * F;
+    unsigned long long pos = 0;
+    emu_launch(dim3{std::min(up((size_t)n, 256), 4096u), 1, 1}, T256, count_nonzero, n, a.data(), &pos);
+    const unsigned long long kk = (unsigned long long)k * B;
+    if (kk == 0 || pos == 0) { std::fill(f.begin(), f.end(), 0.0f); return 0.0f; }
+    std::vector<unsigned> st{0u, 0u, (unsigned)std::min(kk, pos), 0u}, hist(256, 0u), ties(B, 7u);
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        emu_launch(dim3{std::min(up((size_t)n, 256), 6u), 1, 1}, T256, btk_hist, n, shift, a.data(), (const unsigned *)st.data(), hist.data());
+        emu_launch(dim3{1, 1, 1}, dim3{1, 1, 1}, btk_pick, shift, st.data(), hist.data());
+    }
+    emu_launch(dim3{(unsigned)B, 1, 1}, T256, btk_row_ties, B, F, a.data(), (const unsigned *)st.data(), ties.data());
+    emu_launch(dim3{1, 1, 1}, dim3{1, 1, 1}, btk_allow, B, (const unsigned *)st.data(), ties.data());
+    emu_launch(dim3{(unsigned)B, 1, 1}, T256, btk_apply, B, F, a.data(), (const unsigned *)st.data(), (const unsigned *)ties.data(), f.data());
+    float t;
+    std::memcpy(&t, &st[0], 4);
+    return t;
+}
+
+static void check_architectures(int B, int d, int F, const V &x, const V &we, const V &be, const V &wd, const V &bd) {
+    V a((size_t)B * F);
+    ref_encode(B, d, F, -1, x, we, be, bd, a);
+    // JumpReLU: each feature's threshold just below one of its positive values, so that some pairs pass, some do
+    // not, and some sit inside the band of the pseudo-gradient (counted: the check must not compare zeros).
+    const float eps = 0.2f;
+    V t(F);
+    int band = 0;
+    for (int i = 0; i < F; ++i) {
+        float th = 0.3f;
+        for (int b = 0; b < B; ++b)
+            if (a[(size_t)b * F + i] > 0) { th = a[(size_t)b * F + i] - 0.03f * (1 + i % 3); break; }
+        t[i] = std::log(std::max(th, 0.01f));
+        for (int b = 0; b < B; ++b) band += a[(size_t)b * F + i] > 0 && std::fabs(a[(size_t)b * F + i] - std::exp(t[i])) < eps / 2;
+    }
+    if (B * F > 1 && band == 0) { std::printf("FAIL threshold_grad: no pair inside the band, the check would be vacuous\n"); ++failures; }
+    {
+        V want((size_t)B * F), got = nanv((size_t)B * F);
+        ref_threshold(B, F, a, t, want);
+        emu_launch(dim3{up((size_t)B * F, 256), 1, 1}, T256, threshold_rows, B, F, a.data(), t.data(), got.data());
+        cmp("threshold_rows", B, d, F, got, want);
+        V xh((size_t)B * d);
+        ref_decode(B, d, F, want, wd, bd, xh);
+        V gw(F), gg = nanv(F);
+        ref_threshold_grad(B, d, F, eps, 0.7f, a, t, x, xh, wd, gw);
+        emu_launch(dim3{up(F, 32), 1, 1}, T256, threshold_grad, B, d, F, eps, 0.7f, a.data(), t.data(), x.data(), xh.data(), wd.data(), gg.data());
+        cmp("threshold_grad", B, d, F, gg, gw);
+    }
+    // BatchTopK: the ReLU'd codes, and a copy quantized to 8 levels so that ties at the threshold span rows.
+    V aq = a;
+    for (auto &v : aq) v = std::floor(v * 8.0f) / 8.0f;
+    for (const V *src : {&a, &aq}) {
+        for (int k : {1, std::max(1, F / 7), F}) {
+            V want((size_t)B * F), got = nanv((size_t)B * F);
+            float tw = ref_batchtopk(B, F, k, *src, want);
+            float tg = dev_batchtopk(B, F, k, *src, got);
+            std::string lab = std::string("batchtopk ") + (src == &a ? "" : "ties ") + "k " + std::to_string(k);
+            cmp(lab.c_str(), B, d, F, got, want);
+            cmp((lab + " min kept").c_str(), B, d, F, V{tg}, V{tw});
+        }
+    }
+    // Matryoshka: a prefix in the middle of a tile, none, all; accumulate.
+    for (int m : {0, F / 3, F}) {
+        V want((size_t)B * F), got = nanv((size_t)B * F);
+        for (int b = 0; b < B; ++b)
+            for (int i = 0; i < F; ++i) want[(size_t)b * F + i] = i < m ? a[(size_t)b * F + i] : 0.0f;
+        emu_launch(dim3{up((size_t)B * F, 256), 1, 1}, T256, prefix_mask, B, F, m, a.data(), got.data());
+        cmp(("prefix_mask m " + std::to_string(m)).c_str(), B, d, F, got, want);
+    }
+    {
+        V acc = randv((size_t)F * d, 1), g = randv(acc.size(), 1), want = acc;
+        for (size_t p = 0; p < acc.size(); ++p) want[p] += g[p];
+        emu_launch(dim3{up(acc.size(), 256), 1, 1}, T256, accumulate, (long long)acc.size(), acc.data(), (const float *)g.data());
+        cmp("accumulate", B, d, F, acc, want);
+    }
+    // Gated: one GEMM, both paths.
+    {
+        V rm = randv(F, 0.5), bm = randv(F, 0.2);
+        V pw((size_t)B * F), fw((size_t)B * F), pg = nanv((size_t)B * F), fg = nanv((size_t)B * F);
+        ref_gated(B, d, F, x, we, be, bd, rm, bm, pw, fw);
+        emu_launch(g2(up(F, 128), up(B, 128)), T256, gated_encode_gemm, B, d, F, x.data(), we.data(), be.data(), bd.data(),
+                   rm.data(), bm.data(), pg.data(), fg.data());
+        cmp("gated_encode_gemm pi_gate", B, d, F, pg, pw);
+        cmp("gated_encode_gemm f", B, d, F, fg, fw);
+    }
+}
+
 // ---- device sequences (mirror kernels/src/cuda/backend.rs) ----
 static void dev_backward(bool sparse, int B, int d, int F, float l1, const V &x, const V &f, const V &xh, const V &we,
                          const V &wd, const V &bd, V &gwe, V &gbe, V &gwd, V &gbd) {
@@ -157,6 +294,7 @@ int main(int argc, char **argv) {
             for (int j = 0; j < d; ++j) n += wd[(size_t)i * d + j] * wd[(size_t)i * d + j];
             for (int j = 0; j < d; ++j) wd[(size_t)i * d + j] /= (float)std::sqrt(n);
         }
+        check_architectures(B, d, F, x, we, be, wd, bd);
         // encode: ReLU and TopK
         for (int k : {-1, std::max(1, F / 8)}) {
             V want((size_t)B * F), got = nanv((size_t)B * F);

@@ -6,7 +6,7 @@
 
 use super::compile::{self, FILES};
 use super::{toolkit, CudaError};
-use crate::backend::{len_check, ArgCheck, Backend, BackendError, Params};
+use crate::backend::{len_check, prefix_check, ArgCheck, Backend, BackendError, Params};
 use crate::ops::{Activation, AdamHyper, BatchStats, Shape, SPARSE_DENSITY};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
@@ -217,6 +217,14 @@ impl CudaBackend {
                 (self.count_nonzero(f)? as f64) / total < SPARSE_DENSITY
             }
         })
+    }
+
+    /// The codes-shaped buffers of the architectures' ops ([batch, d_sae] each), checked.
+    fn codes_check(s: Shape, bufs: &[(&str, &CudaSlice<f32>)]) -> Result<(), BackendError> {
+        for (what, b) in bufs {
+            len_check(what, b.len(), s.batch * s.d_sae)?;
+        }
+        Ok(())
     }
 
     fn col_sums(
@@ -619,6 +627,257 @@ impl Backend for CudaBackend {
         // lengths checked above; one block per token.
         unsafe { l.launch(rows_cfg(s.batch)) }.map_err(CudaError::from)?;
         Ok(self.stream.clone_dtoh(&out).map_err(CudaError::from)?)
+    }
+
+    fn threshold(
+        &self,
+        s: Shape,
+        a: &Self::Buf,
+        log_theta: &Self::Buf,
+        f: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        Self::codes_check(s, &[("a", a), ("f", f)])?;
+        len_check("log θ", log_theta.len(), s.d_sae)?;
+        let (b, _, fs) = dims(s)?;
+        if s.batch == 0 || s.d_sae == 0 {
+            return Ok(());
+        }
+        let mut l = self.stream.launch_builder(self.func("threshold_rows")?);
+        l.arg(&b).arg(&fs).arg(a).arg(log_theta).arg(f);
+        // SAFETY: threshold_rows(int B, int F, const float* a [B*F], const float* log_theta [F], float* f [B*F]);
+        // lengths checked above; one thread per entry, guarded.
+        unsafe { l.launch(elems_cfg(s.batch * s.d_sae)) }.map_err(CudaError::from)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn threshold_grad(
+        &self,
+        s: Shape,
+        eps: f32,
+        l0: f32,
+        a: &Self::Buf,
+        log_theta: &Self::Buf,
+        x: &Self::Buf,
+        xhat: &Self::Buf,
+        p: &Params<Self::Buf>,
+        g: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        Self::codes_check(s, &[("a", a)])?;
+        len_check("log θ", log_theta.len(), s.d_sae)?;
+        len_check("x", x.len(), s.batch * s.d_in)?;
+        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        len_check("params.W_dec", p.w_dec.len(), s.d_sae * s.d_in)?;
+        len_check("∂log θ", g.len(), s.d_sae)?;
+        let (b, d, fs) = dims(s)?;
+        if s.d_sae == 0 {
+            return Ok(());
+        }
+        let mut l = self.stream.launch_builder(self.func("threshold_grad")?);
+        l.arg(&b)
+            .arg(&d)
+            .arg(&fs)
+            .arg(&eps)
+            .arg(&l0)
+            .arg(a)
+            .arg(log_theta)
+            .arg(x)
+            .arg(xhat)
+            .arg(&p.w_dec)
+            .arg(g);
+        // SAFETY: threshold_grad(int B, int d, int F, float eps, float l0, const float* a [B*F],
+        // const float* log_theta [F], const float* x [B*d], const float* xhat [B*d], const float* w_dec [F*d],
+        // float* g [F]); lengths checked above; grid ceil(F/32), one lane per feature, guarded.
+        let cfg = LaunchConfig {
+            grid_dim: (div_up(s.d_sae, 32), 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { l.launch(cfg) }.map_err(CudaError::from)?;
+        Ok(())
+    }
+
+    fn topk(
+        &self,
+        s: Shape,
+        k: usize,
+        a: &Self::Buf,
+        f: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        Self::codes_check(s, &[("a", a), ("f", f)])?;
+        let (b, _, fs) = dims(s)?;
+        if s.batch == 0 || s.d_sae == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            return Ok(self.stream.memset_zeros(f).map_err(CudaError::from)?);
+        }
+        // Lengths are equal (checked), so the copy's length assertion holds.
+        self.stream.memcpy_dtod(a, f).map_err(CudaError::from)?;
+        if k < s.d_sae {
+            let k = i32_of("k", k)?;
+            let mut l = self.stream.launch_builder(self.func("topk_rows")?);
+            l.arg(&b).arg(&fs).arg(&k).arg(f);
+            // SAFETY: topk_rows(int B, int F, int k, float* f [B*F]); f checked above; one block per row.
+            unsafe { l.launch(rows_cfg(s.batch)) }.map_err(CudaError::from)?;
+        }
+        Ok(())
+    }
+
+    fn batch_topk(
+        &self,
+        s: Shape,
+        k: usize,
+        a: &Self::Buf,
+        f: &mut Self::Buf,
+    ) -> Result<f32, BackendError> {
+        Self::codes_check(s, &[("a", a), ("f", f)])?;
+        let (b, _, fs) = dims(s)?;
+        if u32::try_from(s.batch * s.d_sae).is_err() {
+            return Err(BackendError::Shape(format!(
+                "batch·d_sae = {} does not fit the 32-bit counts of the batch-wide selection",
+                s.batch * s.d_sae
+            )));
+        }
+        let kk = k.saturating_mul(s.batch) as u64;
+        let pos = if s.batch * s.d_sae == 0 {
+            0
+        } else {
+            self.count_nonzero(a)?
+        };
+        if kk == 0 || pos == 0 {
+            self.stream.memset_zeros(f).map_err(CudaError::from)?;
+            return Ok(0.0);
+        }
+        // The radix select's state (prefix, mask, rem, unused) and histogram, on the device; rem starts at the
+        // number of values kept (at most B·F, which fits u32: checked above).
+        let rem = kk.min(pos) as u32;
+        let st_err = CudaError::from;
+        let mut st = self.stream.clone_htod(&[0u32, 0, rem, 0]).map_err(st_err)?;
+        let mut hist = self.stream.alloc_zeros::<u32>(256).map_err(st_err)?;
+        let mut ties = self.stream.alloc_zeros::<u32>(s.batch).map_err(st_err)?;
+        let n = (s.batch * s.d_sae) as i64;
+        let mut hist_cfg = elems_cfg(s.batch * s.d_sae);
+        hist_cfg.grid_dim.0 = hist_cfg.grid_dim.0.min(1024);
+        let one = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        for shift in [24i32, 16, 8, 0] {
+            let mut l = self.stream.launch_builder(self.func("btk_hist")?);
+            l.arg(&n).arg(&shift).arg(a).arg(&st).arg(&mut hist);
+            // SAFETY: btk_hist(long long n, int shift, const float* a [n], const unsigned* st [4],
+            // unsigned* hist [256]); n = B*F = a.len(), grid-stride.
+            unsafe { l.launch(hist_cfg) }.map_err(CudaError::from)?;
+            let mut l = self.stream.launch_builder(self.func("btk_pick")?);
+            l.arg(&shift).arg(&mut st).arg(&mut hist);
+            // SAFETY: btk_pick(int shift, unsigned* st [4], unsigned* hist [256]); one thread.
+            unsafe { l.launch(one) }.map_err(CudaError::from)?;
+        }
+        let mut l = self.stream.launch_builder(self.func("btk_row_ties")?);
+        l.arg(&b).arg(&fs).arg(a).arg(&st).arg(&mut ties);
+        // SAFETY: btk_row_ties(int B, int F, const float* a [B*F], const unsigned* st [4], unsigned* ties [B]);
+        // one block per row.
+        unsafe { l.launch(rows_cfg(s.batch)) }.map_err(CudaError::from)?;
+        let mut l = self.stream.launch_builder(self.func("btk_allow")?);
+        l.arg(&b).arg(&st).arg(&mut ties);
+        // SAFETY: btk_allow(int B, const unsigned* st [4], unsigned* ties [B]); one thread.
+        unsafe { l.launch(one) }.map_err(CudaError::from)?;
+        let mut l = self.stream.launch_builder(self.func("btk_apply")?);
+        l.arg(&b).arg(&fs).arg(a).arg(&st).arg(&ties).arg(f);
+        // SAFETY: btk_apply(int B, int F, const float* a [B*F], const unsigned* st [4], const unsigned* allow [B],
+        // float* f [B*F]); lengths checked above; one block per row.
+        unsafe { l.launch(rows_cfg(s.batch)) }.map_err(CudaError::from)?;
+        let st_host = self.stream.clone_dtoh(&st).map_err(CudaError::from)?;
+        Ok(f32::from_bits(st_host[0]))
+    }
+
+    fn prefix_mask(
+        &self,
+        s: Shape,
+        m: usize,
+        f: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        prefix_check(s, m)?;
+        Self::codes_check(s, &[("f", f), ("out", out)])?;
+        let (b, _, fs) = dims(s)?;
+        let m = i32_of("prefix", m)?;
+        if s.batch == 0 || s.d_sae == 0 {
+            return Ok(());
+        }
+        let mut l = self.stream.launch_builder(self.func("prefix_mask")?);
+        l.arg(&b).arg(&fs).arg(&m).arg(f).arg(out);
+        // SAFETY: prefix_mask(int B, int F, int m, const float* f [B*F], float* out [B*F]); lengths checked above,
+        // m <= F; one thread per entry, guarded.
+        unsafe { l.launch(elems_cfg(s.batch * s.d_sae)) }.map_err(CudaError::from)?;
+        Ok(())
+    }
+
+    fn accumulate(
+        &self,
+        s: Shape,
+        acc: &mut Params<Self::Buf>,
+        g: &Params<Self::Buf>,
+    ) -> Result<(), BackendError> {
+        check(s).params(acc, "accumulator")?;
+        check(s).params(g, "grads")?;
+        for (a, b) in [
+            (&mut acc.w_enc, &g.w_enc),
+            (&mut acc.b_enc, &g.b_enc),
+            (&mut acc.w_dec, &g.w_dec),
+            (&mut acc.b_dec, &g.b_dec),
+        ] {
+            if a.is_empty() {
+                continue;
+            }
+            let n = a.len() as i64;
+            let mut l = self.stream.launch_builder(self.func("accumulate")?);
+            l.arg(&n).arg(a).arg(b);
+            // SAFETY: accumulate(long long n, float* acc [n], const float* g [n]); both checked against the same
+            // shape above; one thread per entry, guarded.
+            unsafe { l.launch(elems_cfg(n as usize)) }.map_err(CudaError::from)?;
+        }
+        Ok(())
+    }
+
+    fn gated_encode(
+        &self,
+        s: Shape,
+        x: &Self::Buf,
+        p: &Params<Self::Buf>,
+        mag: [&Self::Buf; 2],
+        pi_gate: &mut Self::Buf,
+        f: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        check(s).params(p, "params")?;
+        len_check("x", x.len(), s.batch * s.d_in)?;
+        len_check("r_mag", mag[0].len(), s.d_sae)?;
+        len_check("b_mag", mag[1].len(), s.d_sae)?;
+        Self::codes_check(s, &[("π_gate", pi_gate), ("f", f)])?;
+        let (b, d, fs) = dims(s)?;
+        if s.batch == 0 || s.d_sae == 0 {
+            return Ok(());
+        }
+        let mut l = self.stream.launch_builder(self.func("gated_encode_gemm")?);
+        l.arg(&b)
+            .arg(&d)
+            .arg(&fs)
+            .arg(x)
+            .arg(&p.w_enc)
+            .arg(&p.b_enc)
+            .arg(&p.b_dec)
+            .arg(mag[0])
+            .arg(mag[1])
+            .arg(pi_gate)
+            .arg(f);
+        // SAFETY: gated_encode_gemm(int B, int d, int F, const float* x [B*d], const float* w_enc [d*F],
+        // const float* b_gate [F], const float* b_dec [d], const float* r_mag [F], const float* b_mag [F],
+        // float* pi_gate [B*F], float* f [B*F]); lengths checked above; grid (ceil(F/128), ceil(B/128)), partial
+        // tiles guarded.
+        unsafe { l.launch(gemm_cfg(s.batch, s.d_sae)) }.map_err(CudaError::from)?;
+        Ok(())
     }
 
     fn resample(

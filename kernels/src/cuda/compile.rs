@@ -64,6 +64,32 @@ pub const FILES: &[KernelFile] = &[
         source: include_str!("../../cuda/reduce.cu"),
         kernels: &["row_stats", "feature_fire_counts", "count_nonzero"],
     },
+    KernelFile {
+        name: "threshold.cu",
+        source: include_str!("../../cuda/threshold.cu"),
+        kernels: &["threshold_rows", "threshold_grad"],
+    },
+    KernelFile {
+        name: "batchtopk.cu",
+        source: include_str!("../../cuda/batchtopk.cu"),
+        kernels: &[
+            "btk_hist",
+            "btk_pick",
+            "btk_row_ties",
+            "btk_allow",
+            "btk_apply",
+        ],
+    },
+    KernelFile {
+        name: "matryoshka.cu",
+        source: include_str!("../../cuda/matryoshka.cu"),
+        kernels: &["prefix_mask", "accumulate"],
+    },
+    KernelFile {
+        name: "gated.cu",
+        source: include_str!("../../cuda/gated.cu"),
+        kernels: &["gated_encode_gemm"],
+    },
 ];
 
 /// The architectures `runner kernels check` compiles for (Ampere A100, Hopper H100 / H200).

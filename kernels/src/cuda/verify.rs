@@ -258,7 +258,143 @@ pub fn verify(
                 }
             }
         }
+        architectures(&mut c, &want, s, &mut r, &x, &p)?;
     }
     gpu.synchronize()?;
     Ok(c.rows)
+}
+
+/// The architectures' ops (threshold, batchtopk, matryoshka, gated, auxk) at one shape, against the CPU reference.
+fn architectures(
+    c: &mut Ctx,
+    want: &dyn Fn(&str) -> bool,
+    s: Shape,
+    r: &mut ChaCha8Rng,
+    x: &[f32],
+    p: &Params<Vec<f32>>,
+) -> Result<(), BackendError> {
+    let (b, d, fs) = (s.batch, s.d_in, s.d_sae);
+    let gpu = c.gpu;
+    let x = &x.to_vec(); // the CPU backend's buffer type
+    let (xg, pg) = (gpu.upload(x)?, c.params_up(p)?);
+    let mut a = vec![0.0; b * fs];
+    c.cpu.encode(s, Activation::Relu, x, p, &mut a)?;
+    let ag = gpu.upload(&a)?;
+    let xhat = randv(r, b * d, 1.0);
+    let xhg = gpu.upload(&xhat)?;
+    if want("encode") {
+        // TopK on pre-activations already computed (the TopK and AuxK training path).
+        let k = (fs / 8).max(1);
+        let mut wantf = vec![f32::NAN; b * fs];
+        c.cpu.topk(s, k, &a, &mut wantf)?;
+        let mut fg = c.nan(b * fs)?;
+        gpu.topk(s, k, &ag, &mut fg)?;
+        c.push(
+            "encode",
+            format!("topk on a, k={k}"),
+            s,
+            &gpu.download(&fg)?,
+            &wantf,
+        );
+    }
+    if want("threshold") {
+        // Thresholds near the codes' scale, so that some pairs pass and some fall inside the band.
+        let lt: Vec<f32> = randv(r, fs, 1.0)
+            .iter()
+            .map(|u| (0.3 + 0.25 * u).ln())
+            .collect();
+        let ltg = gpu.upload(&lt)?;
+        let mut wantf = vec![f32::NAN; b * fs];
+        c.cpu.threshold(s, &a, &lt, &mut wantf)?;
+        let mut fg = c.nan(b * fs)?;
+        gpu.threshold(s, &ag, &ltg, &mut fg)?;
+        c.push("threshold", "f".into(), s, &gpu.download(&fg)?, &wantf);
+        let mut wg = vec![f32::NAN; fs];
+        c.cpu
+            .threshold_grad(s, 0.2, 0.5, &a, &lt, x, &xhat, p, &mut wg)?;
+        let mut gg = c.nan(fs)?;
+        gpu.threshold_grad(s, 0.2, 0.5, &ag, &ltg, &xg, &xhg, &pg, &mut gg)?;
+        c.push("threshold", "∂log θ".into(), s, &gpu.download(&gg)?, &wg);
+    }
+    if want("batchtopk") {
+        // The codes as they are, and quantized to 1/8 so that ties at the threshold span rows.
+        let aq: Vec<f32> = a.iter().map(|v| (v * 8.0).floor() / 8.0).collect();
+        for (label, src) in [("codes", &a), ("ties", &aq)] {
+            let srcg = gpu.upload(src)?;
+            for k in [1, (fs / 7).max(1), fs] {
+                let mut wantf = vec![f32::NAN; b * fs];
+                let tw = c.cpu.batch_topk(s, k, src, &mut wantf)?;
+                let mut fg = c.nan(b * fs)?;
+                let tg = gpu.batch_topk(s, k, &srcg, &mut fg)?;
+                c.push(
+                    "batchtopk",
+                    format!("{label} k={k} / f"),
+                    s,
+                    &gpu.download(&fg)?,
+                    &wantf,
+                );
+                c.push(
+                    "batchtopk",
+                    format!("{label} k={k} / min kept"),
+                    s,
+                    &[tg],
+                    &[tw],
+                );
+            }
+        }
+    }
+    if want("matryoshka") {
+        for m in [0, fs / 3, fs] {
+            let mut wantf = vec![f32::NAN; b * fs];
+            c.cpu.prefix_mask(s, m, &a, &mut wantf)?;
+            let mut fg = c.nan(b * fs)?;
+            gpu.prefix_mask(s, m, &ag, &mut fg)?;
+            c.push(
+                "matryoshka",
+                format!("prefix_mask m={m}"),
+                s,
+                &gpu.download(&fg)?,
+                &wantf,
+            );
+        }
+        let (mut acc, g) = (rand_params(r, s), rand_params(r, s));
+        let (mut accg, gg) = (c.params_up(&acc)?, c.params_up(&g)?);
+        c.cpu.accumulate(s, &mut acc, &g)?;
+        gpu.accumulate(s, &mut accg, &gg)?;
+        let got = c.params_down(&accg)?;
+        for (i, (gv, wv)) in params_vec(&got).iter().zip(params_vec(&acc)).enumerate() {
+            c.push("matryoshka", format!("accumulate {}", NAMES[i]), s, gv, wv);
+        }
+    }
+    if want("gated") {
+        let (rm, bm) = (randv(r, fs, 0.5), randv(r, fs, 0.2));
+        let (rmg, bmg) = (gpu.upload(&rm)?, gpu.upload(&bm)?);
+        let (mut wpg, mut wf) = (vec![f32::NAN; b * fs], vec![f32::NAN; b * fs]);
+        c.cpu.gated_encode(s, x, p, [&rm, &bm], &mut wpg, &mut wf)?;
+        let (mut pgg, mut fg) = (c.nan(b * fs)?, c.nan(b * fs)?);
+        gpu.gated_encode(s, &xg, &pg, [&rmg, &bmg], &mut pgg, &mut fg)?;
+        c.push(
+            "gated",
+            "encode / π_gate".into(),
+            s,
+            &gpu.download(&pgg)?,
+            &wpg,
+        );
+        c.push("gated", "encode / f".into(), s, &gpu.download(&fg)?, &wf);
+    }
+    if want("auxk") {
+        let dead: Vec<usize> = (0..fs).filter(|i| i % 4 == 1).collect();
+        let mut gw = rand_params(r, s);
+        let mut gg = c.params_up(&gw)?;
+        let lw = c
+            .cpu
+            .auxk(s, 4, 1.0 / 32.0, &a, &dead, x, &xhat, p, &mut gw)?;
+        let lg = gpu.auxk(s, 4, 1.0 / 32.0, &ag, &dead, &xg, &xhg, &pg, &mut gg)?;
+        c.push("auxk", "loss".into(), s, &[lg as f32], &[lw as f32]);
+        let got = c.params_down(&gg)?;
+        for (i, (gv, wv)) in params_vec(&got).iter().zip(params_vec(&gw)).enumerate() {
+            c.push("auxk", format!("∂{}", NAMES[i]), s, gv, wv);
+        }
+    }
+    Ok(())
 }

@@ -74,16 +74,31 @@ pub enum Op {
     Adam,
     Resample,
     Reduce,
+    /// JumpReLU's thresholded activation and its threshold's pseudo-gradient.
+    Threshold,
+    /// BatchTopK's batch-wide selection.
+    BatchTopK,
+    /// Matryoshka's nested prefix losses beyond the full one: per prefix, mask, decode, backward, accumulate.
+    Matryoshka,
+    /// Gated's encode (one GEMM, the gated epilogue) and its backward.
+    Gated,
+    /// The AuxK auxiliary loss and its gradients.
+    AuxK,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 11] = [
         Op::Encode,
         Op::Decode,
         Op::Backward,
         Op::Adam,
         Op::Resample,
         Op::Reduce,
+        Op::Threshold,
+        Op::BatchTopK,
+        Op::Matryoshka,
+        Op::Gated,
+        Op::AuxK,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +109,11 @@ impl Op {
             Op::Adam => "adam",
             Op::Resample => "resample",
             Op::Reduce => "reduce",
+            Op::Threshold => "threshold",
+            Op::BatchTopK => "batchtopk",
+            Op::Matryoshka => "matryoshka",
+            Op::Gated => "gated",
+            Op::AuxK => "auxk",
         }
     }
 

@@ -160,12 +160,12 @@ fn check(a: CheckArgs, quiet: bool) -> Result<i32> {
             Ok(p) => {
                 println!("ptxas: {p}");
                 println!(
-                    "{:<6} {:<12} {:<20} {:>5} {:>7} {:>6}",
+                    "{:<6} {:<13} {:<20} {:>5} {:>7} {:>6}",
                     "arch", "file", "kernel", "regs", "smem", "spill"
                 );
                 for r in &report.resources {
                     println!(
-                        "{:<6} {:<12} {:<20} {:>5} {:>7} {:>6}",
+                        "{:<6} {:<13} {:<20} {:>5} {:>7} {:>6}",
                         r.arch,
                         r.file,
                         r.kernel,
