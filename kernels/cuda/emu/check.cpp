@@ -190,6 +190,85 @@ static float dev_batchtopk(int B, int F, int k, const V &a, V &f) {
     return t;
 }
 
+// Gated's backward (ops::gated::backward_reference): grads [W_enc, b_gate, W_dec, b_dec, r_mag, b_mag], sums.
+static void ref_gated_backward(int B, int d, int F, float l1, const V &x, const V &pg, const V &f, const V &xh, const V &we,
+                               const V &bg, const V &wd, const V &bd, const V &rm, V (&g)[6], double sums[2]) {
+    float inv_b = 1.0f / std::max(B, 1);
+    V dxh((size_t)B * d), daux((size_t)B * d), dz((size_t)B * F);
+    sums[0] = sums[1] = 0;
+    for (float v : pg) sums[1] += std::max(v, 0.0f);
+    for (size_t p = 0; p < dxh.size(); ++p) dxh[p] = 2.0f * (xh[p] - x[p]) * inv_b;
+    for (int b = 0; b < B; ++b)
+        for (int j = 0; j < d; ++j) {
+            float xa = bd[j];
+            for (int k = 0; k < F; ++k) xa += std::max(pg[(size_t)b * F + k], 0.0f) * wd[(size_t)k * d + j];
+            float e = xa - x[(size_t)b * d + j];
+            sums[0] += (double)e * e;
+            daux[(size_t)b * d + j] = 2.0f * e * inv_b;
+        }
+    for (auto &v : g) std::fill(v.begin(), v.end(), 0.0f);
+    for (int b = 0; b < B; ++b)
+        for (int k = 0; k < F; ++k) {
+            size_t p = (size_t)b * F + k;
+            float dm = 0, dg = 0;
+            if (f[p] > 0) for (int j = 0; j < d; ++j) dm += dxh[(size_t)b * d + j] * wd[(size_t)k * d + j];
+            if (pg[p] > 0) { for (int j = 0; j < d; ++j) dg += daux[(size_t)b * d + j] * wd[(size_t)k * d + j]; dg += l1 * inv_b; }
+            float e = std::exp(rm[k]);
+            dz[p] = dg + dm * e;
+            g[1][k] += dg;
+            g[5][k] += dm;
+            g[4][k] += dm * (pg[p] - bg[k]) * e;
+        }
+    for (int k = 0; k < F; ++k)
+        for (int j = 0; j < d; ++j) {
+            float gd = 0, ge = 0;
+            for (int b = 0; b < B; ++b) {
+                gd += f[(size_t)b * F + k] * dxh[(size_t)b * d + j];
+                ge += (x[(size_t)b * d + j] - bd[j]) * dz[(size_t)b * F + k];
+            }
+            g[2][(size_t)k * d + j] = gd;
+            g[0][(size_t)j * F + k] = ge;
+        }
+    for (int j = 0; j < d; ++j) {
+        float acc = 0;
+        for (int b = 0; b < B; ++b) acc += dxh[(size_t)b * d + j];
+        for (int k = 0; k < F; ++k) {
+            float s = 0;
+            for (int b = 0; b < B; ++b) s += dz[(size_t)b * F + k];
+            acc -= we[(size_t)j * F + k] * s;
+        }
+        g[3][j] = acc;
+    }
+}
+
+// Gated's backward on the device (mirrors CudaBackend::gated_backward).
+static void dev_gated_backward(int B, int d, int F, float l1, const V &x, const V &pg, const V &f, const V &xh, const V &we,
+                               const V &bg, const V &wd, const V &bd, const V &rm, V (&g)[6], double sums[2]) {
+    const float inv_b = 1.0f / B, l1b = l1 * inv_b;
+    const long long nx = (long long)B * d, nf = (long long)B * F;
+    V dxh((size_t)nx, NAN), dmag((size_t)nf, NAN), a((size_t)nf, NAN), xaux((size_t)nx, NAN), daux((size_t)nx, NAN),
+        dgate((size_t)nf, NAN), dz((size_t)nf, NAN), dzs(F, NAN), dsum(d, NAN);
+    std::vector<double> rows((size_t)B * 3, NAN);
+    emu_launch(dim3{up((size_t)nx, 256), 1, 1}, T256, bwd_residual, nx, inv_b, x.data(), xh.data(), dxh.data());
+    emu_launch(g2(up(d, 128), up(F, 128)), T256, bwd_dwdec_gemm, B, d, F, f.data(), dxh.data(), g[2].data());
+    emu_launch(g2(up(F, 128), up(B, 128)), T256, bwd_dpre_gemm, B, d, F, 0.0f, dxh.data(), wd.data(), f.data(), dmag.data());
+    emu_launch(dim3{up((size_t)nf, 256), 1, 1}, T256, gated_relu, nf, pg.data(), a.data());
+    emu_launch(g2(up(d, 128), up(B, 128)), T256, decode_gemm, B, d, F, (const float *)a.data(), wd.data(), bd.data(), xaux.data());
+    emu_launch(dim3{(unsigned)B, 1, 1}, T256, row_stats, B, d, F, x.data(), (const float *)xaux.data(), (const float *)a.data(), rows.data());
+    emu_launch(dim3{up((size_t)nx, 256), 1, 1}, T256, bwd_residual, nx, inv_b, x.data(), (const float *)xaux.data(), daux.data());
+    emu_launch(g2(up(F, 128), up(B, 128)), T256, bwd_dpre_gemm, B, d, F, l1b, (const float *)daux.data(), wd.data(), (const float *)a.data(), dgate.data());
+    emu_launch(dim3{up((size_t)nf, 256), 1, 1}, T256, gated_dz, B, F, (const float *)dgate.data(), (const float *)dmag.data(), rm.data(), dz.data());
+    emu_launch(dim3{up(F, 256), 1, 1}, T256, col_sums, B, F, (const float *)dgate.data(), g[1].data());
+    emu_launch(dim3{up(F, 256), 1, 1}, T256, col_sums, B, F, (const float *)dmag.data(), g[5].data());
+    emu_launch(dim3{up(F, 256), 1, 1}, T256, gated_dr_mag, B, F, (const float *)dmag.data(), pg.data(), bg.data(), rm.data(), g[4].data());
+    emu_launch(g2(up(F, 128), up(d, 128)), T256, bwd_dwenc_gemm, B, d, F, x.data(), bd.data(), (const float *)dz.data(), g[0].data());
+    emu_launch(dim3{up(F, 256), 1, 1}, T256, col_sums, B, F, (const float *)dz.data(), dzs.data());
+    emu_launch(dim3{up(d, 256), 1, 1}, T256, col_sums, B, d, (const float *)dxh.data(), dsum.data());
+    emu_launch(dim3{(unsigned)d, 1, 1}, T256, bwd_bdec, d, F, we.data(), (const float *)dzs.data(), (const float *)dsum.data(), g[3].data());
+    sums[0] = sums[1] = 0;
+    for (int b = 0; b < B; ++b) { sums[0] += rows[(size_t)b * 3]; sums[1] += rows[(size_t)b * 3 + 2]; }
+}
+
 static void check_architectures(int B, int d, int F, const V &x, const V &we, const V &be, const V &wd, const V &bd) {
     V a((size_t)B * F);
     ref_encode(B, d, F, -1, x, we, be, bd, a);
@@ -254,6 +333,17 @@ static void check_architectures(int B, int d, int F, const V &x, const V &we, co
                    rm.data(), bm.data(), pg.data(), fg.data());
         cmp("gated_encode_gemm pi_gate", B, d, F, pg, pw);
         cmp("gated_encode_gemm f", B, d, F, fg, fw);
+        // The backward on that encoding, against a reconstruction that is not the decode of f (as in training at
+        // any step but the optimum, the residuals are nonzero).
+        V xh = randv((size_t)B * d, 1);
+        V gw[6] = {V((size_t)d * F), V(F), V((size_t)F * d), V(d), V(F), V(F)};
+        V gg[6] = {nanv((size_t)d * F), nanv(F), nanv((size_t)F * d), nanv(d), nanv(F), nanv(F)};
+        double sw[2], sg[2];
+        ref_gated_backward(B, d, F, 0.4f, x, pw, fw, xh, we, be, wd, bd, rm, gw, sw);
+        dev_gated_backward(B, d, F, 0.4f, x, pw, fw, xh, we, be, wd, bd, rm, gg, sg);
+        const char *gn[6] = {"dW_enc", "db_gate", "dW_dec", "db_dec", "dr_mag", "db_mag"};
+        for (int q = 0; q < 6; ++q) cmp((std::string("gated backward ") + gn[q]).c_str(), B, d, F, gg[q], gw[q]);
+        cmp("gated backward aux_sse, gate_l1", B, d, F, V{(float)sg[0], (float)sg[1]}, V{(float)sw[0], (float)sw[1]});
     }
 }
 

@@ -7,7 +7,7 @@
 use super::compile::{self, FILES};
 use super::{toolkit, CudaError};
 use crate::backend::{len_check, prefix_check, ArgCheck, Backend, BackendError, Params};
-use crate::ops::{Activation, AdamHyper, BatchStats, Shape, SPARSE_DENSITY};
+use crate::ops::{gated::Sums, Activation, AdamHyper, BatchStats, Shape, SPARSE_DENSITY};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
@@ -878,6 +878,207 @@ impl Backend for CudaBackend {
         // tiles guarded.
         unsafe { l.launch(gemm_cfg(s.batch, s.d_sae)) }.map_err(CudaError::from)?;
         Ok(())
+    }
+
+    /// Gated's backward on the device: the kernels of gated.cu between the ordinary backward, decode and reduction
+    /// kernels, in the order of ops::gated::backward_fast (the sequence is listed in gated.cu's header).
+    #[allow(clippy::too_many_arguments)]
+    fn gated_backward(
+        &self,
+        s: Shape,
+        l1: f32,
+        [x, pi_gate, f, xhat]: [&Self::Buf; 4],
+        p: &Params<Self::Buf>,
+        [r_mag, b_mag]: [&Self::Buf; 2],
+        g: &mut Params<Self::Buf>,
+        [g_r, g_b]: [&mut Self::Buf; 2],
+    ) -> Result<Sums, BackendError> {
+        let c = check(s);
+        c.params(p, "params")?;
+        c.params(g, "grads")?;
+        for (what, n, want) in [
+            ("x", x.len(), s.batch * s.d_in),
+            ("x̂", xhat.len(), s.batch * s.d_in),
+            ("π_gate", pi_gate.len(), s.batch * s.d_sae),
+            ("f", f.len(), s.batch * s.d_sae),
+            ("r_mag", r_mag.len(), s.d_sae),
+            ("b_mag", b_mag.len(), s.d_sae),
+            ("∂r_mag", g_r.len(), s.d_sae),
+            ("∂b_mag", g_b.len(), s.d_sae),
+        ] {
+            len_check(what, n, want)?;
+        }
+        let (b, d, fs) = dims(s)?;
+        let st = &self.stream;
+        let e = CudaError::from;
+        if s.batch == 0 || s.d_in == 0 || s.d_sae == 0 {
+            for buf in [
+                &mut g.w_enc,
+                &mut g.b_enc,
+                &mut g.w_dec,
+                &mut g.b_dec,
+                &mut *g_r,
+                &mut *g_b,
+            ] {
+                if !buf.is_empty() {
+                    st.memset_zeros(buf).map_err(e)?;
+                }
+            }
+            return Ok(Sums {
+                aux_sse: 0.0,
+                gate_l1: 0.0,
+            });
+        }
+        let inv_b = 1.0 / s.batch as f32;
+        let (zero, l1b) = (0.0f32, l1 * inv_b);
+        let (n_x, n_f) = ((s.batch * s.d_in) as i64, (s.batch * s.d_sae) as i64);
+        let codes = s.batch * s.d_sae;
+        let residual = |xh: &CudaSlice<f32>, out: &mut CudaSlice<f32>| -> Result<(), CudaError> {
+            let mut l = st.launch_builder(self.func("bwd_residual")?);
+            l.arg(&n_x).arg(&inv_b).arg(x).arg(xh).arg(out);
+            // SAFETY: bwd_residual(long long n, float inv_b, const float* x [n], const float* xhat [n],
+            // float* dxh [n]); n = B*d = x.len() (checked); xh and out have at least n.
+            unsafe { l.launch(elems_cfg(s.batch * s.d_in)) }?;
+            Ok(())
+        };
+        let dpre =
+            |scale: &f32, up: &CudaSlice<f32>, mask: &CudaSlice<f32>, out: &mut CudaSlice<f32>| {
+                let mut l = st.launch_builder(self.func("bwd_dpre_gemm")?);
+                l.arg(&b)
+                    .arg(&d)
+                    .arg(&fs)
+                    .arg(scale)
+                    .arg(up)
+                    .arg(&p.w_dec)
+                    .arg(mask)
+                    .arg(out);
+                // SAFETY: bwd_dpre_gemm(int B, int d, int F, float l1b, const float* dxh [B*d], const float* w_dec [F*d],
+                // const float* f [B*F], float* dpre [B*F]): up has at least B*d, mask and out at least B*F; grid
+                // (ceil(F/128), ceil(B/128)).
+                unsafe { l.launch(gemm_cfg(s.batch, s.d_sae)) }?;
+                Ok::<(), CudaError>(())
+            };
+        // Main term: ∂x̂, ∂W_dec = fᵀ·∂x̂, ∂π_mag = (∂x̂·W_decᵀ)·1[f > 0].
+        let mut dxh = self.take("dxh", s.batch * s.d_in)?;
+        residual(xhat, &mut dxh)?;
+        let mut l = st.launch_builder(self.func("bwd_dwdec_gemm")?);
+        l.arg(&b)
+            .arg(&d)
+            .arg(&fs)
+            .arg(f)
+            .arg(&dxh)
+            .arg(&mut g.w_dec);
+        // SAFETY: bwd_dwdec_gemm(int B, int d, int F, const float* f [B*F], const float* dxh [B*d],
+        // float* g_wdec [F*d]); lengths checked above; grid (ceil(d/128), ceil(F/128)).
+        unsafe { l.launch(gemm_cfg(s.d_sae, s.d_in)) }.map_err(e)?;
+        let mut dmag = self.take("gated_dmag", codes)?;
+        dpre(&zero, &dxh, f, &mut dmag)?;
+        // Auxiliary term: a = ReLU(π_gate), x̂aux = a·W_dec + b_dec, its squared error and the gate's L1 (per row in
+        // double, added on the host in row order), ∂π_gate = (∂x̂aux·W_decᵀ + λ/B)·1[a > 0].
+        let mut a = self.take("gated_a", codes)?;
+        let mut l = st.launch_builder(self.func("gated_relu")?);
+        l.arg(&n_f).arg(pi_gate).arg(&mut a);
+        // SAFETY: gated_relu(long long n, const float* pi_gate [n], float* a [n]); n = B*F = pi_gate.len(), a has at
+        // least n.
+        unsafe { l.launch(elems_cfg(codes)) }.map_err(e)?;
+        let mut xaux = self.take("gated_xaux", s.batch * s.d_in)?;
+        let mut l = st.launch_builder(self.func("decode_gemm")?);
+        l.arg(&b)
+            .arg(&d)
+            .arg(&fs)
+            .arg(&a)
+            .arg(&p.w_dec)
+            .arg(&p.b_dec)
+            .arg(&mut xaux);
+        // SAFETY: decode_gemm(int B, int d, int F, const float* f [B*F], const float* w_dec [F*d],
+        // const float* b_dec [d], float* xhat [B*d]); a has at least B*F, xaux at least B*d.
+        unsafe { l.launch(gemm_cfg(s.batch, s.d_in)) }.map_err(e)?;
+        let mut rows = st.alloc_zeros::<f64>(s.batch * 3).map_err(e)?;
+        let mut l = st.launch_builder(self.func("row_stats")?);
+        l.arg(&b)
+            .arg(&d)
+            .arg(&fs)
+            .arg(x)
+            .arg(&xaux)
+            .arg(&a)
+            .arg(&mut rows);
+        // SAFETY: row_stats(int B, int d, int F, const float* x [B*d], const float* xhat [B*d], const float* f [B*F],
+        // double* out [B*3]); one block per token.
+        unsafe { l.launch(rows_cfg(s.batch)) }.map_err(e)?;
+        let mut daux = self.take("gated_daux", s.batch * s.d_in)?;
+        residual(&xaux, &mut daux)?;
+        let mut dgate = self.take("gated_dgate", codes)?;
+        dpre(&l1b, &daux, &a, &mut dgate)?;
+        // ∂z, the bias gradients, ∂r_mag, ∂W_enc = (x − b_dec)ᵀ·∂z and ∂b_dec = Σ_b ∂x̂_b − W_enc·Σ_b ∂z_b.
+        let mut dz = self.take("gated_dz", codes)?;
+        let mut l = st.launch_builder(self.func("gated_dz")?);
+        l.arg(&b)
+            .arg(&fs)
+            .arg(&dgate)
+            .arg(&dmag)
+            .arg(r_mag)
+            .arg(&mut dz);
+        // SAFETY: gated_dz(int B, int F, const float* dgate [B*F], const float* dmag [B*F], const float* r_mag [F],
+        // float* dz [B*F]); scratch buffers have at least B*F, r_mag exactly F (checked).
+        unsafe { l.launch(elems_cfg(codes)) }.map_err(e)?;
+        self.col_sums(b, fs, &dgate, &mut g.b_enc)?;
+        self.col_sums(b, fs, &dmag, g_b)?;
+        let mut l = st.launch_builder(self.func("gated_dr_mag")?);
+        l.arg(&b)
+            .arg(&fs)
+            .arg(&dmag)
+            .arg(pi_gate)
+            .arg(&p.b_enc)
+            .arg(r_mag)
+            .arg(g_r);
+        // SAFETY: gated_dr_mag(int B, int F, const float* dmag [B*F], const float* pi_gate [B*F],
+        // const float* b_gate [F], const float* r_mag [F], float* g_rmag [F]); lengths checked; a thread per feature.
+        unsafe { l.launch(elems_cfg(s.d_sae)) }.map_err(e)?;
+        let mut l = st.launch_builder(self.func("bwd_dwenc_gemm")?);
+        l.arg(&b)
+            .arg(&d)
+            .arg(&fs)
+            .arg(x)
+            .arg(&p.b_dec)
+            .arg(&dz)
+            .arg(&mut g.w_enc);
+        // SAFETY: bwd_dwenc_gemm(int B, int d, int F, const float* x [B*d], const float* b_dec [d],
+        // const float* dpre [B*F], float* g_wenc [d*F]); lengths checked; grid (ceil(F/128), ceil(d/128)).
+        unsafe { l.launch(gemm_cfg(s.d_in, s.d_sae)) }.map_err(e)?;
+        let mut dz_sum = self.take("gated_dz_sum", s.d_sae)?;
+        self.col_sums(b, fs, &dz, &mut dz_sum)?;
+        let mut dsum = self.take("dxh_sum", s.d_in)?;
+        self.col_sums(b, d, &dxh, &mut dsum)?;
+        let mut l = st.launch_builder(self.func("bwd_bdec")?);
+        l.arg(&d)
+            .arg(&fs)
+            .arg(&p.w_enc)
+            .arg(&dz_sum)
+            .arg(&dsum)
+            .arg(&mut g.b_dec);
+        // SAFETY: bwd_bdec(int d, int F, const float* w_enc [d*F], const float* g_benc [F], const float* dxh_sum [d],
+        // float* g_bdec [d]); dz_sum has at least F, dsum at least d; one block per j < d.
+        unsafe { l.launch(rows_cfg(s.d_in)) }.map_err(e)?;
+        let r = st.clone_dtoh(&rows).map_err(e)?;
+        for (name, buf) in [
+            ("dxh", dxh),
+            ("gated_dmag", dmag),
+            ("gated_a", a),
+            ("gated_xaux", xaux),
+            ("gated_daux", daux),
+            ("gated_dgate", dgate),
+            ("gated_dz", dz),
+            ("gated_dz_sum", dz_sum),
+            ("dxh_sum", dsum),
+        ] {
+            self.give(name, buf);
+        }
+        let (mut aux_sse, mut gate_l1) = (0.0, 0.0);
+        for row in r.chunks(3) {
+            aux_sse += row[0];
+            gate_l1 += row[2];
+        }
+        Ok(Sums { aux_sse, gate_l1 })
     }
 
     fn resample(

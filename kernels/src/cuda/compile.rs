@@ -88,7 +88,12 @@ pub const FILES: &[KernelFile] = &[
     KernelFile {
         name: "gated.cu",
         source: include_str!("../../cuda/gated.cu"),
-        kernels: &["gated_encode_gemm"],
+        kernels: &[
+            "gated_encode_gemm",
+            "gated_relu",
+            "gated_dz",
+            "gated_dr_mag",
+        ],
     },
 ];
 

@@ -6,7 +6,7 @@
 use super::backend::{CudaBackend, OpPath};
 use crate::backend::{Backend, BackendError, CpuBackend, Params};
 use crate::ops::inputs::{rel_err, sparse_codes, uniform as randv};
-use crate::ops::{Activation, AdamHyper, Op, Shape};
+use crate::ops::{gated::Sums, Activation, AdamHyper, Op, Shape};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -381,6 +381,57 @@ fn architectures(
             &wpg,
         );
         c.push("gated", "encode / f".into(), s, &gpu.download(&fg)?, &wf);
+        // The backward on that encoding, with a reconstruction that is not its decode (nonzero residuals).
+        let l1 = 0.4;
+        let mut gw = Params::zeros(s);
+        let (mut grw, mut gbw) = (vec![f32::NAN; fs], vec![f32::NAN; fs]);
+        let sw = c.cpu.gated_backward(
+            s,
+            l1,
+            [x, &wpg, &wf, &xhat],
+            p,
+            [&rm, &bm],
+            &mut gw,
+            [&mut grw, &mut gbw],
+        )?;
+        let mut gg =
+            c.params_up(&gw.try_map(|v| Ok::<_, BackendError>(vec![f32::NAN; v.len()]))?)?;
+        let (mut grg, mut gbg) = (c.nan(fs)?, c.nan(fs)?);
+        let sg = gpu.gated_backward(
+            s,
+            l1,
+            [&xg, &pgg, &fg, &xhg],
+            &pg,
+            [&rmg, &bmg],
+            &mut gg,
+            [&mut grg, &mut gbg],
+        )?;
+        let got = c.params_down(&gg)?;
+        for (i, (gv, wv)) in params_vec(&got).iter().zip(params_vec(&gw)).enumerate() {
+            c.push("gated", format!("backward / ∂{}", NAMES[i]), s, gv, wv);
+        }
+        c.push(
+            "gated",
+            "backward / ∂r_mag".into(),
+            s,
+            &gpu.download(&grg)?,
+            &grw,
+        );
+        c.push(
+            "gated",
+            "backward / ∂b_mag".into(),
+            s,
+            &gpu.download(&gbg)?,
+            &gbw,
+        );
+        let sums = |v: Sums| [v.aux_sse as f32, v.gate_l1 as f32];
+        c.push(
+            "gated",
+            "backward / aux_sse, gate_l1".into(),
+            s,
+            &sums(sg),
+            &sums(sw),
+        );
     }
     if want("auxk") {
         let dead: Vec<usize> = (0..fs).filter(|i| i % 4 == 1).collect();
