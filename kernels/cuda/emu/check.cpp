@@ -22,6 +22,7 @@
 #include "../batchtopk.cu"
 #include "../matryoshka.cu"
 #include "../gated.cu"
+#include "../auxk.cu"
 
 using V = std::vector<float>;
 static int failures = 0, comparisons = 0;
@@ -269,6 +270,68 @@ static void dev_gated_backward(int B, int d, int F, float l1, const V &x, const 
     for (int b = 0; b < B; ++b) { sums[0] += rows[(size_t)b * 3]; sums[1] += rows[(size_t)b * 3 + 2]; }
 }
 
+// AuxK (ops::auxk::reference): adds its gradients to g [W_enc, b_enc, W_dec, b_dec], returns the loss.
+static double ref_auxk(int B, int d, int F, int k_aux, float coeff, const V &a, const std::vector<int> &dead, const V &x,
+                       const V &xh, const V &we, const V &wd, const V &bd, V (&g)[4]) {
+    if (k_aux == 0 || dead.empty()) return 0.0;
+    float sc = std::min((float)dead.size() / k_aux, 1.0f), k = 2.0f * coeff * sc / B;
+    double loss = 0;
+    for (int b = 0; b < B; ++b) {
+        std::vector<std::pair<int, float>> c;
+        for (int f : dead) if (a[(size_t)b * F + f] > 0) c.push_back({f, a[(size_t)b * F + f]});
+        std::sort(c.begin(), c.end(), [](auto p, auto q) { return p.second != q.second ? p.second > q.second : p.first < q.first; });
+        if ((int)c.size() > k_aux) c.resize(k_aux);
+        V eh(d, 0.0f), de(d);
+        for (auto [f, v] : c) for (int j = 0; j < d; ++j) eh[j] += v * wd[(size_t)f * d + j];
+        double l = 0;
+        for (int j = 0; j < d; ++j) {
+            float r = eh[j] - (x[(size_t)b * d + j] - xh[(size_t)b * d + j]);
+            l += (double)r * r;
+            de[j] = k * r;
+        }
+        loss += l * (coeff * sc) / B;
+        for (auto [f, v] : c) {
+            float dp = 0;
+            for (int j = 0; j < d; ++j) dp += de[j] * wd[(size_t)f * d + j];
+            for (int j = 0; j < d; ++j) {
+                g[2][(size_t)f * d + j] += v * de[j];
+                g[0][(size_t)j * F + f] += (x[(size_t)b * d + j] - bd[j]) * dp;
+                g[3][j] -= we[(size_t)j * F + f] * dp;
+            }
+            g[1][f] += dp;
+        }
+    }
+    return loss;
+}
+
+// AuxK on the device (mirrors CudaBackend::auxk).
+static double dev_auxk(int B, int d, int F, int k_aux, float coeff, const V &a, const std::vector<int> &dead, const V &x,
+                       const V &xh, const V &we, const V &wd, const V &bd, V (&g)[4]) {
+    if (k_aux == 0 || dead.empty()) return 0.0;
+    float sc = std::min((float)dead.size() / k_aux, 1.0f);
+    V mask(F, 0.0f), fa((size_t)B * F, NAN), zd(d, 0.0f), eh((size_t)B * d, NAN), e((size_t)B * d, NAN), de((size_t)B * d, NAN), sq(B, NAN);
+    for (int f : dead) mask[f] = 1.0f;
+    const long long n = (long long)B * d;
+    emu_launch(dim3{up((size_t)B * F, 256), 1, 1}, T256, auxk_mask_dead, B, F, a.data(), (const float *)mask.data(), fa.data());
+    if (k_aux < F) emu_launch(dim3{(unsigned)B, 1, 1}, T256, topk_rows, B, F, k_aux, fa.data());
+    emu_launch(g2(B, up(d, 1024)), T256, decode_sparse, B, d, F, (const float *)fa.data(), wd.data(), (const float *)zd.data(), eh.data());
+    emu_launch(dim3{up((size_t)n, 256), 1, 1}, T256, bwd_residual, n, -0.5f, x.data(), xh.data(), e.data());
+    emu_launch(dim3{(unsigned)B, 1, 1}, T256, per_token_sq_err, B, d, (const float *)e.data(), (const float *)eh.data(), sq.data());
+    double loss = 0;
+    for (float v : sq) loss += v;
+    loss = loss * (coeff * sc) / B;
+    emu_launch(dim3{up((size_t)n, 256), 1, 1}, T256, bwd_residual, n, coeff * sc / B, (const float *)e.data(), (const float *)eh.data(), de.data());
+    V gwd((size_t)F * d, 0.0f), gt((size_t)F * d, 0.0f), gbe(F, 0.0f), gwe((size_t)d * F, NAN), gbd(d, NAN);
+    emu_launch(dim3{(unsigned)B, 1, 1}, T256, bwd_sparse_pairs, B, d, F, 0.0f, x.data(), bd.data(), (const float *)fa.data(), (const float *)de.data(),
+               wd.data(), gwd.data(), gt.data(), gbe.data());
+    emu_launch(g2(up(d, 32), up(F, 32)), dim3{32, 8, 1}, transpose, F, d, (const float *)gt.data(), gwe.data());
+    emu_launch(dim3{(unsigned)d, 1, 1}, T256, bwd_bdec, d, F, we.data(), (const float *)gbe.data(), (const float *)zd.data(), gbd.data());
+    V *add[4] = {&gwe, &gbe, &gwd, &gbd};
+    for (int q = 0; q < 4; ++q)
+        emu_launch(dim3{up(g[q].size(), 256), 1, 1}, T256, accumulate, (long long)g[q].size(), g[q].data(), (const float *)add[q]->data());
+    return loss;
+}
+
 static void check_architectures(int B, int d, int F, const V &x, const V &we, const V &be, const V &wd, const V &bd) {
     V a((size_t)B * F);
     ref_encode(B, d, F, -1, x, we, be, bd, a);
@@ -344,6 +407,24 @@ static void check_architectures(int B, int d, int F, const V &x, const V &we, co
         const char *gn[6] = {"dW_enc", "db_gate", "dW_dec", "db_dec", "dr_mag", "db_mag"};
         for (int q = 0; q < 6; ++q) cmp((std::string("gated backward ") + gn[q]).c_str(), B, d, F, gg[q], gw[q]);
         cmp("gated backward aux_sse, gate_l1", B, d, F, V{(float)sg[0], (float)sg[1]}, V{(float)sw[0], (float)sw[1]});
+    }
+    // AuxK: a quarter of the features dead, k_aux 3 (fewer candidates than k_aux in the smallest shapes), on top of
+    // random gradients (the op adds to them).
+    {
+        std::vector<int> dead;
+        for (int i = 0; i < F; ++i) if (i % 4 == 1 || F == 1) dead.push_back(i);
+        V xh = randv((size_t)B * d, 1);
+        V gw[4] = {randv((size_t)d * F, 1), randv(F, 1), randv((size_t)F * d, 1), randv(d, 1)};
+        V gg[4] = {gw[0], gw[1], gw[2], gw[3]}, base[4] = {gw[0], gw[1], gw[2], gw[3]};
+        double lw = ref_auxk(B, d, F, 3, 0.5f, a, dead, x, xh, we, wd, bd, gw);
+        double lg = dev_auxk(B, d, F, 3, 0.5f, a, dead, x, xh, we, wd, bd, gg);
+        const char *gn[4] = {"dW_enc", "db_enc", "dW_dec", "db_dec"};
+        for (int q = 0; q < 4; ++q) {
+            V ig = gg[q], iw = gw[q];  // the increments alone: the check must not hide in the random base
+            for (size_t p = 0; p < ig.size(); ++p) { ig[p] -= base[q][p]; iw[p] -= base[q][p]; }
+            cmp((std::string("auxk ") + gn[q] + " (added)").c_str(), B, d, F, ig, iw);
+        }
+        cmp("auxk loss", B, d, F, V{(float)lg}, V{(float)lw});
     }
 }
 

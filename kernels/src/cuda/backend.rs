@@ -724,6 +724,23 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn adam_vec(
+        &self,
+        h: AdamHyper,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        for (what, n) in [("∂", g.len()), ("m", m.len()), ("v", v.len())] {
+            len_check(what, n, p.len())?;
+        }
+        if p.is_empty() {
+            return Ok(());
+        }
+        Ok(self.adam_flat(h, corrections(&h), p, g, m, v)?)
+    }
+
     fn batch_topk(
         &self,
         s: Shape,
@@ -1079,6 +1096,181 @@ impl Backend for CudaBackend {
             gate_l1 += row[2];
         }
         Ok(Sums { aux_sse, gate_l1 })
+    }
+
+    /// AuxK on the device: auxk_mask_dead, then the ordinary kernels (the sequence is listed in auxk.cu's header).
+    #[allow(clippy::too_many_arguments)]
+    fn auxk(
+        &self,
+        s: Shape,
+        k_aux: usize,
+        coeff: f32,
+        a: &Self::Buf,
+        dead: &[usize],
+        x: &Self::Buf,
+        xhat: &Self::Buf,
+        p: &Params<Self::Buf>,
+        g: &mut Params<Self::Buf>,
+    ) -> Result<f64, BackendError> {
+        let c = check(s);
+        c.params(p, "params")?;
+        c.params(g, "grads")?;
+        Self::codes_check(s, &[("a", a)])?;
+        len_check("x", x.len(), s.batch * s.d_in)?;
+        len_check("x̂", xhat.len(), s.batch * s.d_in)?;
+        if let Some(&bad) = dead.iter().find(|&&i| i >= s.d_sae) {
+            return Err(BackendError::Shape(format!(
+                "dead feature {bad} ≥ d_sae {}",
+                s.d_sae
+            )));
+        }
+        // The scale min(n_dead / k_aux, 1) of ops::auxk; nothing to do when it is 0.
+        if k_aux == 0 || dead.is_empty() || s.batch == 0 || s.d_in == 0 {
+            return Ok(0.0);
+        }
+        let scale = (dead.len() as f32 / k_aux as f32).min(1.0);
+        let (b, d, fs) = dims(s)?;
+        let st = &self.stream;
+        let e = CudaError::from;
+        let mut mask = vec![0.0f32; s.d_sae];
+        dead.iter().for_each(|&i| mask[i] = 1.0);
+        let mask = st.clone_htod(&mask).map_err(e)?;
+        let codes = s.batch * s.d_sae;
+        let mut fa = self.take("auxk_f", codes)?;
+        let mut l = st.launch_builder(self.func("auxk_mask_dead")?);
+        l.arg(&b).arg(&fs).arg(a).arg(&mask).arg(&mut fa);
+        // SAFETY: auxk_mask_dead(int B, int F, const float* a [B*F], const float* dead [F], float* out [B*F]);
+        // a checked, mask has F, fa at least B*F; one thread per entry, guarded.
+        unsafe { l.launch(elems_cfg(codes)) }.map_err(e)?;
+        if k_aux < s.d_sae {
+            let k = i32_of("k_aux", k_aux)?;
+            let mut l = st.launch_builder(self.func("topk_rows")?);
+            l.arg(&b).arg(&fs).arg(&k).arg(&mut fa);
+            // SAFETY: topk_rows(int B, int F, int k, float* f [B*F]); fa has at least B*F; one block per row.
+            unsafe { l.launch(rows_cfg(s.batch)) }.map_err(e)?;
+        }
+        let zeros_d = st.alloc_zeros::<f32>(s.d_in).map_err(e)?;
+        let mut ehat = self.take("auxk_ehat", s.batch * s.d_in)?;
+        let cfg = LaunchConfig {
+            grid_dim: (s.batch as u32, div_up(s.d_in, THREADS * 4), 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = st.launch_builder(self.func("decode_sparse")?);
+        l.arg(&b)
+            .arg(&d)
+            .arg(&fs)
+            .arg(&fa)
+            .arg(&p.w_dec)
+            .arg(&zeros_d)
+            .arg(&mut ehat);
+        // SAFETY: decode_sparse(int B, int d, int F, const float* f [B*F], const float* w_dec [F*d],
+        // const float* b_dec [d], float* xhat [B*d]); fa ≥ B*F, zeros_d = d, ehat ≥ B*d; grid (B, ceil(d/1024)).
+        unsafe { l.launch(cfg) }.map_err(e)?;
+        let n = (s.batch * s.d_in) as i64;
+        let residual =
+            |scale: f32, u: &CudaSlice<f32>, v: &CudaSlice<f32>, out: &mut CudaSlice<f32>| {
+                let mut l = st.launch_builder(self.func("bwd_residual")?);
+                l.arg(&n).arg(&scale).arg(u).arg(v).arg(out);
+                // SAFETY: bwd_residual(long long n, float inv_b, const float* x [n], const float* xhat [n],
+                // float* dxh [n]); every buffer here has at least n = B*d.
+                unsafe { l.launch(elems_cfg(n as usize)) }?;
+                Ok::<(), CudaError>(())
+            };
+        // e = x − x̂ (2·(x̂ − x)·(−1/2), exact), the loss, then ∂ê = 2·α·scale·(ê − e)/B.
+        let mut target = self.take("auxk_e", s.batch * s.d_in)?;
+        residual(-0.5, x, xhat, &mut target)?;
+        let mut sq = st.alloc_zeros::<f32>(s.batch).map_err(e)?;
+        let mut l = st.launch_builder(self.func("per_token_sq_err")?);
+        l.arg(&b).arg(&d).arg(&target).arg(&ehat).arg(&mut sq);
+        // SAFETY: per_token_sq_err(int B, int d, const float* x [B*d], const float* xhat [B*d], float* out [B]);
+        // both scratch buffers have at least B*d; one block per token.
+        unsafe { l.launch(rows_cfg(s.batch)) }.map_err(e)?;
+        let sq = st.clone_dtoh(&sq).map_err(e)?;
+        let loss =
+            sq.iter().map(|v| *v as f64).sum::<f64>() * (coeff * scale) as f64 / s.batch as f64;
+        let mut dehat = self.take("auxk_dehat", s.batch * s.d_in)?;
+        residual(coeff * scale / s.batch as f32, &target, &ehat, &mut dehat)?;
+        // The auxiliary gradients into zeroed scratch, then added to g.
+        let mut ga = Params {
+            w_enc: self.take("auxk_gwe", s.d_in * s.d_sae)?,
+            b_enc: self.take("auxk_gbe", s.d_sae)?,
+            w_dec: self.take("auxk_gwd", s.d_sae * s.d_in)?,
+            b_dec: self.take("auxk_gbd", s.d_in)?,
+        };
+        let mut gwe_t = self.take("genc_t", s.d_sae * s.d_in)?;
+        for buf in [&mut ga.w_dec, &mut ga.b_enc, &mut gwe_t] {
+            st.memset_zeros(buf).map_err(e)?;
+        }
+        let zero = 0.0f32;
+        let mut l = st.launch_builder(self.func("bwd_sparse_pairs")?);
+        l.arg(&b)
+            .arg(&d)
+            .arg(&fs)
+            .arg(&zero)
+            .arg(x)
+            .arg(&p.b_dec)
+            .arg(&fa)
+            .arg(&dehat)
+            .arg(&p.w_dec)
+            .arg(&mut ga.w_dec)
+            .arg(&mut gwe_t)
+            .arg(&mut ga.b_enc);
+        // SAFETY: bwd_sparse_pairs(int B, int d, int F, float l1b, const float* x [B*d], const float* b_dec [d],
+        // const float* f [B*F], const float* dxh [B*d], const float* w_dec [F*d], float* g_wdec [F*d],
+        // float* g_wenc_t [F*d], float* g_benc [F]); scratch buffers at least that long and zeroed; a block per token.
+        unsafe { l.launch(rows_cfg(s.batch)) }.map_err(e)?;
+        let (rows, cols) = (fs, d);
+        let tcfg = LaunchConfig {
+            grid_dim: (div_up(s.d_in, 32), div_up(s.d_sae, 32), 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = st.launch_builder(self.func("transpose")?);
+        l.arg(&rows).arg(&cols).arg(&gwe_t).arg(&mut ga.w_enc);
+        // SAFETY: transpose(int rows, int cols, const float* in [rows*cols], float* out [cols*rows]) with rows = F,
+        // cols = d: both scratch buffers have at least F*d.
+        unsafe { l.launch(tcfg) }.map_err(e)?;
+        let mut l = st.launch_builder(self.func("bwd_bdec")?);
+        l.arg(&d)
+            .arg(&fs)
+            .arg(&p.w_enc)
+            .arg(&ga.b_enc)
+            .arg(&zeros_d)
+            .arg(&mut ga.b_dec);
+        // SAFETY: bwd_bdec(int d, int F, const float* w_enc [d*F], const float* g_benc [F], const float* dxh_sum [d],
+        // float* g_bdec [d]); zeros_d has d, the scratch at least F and d; one block per j < d.
+        unsafe { l.launch(rows_cfg(s.d_in)) }.map_err(e)?;
+        for (acc, add) in [
+            (&mut g.w_enc, &ga.w_enc),
+            (&mut g.b_enc, &ga.b_enc),
+            (&mut g.w_dec, &ga.w_dec),
+            (&mut g.b_dec, &ga.b_dec),
+        ] {
+            let n = acc.len() as i64;
+            if n == 0 {
+                continue;
+            }
+            let mut l = st.launch_builder(self.func("accumulate")?);
+            l.arg(&n).arg(acc).arg(add);
+            // SAFETY: accumulate(long long n, float* acc [n], const float* g [n]): n = acc.len(), and each scratch
+            // gradient has at least the length of the gradient it is added to.
+            unsafe { l.launch(elems_cfg(n as usize)) }.map_err(e)?;
+        }
+        for (name, buf) in [
+            ("auxk_f", fa),
+            ("auxk_ehat", ehat),
+            ("auxk_e", target),
+            ("auxk_dehat", dehat),
+            ("genc_t", gwe_t),
+            ("auxk_gwe", ga.w_enc),
+            ("auxk_gbe", ga.b_enc),
+            ("auxk_gwd", ga.w_dec),
+            ("auxk_gbd", ga.b_dec),
+        ] {
+            self.give(name, buf);
+        }
+        Ok(loss)
     }
 
     fn resample(

@@ -86,6 +86,11 @@ pub const FILES: &[KernelFile] = &[
         kernels: &["prefix_mask", "accumulate"],
     },
     KernelFile {
+        name: "auxk.cu",
+        source: include_str!("../../cuda/auxk.cu"),
+        kernels: &["auxk_mask_dead"],
+    },
+    KernelFile {
         name: "gated.cu",
         source: include_str!("../../cuda/gated.cu"),
         kernels: &[

@@ -435,7 +435,8 @@ fn architectures(
     }
     if want("auxk") {
         let dead: Vec<usize> = (0..fs).filter(|i| i % 4 == 1).collect();
-        let mut gw = rand_params(r, s);
+        // From zero gradients, so that the comparison sees the auxiliary gradients alone.
+        let mut gw = Params::zeros(s);
         let mut gg = c.params_up(&gw)?;
         let lw = c
             .cpu
