@@ -14,15 +14,16 @@
 //   btk_apply     block per row: keys above t kept, the first allow[b] keys equal to t kept (ballot ranks, index
 //                 order), everything else zeroed.
 //
-// The state st [4] (prefix, mask, rem, _) lives on the device: the host writes rem = min(K, number of positives)
-// before the passes (when every positive value is kept, the select finds the smallest one, which is then t) and
-// reads t = prefix back once at the end. Cost: 4 reads of a for the histograms, 2 for ties and apply, 1 write.
+// The state st [4] (prefix, mask, rem, empty) lives on the device: the host writes rem = K before the passes, the
+// first btk_pick clamps it to the number of positive values (when every positive value is kept, the select finds
+// the smallest one, which is then t), and the host reads t = prefix (or empty) back once at the end: one download.
+// Cost: 4 reads of a for the histograms, 2 for ties and apply, 1 write.
 // Check:   the CPU emulator (kernels/cuda/emu/check.cpp) and, on a GPU, runner kernels check --backend cuda.
 // CPU reference: kernels/src/ops/batchtopk.rs `reference`.
 
 #include "common.cuh"
 
-enum { BTK_PREFIX = 0, BTK_MASK = 1, BTK_REM = 2 };
+enum { BTK_PREFIX = 0, BTK_MASK = 1, BTK_REM = 2, BTK_EMPTY = 3 };
 
 // a [n], st [4], hist [256] (zero on entry). Grid: any (grid-stride), 256 threads.
 extern "C" __global__ void __launch_bounds__(SAE_THREADS)
@@ -42,24 +43,41 @@ btk_hist(long long n, int shift, const float* __restrict__ a, const unsigned* __
     if (h[t] != 0u) atomicAdd(&hist[t], h[t]);
 }
 
-// st [4], hist [256] (cleared on return). One block of 1 thread.
+// st [4], hist [256] (cleared on return). One block of 1 thread. The first pass (shift 24) sees every positive key:
+// there rem is clamped to their number (when at most K values are positive, all are kept and the select finds the
+// smallest), and with no positive value at all the state is marked empty (st[BTK_EMPTY] = 1, prefix all ones, which
+// no positive key equals or exceeds, so btk_apply zeroes everything).
 extern "C" __global__ void __launch_bounds__(1)
 btk_pick(int shift, unsigned* __restrict__ st, unsigned* __restrict__ hist) {
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
-    const unsigned rem = st[BTK_REM];
-    unsigned cum = 0, bin = 0, left = rem;
-    for (int q = 255; q >= 0; --q) {
-        const unsigned c = hist[q];
-        if (cum + c >= rem) {
-            bin = (unsigned)q;
-            left = rem - cum;
-            break;
+    unsigned rem = st[BTK_REM];
+    if (shift == 24) {
+        unsigned total = 0;
+        for (int q = 0; q < 256; ++q) total += hist[q];
+        rem = rem < total ? rem : total;
+        if (rem == 0u) {
+            st[BTK_EMPTY] = 1u;
+            st[BTK_PREFIX] = 0xffffffffu;
+            st[BTK_MASK] = 0xffffffffu;
         }
-        cum += c;
     }
-    st[BTK_PREFIX] |= bin << shift;
-    st[BTK_MASK] |= 255u << shift;
-    st[BTK_REM] = left;
+    if (st[BTK_EMPTY] == 0u) {
+        unsigned cum = 0, bin = 0, left = rem;
+        for (int q = 255; q >= 0; --q) {
+            const unsigned c = hist[q];
+            if (cum + c >= rem) {
+                bin = (unsigned)q;
+                left = rem - cum;
+                break;
+            }
+            cum += c;
+        }
+        st[BTK_PREFIX] |= bin << shift;
+        st[BTK_MASK] |= 255u << shift;
+        st[BTK_REM] = left;
+    } else {
+        st[BTK_REM] = 0u;
+    }
     for (int q = 0; q < 256; ++q) hist[q] = 0u;
 }
 

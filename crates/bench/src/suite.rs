@@ -154,6 +154,12 @@ pub struct TrainSpec {
     /// Matryoshka's prefix sizes (absent: d_sae/8, /4, /2, d_sae).
     #[serde(default)]
     pub prefixes: Vec<usize>,
+    /// JumpReLU: the pseudo-gradient's bandwidth ε (absent: `runner train`'s default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<f32>,
+    /// JumpReLU: every threshold's initial value (absent: `runner train`'s default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_threshold: Option<f32>,
     /// Pruning variant only: remove features firing on more than this fraction of evaluation tokens.
     #[serde(default)]
     pub prune_above: Option<f64>,

@@ -171,14 +171,12 @@ static void ref_gated(int B, int d, int F, const V &x, const V &we, const V &bg,
         }
 }
 
-// BatchTopK on the device (mirrors CudaBackend::batch_topk): count the positives, four histogram passes, ties, apply.
+// BatchTopK on the device (mirrors CudaBackend::batch_topk): four histogram passes, ties, apply.
 static float dev_batchtopk(int B, int F, int k, const V &a, V &f) {
     const long long n = (long long)B * F;
-    unsigned long long pos = 0;
-    emu_launch(dim3{std::min(up((size_t)n, 256), 4096u), 1, 1}, T256, count_nonzero, n, a.data(), &pos);
-    const unsigned long long kk = (unsigned long long)k * B;
-    if (kk == 0 || pos == 0) { std::fill(f.begin(), f.end(), 0.0f); return 0.0f; }
-    std::vector<unsigned> st{0u, 0u, (unsigned)std::min(kk, pos), 0u}, hist(256, 0u), ties(B, 7u);
+    const unsigned long long kk = std::min((unsigned long long)k * B, (unsigned long long)n);
+    if (kk == 0) { std::fill(f.begin(), f.end(), 0.0f); return 0.0f; }
+    std::vector<unsigned> st{0u, 0u, (unsigned)kk, 0u}, hist(256, 0u), ties(B, 7u);
     for (int shift = 24; shift >= 0; shift -= 8) {
         emu_launch(dim3{std::min(up((size_t)n, 256), 6u), 1, 1}, T256, btk_hist, n, shift, a.data(), (const unsigned *)st.data(), hist.data());
         emu_launch(dim3{1, 1, 1}, dim3{1, 1, 1}, btk_pick, shift, st.data(), hist.data());
@@ -188,7 +186,7 @@ static float dev_batchtopk(int B, int F, int k, const V &a, V &f) {
     emu_launch(dim3{(unsigned)B, 1, 1}, T256, btk_apply, B, F, a.data(), (const unsigned *)st.data(), (const unsigned *)ties.data(), f.data());
     float t;
     std::memcpy(&t, &st[0], 4);
-    return t;
+    return st[3] ? 0.0f : t;
 }
 
 // Gated's backward (ops::gated::backward_reference): grads [W_enc, b_gate, W_dec, b_dec, r_mag, b_mag], sums.
@@ -363,12 +361,13 @@ static void check_architectures(int B, int d, int F, const V &x, const V &we, co
     // BatchTopK: the ReLU'd codes, and a copy quantized to 8 levels so that ties at the threshold span rows.
     V aq = a;
     for (auto &v : aq) v = std::floor(v * 8.0f) / 8.0f;
-    for (const V *src : {&a, &aq}) {
+    V az((size_t)B * F, 0.0f);  // nothing positive: nothing kept, no threshold
+    for (const V *src : {&a, &aq, &az}) {
         for (int k : {1, std::max(1, F / 7), F}) {
             V want((size_t)B * F), got = nanv((size_t)B * F);
             float tw = ref_batchtopk(B, F, k, *src, want);
             float tg = dev_batchtopk(B, F, k, *src, got);
-            std::string lab = std::string("batchtopk ") + (src == &a ? "" : "ties ") + "k " + std::to_string(k);
+            std::string lab = std::string("batchtopk ") + (src == &a ? "" : src == &aq ? "ties " : "zeros ") + "k " + std::to_string(k);
             cmp(lab.c_str(), B, d, F, got, want);
             cmp((lab + " min kept").c_str(), B, d, F, V{tg}, V{tw});
         }

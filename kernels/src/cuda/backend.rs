@@ -756,21 +756,18 @@ impl Backend for CudaBackend {
                 s.batch * s.d_sae
             )));
         }
-        let kk = k.saturating_mul(s.batch) as u64;
-        let pos = if s.batch * s.d_sae == 0 {
-            0
-        } else {
-            self.count_nonzero(a)?
-        };
-        if kk == 0 || pos == 0 {
+        let kk = k.saturating_mul(s.batch).min(s.batch * s.d_sae);
+        if kk == 0 {
             self.stream.memset_zeros(f).map_err(CudaError::from)?;
             return Ok(0.0);
         }
-        // The radix select's state (prefix, mask, rem, unused) and histogram, on the device; rem starts at the
-        // number of values kept (at most B·F, which fits u32: checked above).
-        let rem = kk.min(pos) as u32;
+        // The radix select's state (prefix, mask, rem, empty) and histogram, on the device. rem starts at K (at most
+        // B·F, which fits u32: checked above); the first pick clamps it to the number of positive values.
         let st_err = CudaError::from;
-        let mut st = self.stream.clone_htod(&[0u32, 0, rem, 0]).map_err(st_err)?;
+        let mut st = self
+            .stream
+            .clone_htod(&[0u32, 0, kk as u32, 0])
+            .map_err(st_err)?;
         let mut hist = self.stream.alloc_zeros::<u32>(256).map_err(st_err)?;
         let mut ties = self.stream.alloc_zeros::<u32>(s.batch).map_err(st_err)?;
         let n = (s.batch * s.d_sae) as i64;
@@ -807,7 +804,12 @@ impl Backend for CudaBackend {
         // float* f [B*F]); lengths checked above; one block per row.
         unsafe { l.launch(rows_cfg(s.batch)) }.map_err(CudaError::from)?;
         let st_host = self.stream.clone_dtoh(&st).map_err(CudaError::from)?;
-        Ok(f32::from_bits(st_host[0]))
+        // Nothing positive: nothing kept, and no threshold.
+        Ok(if st_host[3] != 0 {
+            0.0
+        } else {
+            f32::from_bits(st_host[0])
+        })
     }
 
     fn prefix_mask(
