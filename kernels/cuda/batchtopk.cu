@@ -118,7 +118,7 @@ btk_apply(int B, int F, const float* __restrict__ a, const unsigned* __restrict_
     const unsigned keep_ties = allow[b];
     const float* row = a + (size_t)b * F;
     float* out = f + (size_t)b * F;
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int t = threadIdx.x;
     unsigned kept = 0;
     for (int c0 = 0; c0 < F; c0 += SAE_THREADS) {
         const int i = c0 + t;
@@ -126,17 +126,9 @@ btk_apply(int B, int F, const float* __restrict__ a, const unsigned* __restrict_
         const unsigned key = __float_as_uint(v);
         const bool pos = v > 0.0f;
         const bool eq = pos && key == thr;
-        const unsigned bal = __ballot_sync(FULL_MASK, eq);
-        if (lane == 0) warp_counts[warp] = __popc(bal);
-        __syncthreads();
-        unsigned off = 0, total = 0;
-        for (int w = 0; w < SAE_THREADS / 32; ++w) {
-            if (w < warp) off += warp_counts[w];
-            total += warp_counts[w];
-        }
-        const unsigned rank = kept + off + __popc(bal & ((1u << lane) - 1u));
+        unsigned total;
+        const unsigned rank = kept + block_rank(eq, warp_counts, &total);
         if (i < F) out[i] = pos && (key > thr || (eq && rank < keep_ties)) ? v : 0.0f;
         kept += total;
-        __syncthreads();
     }
 }

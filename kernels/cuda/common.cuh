@@ -5,6 +5,7 @@
 //                             (store / +bias / +bias then ReLU / mask-by-f then +l1 / Gated's two paths). Used by
 //                             encode, decode, backward and gated.
 //   block_sum<T>              a block-wide sum (warp shuffles, then shared memory); every thread gets the result.
+//   block_rank                a predicate's exclusive count over the block's threads, and its total (ballot + popc).
 //   compact_nonzero_chunk     the nonzero entries of a 256-wide slice of a row, in index order, into shared memory.
 //
 // This header is prepended to each .cu file by the Rust side (NVRTC gets one self-contained source per file); the
@@ -215,30 +216,40 @@ __device__ __forceinline__ T block_sum(T v) {
     return r;
 }
 
+// For one predicate per thread of a block of exactly 256 threads: how many threads before this one (in thread order)
+// hold it, returned, and how many hold it in all, in *total (the same in every thread). warp_counts is shared memory
+// of 8 ints. Starts and ends with every thread at a barrier, so warp_counts can be reused by the next call.
+__device__ __forceinline__ unsigned block_rank(bool pred, int* warp_counts, unsigned* total) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const unsigned bal = __ballot_sync(FULL_MASK, pred);
+    if (lane == 0) warp_counts[warp] = __popc(bal);
+    __syncthreads();
+    unsigned off = 0, all = 0;
+    for (int w = 0; w < SAE_THREADS / 32; ++w) {
+        if (w < warp) off += (unsigned)warp_counts[w];
+        all += (unsigned)warp_counts[w];
+    }
+    *total = all;
+    const unsigned r = off + __popc(bal & ((1u << lane) - 1u));
+    __syncthreads();
+    return r;
+}
+
 // The nonzero entries of row[c0 .. c0 + 256) (row has `n` entries), in increasing index order, into idx / val.
 // Block of exactly 256 threads; returns the count (same in every thread). Ends with a barrier.
 __device__ __forceinline__ int compact_nonzero_chunk(const float* __restrict__ row, int n, int c0,
                                                      int* idx, float* val, int* warp_counts) {
-    const int t = threadIdx.x;
-    const int lane = t & 31;
-    const int warp = t >> 5;
-    const int i = c0 + t;
+    const int i = c0 + (int)threadIdx.x;
     const float v = i < n ? row[i] : 0.0f;
-    const unsigned bal = __ballot_sync(FULL_MASK, v != 0.0f);
-    if (lane == 0) warp_counts[warp] = __popc(bal);
-    __syncthreads();
-    int off = 0, total = 0;
-    for (int w = 0; w < SAE_THREADS / 32; ++w) {
-        if (w < warp) off += warp_counts[w];
-        total += warp_counts[w];
-    }
+    unsigned total;
+    const unsigned pos = block_rank(v != 0.0f, warp_counts, &total);
     if (v != 0.0f) {
-        const int pos = off + __popc(bal & ((1u << lane) - 1u));
         idx[pos] = i;
         val[pos] = v;
     }
     __syncthreads();
-    return total;
+    return (int)total;
 }
 
 #endif  // SAEPERF_COMMON_CUH

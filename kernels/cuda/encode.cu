@@ -75,22 +75,13 @@ topk_rows(int B, int F, int k, float* __restrict__ f) {
     // Ties: keep the first `rem` equal values by index (rare: exact float ties among positive pre-activations).
     __shared__ int warp_counts[SAE_THREADS / 32];
     unsigned kept = 0;
-    const int lane = t & 31, warp = t >> 5;
     for (int c0 = 0; c0 < F; c0 += SAE_THREADS) {
         const int i = c0 + t;
         const unsigned key = i < F ? __float_as_uint(row[i]) : 0u;
         const bool eq = i < F && key == thr;
-        const unsigned bal = __ballot_sync(FULL_MASK, eq);
-        if (lane == 0) warp_counts[warp] = __popc(bal);
-        __syncthreads();
-        unsigned off = 0, total = 0;
-        for (int w = 0; w < SAE_THREADS / 32; ++w) {
-            if (w < warp) off += warp_counts[w];
-            total += warp_counts[w];
-        }
-        const unsigned rank = kept + off + __popc(bal & ((1u << lane) - 1u));
+        unsigned total;
+        const unsigned rank = kept + block_rank(eq, warp_counts, &total);
         if (i < F && (key < thr || (eq && rank >= rem))) row[i] = 0.0f;
         kept += total;
-        __syncthreads();
     }
 }

@@ -428,18 +428,10 @@ fn cpu_gated_backward(
     let c = check(s);
     c.params(p, "params")?;
     c.params(g, "grads")?;
-    for (what, n, want) in [
-        ("x", x.len(), s.batch * s.d_in),
-        ("x̂", xhat.len(), s.batch * s.d_in),
-        ("π_gate", pi_gate.len(), s.batch * s.d_sae),
-        ("f", f.len(), s.batch * s.d_sae),
-        ("r_mag", r_mag.len(), s.d_sae),
-        ("b_mag", b_mag.len(), s.d_sae),
-        ("∂r_mag", g_r.len(), s.d_sae),
-        ("∂b_mag", g_b.len(), s.d_sae),
-    ] {
-        len_check(what, n, want)?;
-    }
+    gated_backward_check(
+        s,
+        [x, xhat, pi_gate, f, r_mag, b_mag, g_r, g_b].map(<[f32]>::len),
+    )?;
     let i = ops::gated::BackInputs {
         x,
         pi_gate,
@@ -458,6 +450,23 @@ fn cpu_gated_backward(
         CpuMode::Fast => ops::gated::backward_fast(s, i, w, m, gm, mg),
         CpuMode::Reference => ops::gated::backward_reference(s, i, w, m, gm, mg),
     })
+}
+
+/// The lengths Gated's backward checks besides its parameter sets, on every backend:
+/// [x, x̂, π_gate, f, r_mag, b_mag, ∂r_mag, ∂b_mag].
+pub(crate) fn gated_backward_check(s: Shape, lens: [usize; 8]) -> Result<(), BackendError> {
+    let (bd, bf, f) = (s.batch * s.d_in, s.batch * s.d_sae, s.d_sae);
+    let names = [
+        "x", "x̂", "π_gate", "f", "r_mag", "b_mag", "∂r_mag", "∂b_mag",
+    ];
+    for ((what, n), want) in names
+        .into_iter()
+        .zip(lens)
+        .zip([bd, bd, bf, bf, f, f, f, f])
+    {
+        len_check(what, n, want)?;
+    }
+    Ok(())
 }
 
 /// AuxK on host vectors, in either CPU mode.

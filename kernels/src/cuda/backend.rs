@@ -6,7 +6,9 @@
 
 use super::compile::{self, FILES};
 use super::{toolkit, CudaError};
-use crate::backend::{len_check, prefix_check, ArgCheck, Backend, BackendError, Params};
+use crate::backend::{
+    gated_backward_check, len_check, prefix_check, ArgCheck, Backend, BackendError, Params,
+};
 use crate::ops::{gated::Sums, Activation, AdamHyper, BatchStats, Shape, SPARSE_DENSITY};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
@@ -227,6 +229,27 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// topk_rows in place on non-negative codes f (at least batch·d_sae long): the k largest of each row kept.
+    fn topk_rows(&self, s: Shape, k: usize, f: &mut CudaSlice<f32>) -> Result<(), BackendError> {
+        if k >= s.d_sae || s.batch == 0 {
+            return Ok(());
+        }
+        let (b, _, fs) = dims(s)?;
+        let k = i32_of("k", k)?;
+        if f.len() < s.batch * s.d_sae {
+            return Err(BackendError::Shape(format!(
+                "f: {} values, expected at least {}",
+                f.len(),
+                s.batch * s.d_sae
+            )));
+        }
+        let mut l = self.stream.launch_builder(self.func("topk_rows")?);
+        l.arg(&b).arg(&fs).arg(&k).arg(f);
+        // SAFETY: topk_rows(int B, int F, int k, float* f [B*F]); f has at least B*F (checked); one block per row.
+        unsafe { l.launch(rows_cfg(s.batch)) }.map_err(CudaError::from)?;
+        Ok(())
+    }
+
     fn col_sums(
         &self,
         rows: i32,
@@ -335,13 +358,7 @@ impl Backend for CudaBackend {
         // (ceil(F/128), ceil(B/128)) covers f and the kernel guards partial tiles.
         unsafe { l.launch(gemm_cfg(s.batch, s.d_sae)) }.map_err(CudaError::from)?;
         if let Activation::TopK { k } = act {
-            if k < s.d_sae {
-                let k = k as i32;
-                let mut l = self.stream.launch_builder(self.func("topk_rows")?);
-                l.arg(&b).arg(&fs).arg(&k).arg(f);
-                // SAFETY: topk_rows(int B, int F, int k, float* f [B*F]); f checked above; one block per row.
-                unsafe { l.launch(rows_cfg(s.batch)) }.map_err(CudaError::from)?;
-            }
+            self.topk_rows(s, k, f)?;
         }
         Ok(())
     }
@@ -705,7 +722,6 @@ impl Backend for CudaBackend {
         f: &mut Self::Buf,
     ) -> Result<(), BackendError> {
         Self::codes_check(s, &[("a", a), ("f", f)])?;
-        let (b, _, fs) = dims(s)?;
         if s.batch == 0 || s.d_sae == 0 {
             return Ok(());
         }
@@ -714,14 +730,7 @@ impl Backend for CudaBackend {
         }
         // Lengths are equal (checked), so the copy's length assertion holds.
         self.stream.memcpy_dtod(a, f).map_err(CudaError::from)?;
-        if k < s.d_sae {
-            let k = i32_of("k", k)?;
-            let mut l = self.stream.launch_builder(self.func("topk_rows")?);
-            l.arg(&b).arg(&fs).arg(&k).arg(f);
-            // SAFETY: topk_rows(int B, int F, int k, float* f [B*F]); f checked above; one block per row.
-            unsafe { l.launch(rows_cfg(s.batch)) }.map_err(CudaError::from)?;
-        }
-        Ok(())
+        self.topk_rows(s, k, f)
     }
 
     fn adam_vec(
@@ -915,18 +924,10 @@ impl Backend for CudaBackend {
         let c = check(s);
         c.params(p, "params")?;
         c.params(g, "grads")?;
-        for (what, n, want) in [
-            ("x", x.len(), s.batch * s.d_in),
-            ("x̂", xhat.len(), s.batch * s.d_in),
-            ("π_gate", pi_gate.len(), s.batch * s.d_sae),
-            ("f", f.len(), s.batch * s.d_sae),
-            ("r_mag", r_mag.len(), s.d_sae),
-            ("b_mag", b_mag.len(), s.d_sae),
-            ("∂r_mag", g_r.len(), s.d_sae),
-            ("∂b_mag", g_b.len(), s.d_sae),
-        ] {
-            len_check(what, n, want)?;
-        }
+        gated_backward_check(
+            s,
+            [x, xhat, pi_gate, f, r_mag, b_mag, &*g_r, &*g_b].map(CudaSlice::len),
+        )?;
         let (b, d, fs) = dims(s)?;
         let st = &self.stream;
         let e = CudaError::from;
@@ -1144,13 +1145,7 @@ impl Backend for CudaBackend {
         // SAFETY: auxk_mask_dead(int B, int F, const float* a [B*F], const float* dead [F], float* out [B*F]);
         // a checked, mask has F, fa at least B*F; one thread per entry, guarded.
         unsafe { l.launch(elems_cfg(codes)) }.map_err(e)?;
-        if k_aux < s.d_sae {
-            let k = i32_of("k_aux", k_aux)?;
-            let mut l = st.launch_builder(self.func("topk_rows")?);
-            l.arg(&b).arg(&fs).arg(&k).arg(&mut fa);
-            // SAFETY: topk_rows(int B, int F, int k, float* f [B*F]); fa has at least B*F; one block per row.
-            unsafe { l.launch(rows_cfg(s.batch)) }.map_err(e)?;
-        }
+        self.topk_rows(s, k_aux, &mut fa)?;
         let zeros_d = st.alloc_zeros::<f32>(s.d_in).map_err(e)?;
         let mut ehat = self.take("auxk_ehat", s.batch * s.d_in)?;
         let cfg = LaunchConfig {
