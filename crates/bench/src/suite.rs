@@ -821,6 +821,11 @@ mod tests {
         let full = s.resolve(Some("full"), None).unwrap();
         assert!(!st.benches.iter().any(|b| b.name() == "relu-l1-wide"));
         assert!(full.benches.iter().any(|b| b.name() == "relu-l1-wide"));
+        // So are the other architectures on the language model.
+        for n in ["lm-jumprelu", "lm-batchtopk", "lm-matryoshka", "lm-gated"] {
+            assert!(!st.benches.iter().any(|b| b.name() == n), "{n}");
+            assert!(full.benches.iter().any(|b| b.name() == n), "{n}");
+        }
     }
 
     #[test]
@@ -855,7 +860,7 @@ mod tests {
             e.contains("matched = \"nope\" names no [[train]] entry"),
             "{e}"
         );
-        text = DEFAULT_SUITE.replace("skip = [\"relu-l1-wide\"]", "skip = [\"relu-l1-wdie\"]");
+        text = DEFAULT_SUITE.replace("skip = [\"relu-l1-wide\",", "skip = [\"relu-l1-wdie\",");
         let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(
             e.contains("profile standard: only/skip names \"relu-l1-wdie\""),
