@@ -40,10 +40,10 @@ pub struct TrainArgs {
     /// Features kept per token (topk), on average over a batch (batchtopk, matryoshka).
     #[arg(long)]
     pub k: Option<usize>,
-    /// JumpReLU: bandwidth ε of the threshold's pseudo-gradient [default: 0.001].
+    /// JumpReLU: bandwidth ε of the threshold's pseudo-gradient [default: 0.001; 0.1 on a model's set].
     #[arg(long)]
     pub bandwidth: Option<f32>,
-    /// JumpReLU: every threshold's initial value [default: 0.001].
+    /// JumpReLU: every threshold's initial value [default: 0.001; 0.7 on a model's set].
     #[arg(long)]
     pub init_threshold: Option<f32>,
     /// Matryoshka: nested prefix sizes, the last one d_sae, e.g. 64,128,256,512 [default: d_sae/8, /4, /2, d_sae].

@@ -89,6 +89,13 @@ fn default_init_threshold() -> f32 {
     0.001
 }
 
+/// JumpReLU on a set harvested from a model: every threshold's initial value and the bandwidth, when not given. From
+/// the synthetic default θ₀ 0.001 the thresholds cannot rise to the codes' scale at lr 1e-3 (on the LM set, λ 0.3
+/// left L0 at 830 after 1000 steps); from 0.7 with ε 0.1 they settle (λ 0.7: L0 31.2, loss recovered 0.954;
+/// docs/architectures.md, "Measured on the language-model set").
+pub const MODEL_JUMPRELU_INIT_THRESHOLD: f32 = 0.7;
+pub const MODEL_JUMPRELU_BANDWIDTH: f32 = 0.1;
+
 /// BatchTopK's inference threshold follows the smallest kept activation of each batch with this decay (a time
 /// constant of 100 steps).
 pub const BATCHTOPK_THRESHOLD_DECAY: f64 = 0.99;
@@ -218,6 +225,10 @@ impl TrainConfig {
         }
         if let Some(v) = o.aux_window {
             c.aux_window = v;
+        }
+        if kind == "model" && c.arch == Arch::JumpRelu {
+            c.init_threshold = o.init_threshold.unwrap_or(MODEL_JUMPRELU_INIT_THRESHOLD);
+            c.bandwidth = o.bandwidth.unwrap_or(MODEL_JUMPRELU_BANDWIDTH);
         }
         c
     }
@@ -816,4 +827,33 @@ pub fn write_record(dir: &std::path::Path, cfg: &TrainConfig, out: &TrainOutcome
     let path = dir.join("training.json");
     saeperf_kernels::sae::write_atomic(&path, &serde_json::to_vec_pretty(&rec)?)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jumprelu_on_a_model_set_starts_its_thresholds_at_the_codes_scale() {
+        let jump = TrainOverrides {
+            arch: Some(Arch::JumpRelu),
+            ..Default::default()
+        };
+        let m = TrainConfig::with_overrides("model", &jump);
+        assert_eq!(m.init_threshold, MODEL_JUMPRELU_INIT_THRESHOLD);
+        assert_eq!(m.bandwidth, MODEL_JUMPRELU_BANDWIDTH);
+        // The synthetic set keeps the paper's values, and a given value always wins.
+        let syn = TrainConfig::with_overrides("synthetic", &jump);
+        assert_eq!((syn.init_threshold, syn.bandwidth), (0.001, 0.001));
+        let given = TrainOverrides {
+            init_threshold: Some(0.2),
+            bandwidth: Some(0.05),
+            ..jump.clone()
+        };
+        let g = TrainConfig::with_overrides("model", &given);
+        assert_eq!((g.init_threshold, g.bandwidth), (0.2, 0.05));
+        // Other architectures are untouched on a model set.
+        let relu = TrainConfig::with_overrides("model", &TrainOverrides::default());
+        assert_eq!(relu.init_threshold, 0.001);
+    }
 }
