@@ -250,6 +250,32 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// acc += add for every tensor of a parameter set (`accumulate`); each `add` tensor is at least as long as its
+    /// `acc` tensor (the caller checked or allocated them so).
+    fn add_params(
+        &self,
+        acc: &mut Params<CudaSlice<f32>>,
+        add: &Params<CudaSlice<f32>>,
+    ) -> Result<(), CudaError> {
+        for (a, b) in [
+            (&mut acc.w_enc, &add.w_enc),
+            (&mut acc.b_enc, &add.b_enc),
+            (&mut acc.w_dec, &add.w_dec),
+            (&mut acc.b_dec, &add.b_dec),
+        ] {
+            if a.is_empty() {
+                continue;
+            }
+            let n = a.len() as i64;
+            let mut l = self.stream.launch_builder(self.func("accumulate")?);
+            l.arg(&n).arg(a).arg(b);
+            // SAFETY: accumulate(long long n, float* acc [n], const float* g [n]); n = acc.len() and the added
+            // tensor has at least n (see above); one thread per entry, guarded.
+            unsafe { l.launch(elems_cfg(n as usize)) }?;
+        }
+        Ok(())
+    }
+
     fn col_sums(
         &self,
         rows: i32,
@@ -851,23 +877,7 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         check(s).params(acc, "accumulator")?;
         check(s).params(g, "grads")?;
-        for (a, b) in [
-            (&mut acc.w_enc, &g.w_enc),
-            (&mut acc.b_enc, &g.b_enc),
-            (&mut acc.w_dec, &g.w_dec),
-            (&mut acc.b_dec, &g.b_dec),
-        ] {
-            if a.is_empty() {
-                continue;
-            }
-            let n = a.len() as i64;
-            let mut l = self.stream.launch_builder(self.func("accumulate")?);
-            l.arg(&n).arg(a).arg(b);
-            // SAFETY: accumulate(long long n, float* acc [n], const float* g [n]); both checked against the same
-            // shape above; one thread per entry, guarded.
-            unsafe { l.launch(elems_cfg(n as usize)) }.map_err(CudaError::from)?;
-        }
-        Ok(())
+        Ok(self.add_params(acc, g)?)
     }
 
     fn gated_encode(
@@ -1238,22 +1248,7 @@ impl Backend for CudaBackend {
         // SAFETY: bwd_bdec(int d, int F, const float* w_enc [d*F], const float* g_benc [F], const float* dxh_sum [d],
         // float* g_bdec [d]); zeros_d has d, the scratch at least F and d; one block per j < d.
         unsafe { l.launch(rows_cfg(s.d_in)) }.map_err(e)?;
-        for (acc, add) in [
-            (&mut g.w_enc, &ga.w_enc),
-            (&mut g.b_enc, &ga.b_enc),
-            (&mut g.w_dec, &ga.w_dec),
-            (&mut g.b_dec, &ga.b_dec),
-        ] {
-            let n = acc.len() as i64;
-            if n == 0 {
-                continue;
-            }
-            let mut l = st.launch_builder(self.func("accumulate")?);
-            l.arg(&n).arg(acc).arg(add);
-            // SAFETY: accumulate(long long n, float* acc [n], const float* g [n]): n = acc.len(), and each scratch
-            // gradient has at least the length of the gradient it is added to.
-            unsafe { l.launch(elems_cfg(n as usize)) }.map_err(e)?;
-        }
+        self.add_params(g, &ga)?;
         for (name, buf) in [
             ("auxk_f", fa),
             ("auxk_ehat", ehat),
