@@ -189,5 +189,66 @@ fn bench_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_ops, bench_step);
+/// The fast ops' two paths side by side at fixed code densities: where the sparse path stops paying
+/// (ops::SPARSE_DENSITY is set from this crossover).
+fn bench_sparse_vs_dense(c: &mut Criterion) {
+    let inp = inputs(Shape::REFERENCE);
+    let s = inp.s;
+    let mut g = c.benchmark_group("sparse_vs_dense");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(300));
+    let mut r = ChaCha8Rng::seed_from_u64(1);
+    for density in [0.02f32, 0.05, 0.1, 0.15, 0.2] {
+        let f: Vec<f32> = (0..s.batch * s.d_sae)
+            .map(|_| {
+                if r.random::<f32>() < density {
+                    r.random::<f32>()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut xh = vec![0.0; s.batch * s.d_in];
+        let mut gr = Params::zeros(s);
+        for (path, sparse) in [("dense", false), ("sparse", true)] {
+            let id = format!("{path}@{density}");
+            g.bench_function(BenchmarkId::new("decode", &id), |b| {
+                b.iter(|| {
+                    if sparse {
+                        let csr = ops::sparse::Csr::from_dense(&f, s.d_sae);
+                        ops::decode::fast_sparse(s, &csr, &inp.p.w_dec, &inp.p.b_dec, &mut xh)
+                    } else {
+                        ops::decode::fast_dense(s, &f, &inp.p.w_dec, &inp.p.b_dec, &mut xh)
+                    }
+                })
+            });
+            g.bench_function(BenchmarkId::new("backward", &id), |b| {
+                b.iter(|| {
+                    let op = if sparse {
+                        backward::fast_sparse
+                    } else {
+                        backward::fast_dense
+                    };
+                    let w = backward::Weights {
+                        w_enc: &inp.p.w_enc,
+                        b_enc: &inp.p.b_enc,
+                        w_dec: &inp.p.w_dec,
+                        b_dec: &inp.p.b_dec,
+                    };
+                    let gm = backward::GradsMut {
+                        w_enc: &mut gr.w_enc,
+                        b_enc: &mut gr.b_enc,
+                        w_dec: &mut gr.w_dec,
+                        b_dec: &mut gr.b_dec,
+                    };
+                    op(s, &inp.x, &f, &inp.xhat, 1.0, w, gm)
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_ops, bench_step, bench_sparse_vs_dense);
 criterion_main!(benches);

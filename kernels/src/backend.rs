@@ -81,6 +81,11 @@ pub trait Backend {
     /// Overwrites a buffer of the same length with host data.
     fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<(), BackendError>;
     fn zeros(&self, len: usize) -> Result<Self::Buf, BackendError>;
+    /// Waits until every op queued so far has finished (a no-op where ops run synchronously, as on the CPU): the
+    /// training loop's per-phase clock calls it so that a phase's time is its own, not the launch of the next one.
+    fn sync(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// f = act((x − b_dec)·W_enc + b_enc).
     fn encode(
         &self,

@@ -337,6 +337,9 @@ impl Backend for CudaBackend {
         }
         Ok(self.stream.clone_htod(data).map_err(CudaError::from)?)
     }
+    fn sync(&self) -> Result<(), BackendError> {
+        self.synchronize()
+    }
     fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>, BackendError> {
         Ok(self.stream.clone_dtoh(buf).map_err(CudaError::from)?)
     }

@@ -84,9 +84,9 @@ fn decoder_row(
     m: &mut [f32],
     v: &mut [f32],
 ) {
-    let norm: f32 = w.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let norm: f32 = super::dot(w, w).sqrt();
     if norm > 0.0 {
-        let dot: f32 = w.iter().zip(g.iter()).map(|(a, b)| a * b).sum::<f32>() / norm;
+        let dot: f32 = super::dot(w, g) / norm;
         for (gi, wi) in g.iter_mut().zip(w.iter()) {
             *gi -= dot * wi / norm;
         }
@@ -94,7 +94,7 @@ fn decoder_row(
     for i in 0..w.len() {
         update(h, c1, c2, &mut w[i], g[i], &mut m[i], &mut v[i]);
     }
-    let norm: f32 = w.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let norm: f32 = super::dot(w, w).sqrt();
     if norm > 0.0 {
         for wi in w.iter_mut() {
             *wi /= norm;

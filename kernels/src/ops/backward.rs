@@ -83,11 +83,16 @@ pub fn reference(s: Shape, x: &[f32], f: &[f32], xhat: &[f32], l1: f32, w: Weigh
     }
 }
 
-/// 2·(x̂ − x)/B, and x − b_dec, both [B, d].
-pub(super) fn residuals(s: Shape, x: &[f32], xhat: &[f32], b_dec: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// 2·(x̂ − x)/B, and x − b_dec, both [B, d], in buffers reused from step to step.
+pub(super) fn residuals(
+    s: Shape,
+    x: &[f32],
+    xhat: &[f32],
+    b_dec: &[f32],
+) -> (super::scratch::Scratch, super::scratch::Scratch) {
     let inv_b = 1.0 / s.batch.max(1) as f32;
-    let mut dxh = vec![0.0f32; x.len()];
-    let mut xc = vec![0.0f32; x.len()];
+    let mut dxh = super::scratch::take(x.len());
+    let mut xc = super::scratch::take(x.len());
     let d = s.d_in.max(1);
     dxh.par_chunks_mut(d)
         .zip(xc.par_chunks_mut(d))
@@ -124,8 +129,7 @@ pub(super) fn b_dec_grad(s: Shape, dxh: &[f32], w_enc: &[f32], g_b_enc: &[f32], 
     }
     out.par_iter_mut().enumerate().for_each(|(j, o)| {
         let row = &w_enc[j * s.d_sae..(j + 1) * s.d_sae];
-        let dot: f32 = row.iter().zip(g_b_enc).map(|(a, b)| a * b).sum();
-        *o -= dot;
+        *o -= super::dot(row, g_b_enc);
     });
 }
 
@@ -159,74 +163,89 @@ pub fn fast_dense(s: Shape, x: &[f32], f: &[f32], xhat: &[f32], l1: f32, w: Weig
     b_dec_grad(s, &dxh, w.w_enc, g.b_enc, g.b_dec);
 }
 
+/// Features per block of the sparse backward: a block's ∂W_enc columns are built as rows in a small buffer
+/// (FEATURE_BLOCK × d floats, in L2) and written into ∂W_enc [d, F] as FEATURE_BLOCK contiguous floats per row.
+const FEATURE_BLOCK: usize = 32;
+
+/// A pointer to ∂W_enc that feature blocks write through, each into its own columns.
+#[derive(Clone, Copy)]
+struct ColumnsPtr(*mut f32);
+// SAFETY: every block writes only the columns of its own features, so no two threads write the same element.
+unsafe impl Send for ColumnsPtr {}
+unsafe impl Sync for ColumnsPtr {}
+
+impl ColumnsPtr {
+    /// The element at `offset` (a method, so that closures capture the whole `Sync` wrapper, not its raw field).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// Touches only the firing (token, feature) pairs: the decoder-weight gradient of silent features is zero, and so is
-/// every encoder gradient of a silent feature.
+/// every encoder gradient of a silent feature. Per block of features, in parallel: each feature's ∂W_dec row and
+/// ∂W_enc column from its firing tokens, with no full-size temporary.
 pub fn fast_sparse(s: Shape, x: &[f32], f: &[f32], xhat: &[f32], l1: f32, w: Weights, g: GradsMut) {
     check(s, x, f, xhat, &w, &g);
     let (bsz, d, fs) = (s.batch, s.d_in, s.d_sae);
+    if d == 0 || fs == 0 {
+        return fast_dense(s, x, f, xhat, l1, w, g);
+    }
     let (dxh, xc) = residuals(s, x, xhat, w.b_dec);
     let csr = Csr::from_dense(f, fs);
     let l1b = l1 / bsz.max(1) as f32;
-    // ∂pre at every firing pair: ⟨∂x̂_b, W_dec[i]⟩ + λ/B.
-    let dpre_rows: Vec<Vec<f32>> = (0..bsz)
+    // ∂pre at every firing pair, laid out like csr.val: ⟨∂x̂_b, W_dec[i]⟩ + λ/B.
+    let mut dval = vec![0.0f32; csr.idx.len()];
+    super::sparse::split_rows(&mut dval, &csr.ptr)
         .into_par_iter()
-        .map(|b| {
+        .enumerate()
+        .for_each(|(b, out)| {
             let (idx, _) = csr.row(b);
             let db = &dxh[b * d..(b + 1) * d];
-            idx.iter()
-                .map(|&i| {
-                    let wr = &w.w_dec[i as usize * d..(i as usize + 1) * d];
-                    db.iter().zip(wr).map(|(a, c)| a * c).sum::<f32>() + l1b
-                })
-                .collect()
-        })
-        .collect();
-    let dcsr = Csr {
-        ptr: csr.ptr.clone(),
-        idx: csr.idx.clone(),
-        val: dpre_rows.concat(),
-    };
-    let ft = csr.transpose(fs);
-    let dt = dcsr.transpose(fs);
-    // Per feature: its ∂W_dec row, its ∂W_enc column (built as a row of the transpose), its ∂b_enc.
-    let mut genc_t = vec![0.0f32; fs * d];
-    if d > 0 {
-        g.w_dec
-            .par_chunks_mut(d)
-            .zip(genc_t.par_chunks_mut(d))
-            .zip(g.b_enc.par_iter_mut())
-            .enumerate()
-            .for_each(|(i, ((gd, ge), gb))| {
-                gd.fill(0.0);
-                let (rows, fv) = ft.row(i);
-                for (&b, &v) in rows.iter().zip(fv) {
-                    let db = &dxh[b as usize * d..(b as usize + 1) * d];
-                    for (o, a) in gd.iter_mut().zip(db) {
-                        *o += v * a;
-                    }
-                }
-                let (rows, dv) = dt.row(i);
+            for (o, &i) in out.iter_mut().zip(idx) {
+                let wr = &w.w_dec[i as usize * d..(i as usize + 1) * d];
+                *o = super::dot(db, wr) + l1b;
+            }
+        });
+    let (ft, order) = csr.transpose_with_order(fs);
+    let genc = ColumnsPtr(g.w_enc.as_mut_ptr());
+    g.w_dec
+        .par_chunks_mut(FEATURE_BLOCK * d)
+        .zip(g.b_enc.par_chunks_mut(FEATURE_BLOCK))
+        .enumerate()
+        .for_each(|(blk, (gd_blk, gb_blk))| {
+            let i0 = blk * FEATURE_BLOCK;
+            let n = gb_blk.len();
+            let mut ge = super::scratch::take(n * d);
+            ge.fill(0.0);
+            gd_blk.fill(0.0);
+            for k in 0..n {
+                let (rows, fv) = ft.row(i0 + k);
+                let (a, _) = (ft.ptr[i0 + k], ft.ptr[i0 + k + 1]);
+                let gd = &mut gd_blk[k * d..(k + 1) * d];
+                let ger = &mut ge[k * d..(k + 1) * d];
                 let mut sum = 0.0f32;
-                for (&b, &v) in rows.iter().zip(dv) {
-                    let cb = &xc[b as usize * d..(b as usize + 1) * d];
-                    for (o, a) in ge.iter_mut().zip(cb) {
+                for (e, (&b, &v)) in rows.iter().zip(fv).enumerate() {
+                    let b = b as usize;
+                    let dv = dval[order[a + e] as usize];
+                    let db = &dxh[b * d..(b + 1) * d];
+                    let cb = &xc[b * d..(b + 1) * d];
+                    for (((o, a), p), c) in gd.iter_mut().zip(db).zip(ger.iter_mut()).zip(cb) {
                         *o += v * a;
+                        *p += dv * c;
                     }
-                    sum += v;
+                    sum += dv;
                 }
-                *gb = sum;
-            });
-        g.w_enc
-            .par_chunks_mut(fs.max(1))
-            .enumerate()
-            .for_each(|(j, row)| {
-                for (i, o) in row.iter_mut().enumerate() {
-                    *o = genc_t[i * d + j];
+                gb_blk[k] = sum;
+            }
+            for j in 0..d {
+                // SAFETY: row j, columns i0..i0+n of ∂W_enc [d, F]: inside the buffer (i0 + n ≤ F, j < d) and
+                // written by this block only.
+                let dst = unsafe { std::slice::from_raw_parts_mut(genc.at(j * fs + i0), n) };
+                for (k, o) in dst.iter_mut().enumerate() {
+                    *o = ge[k * d + j];
                 }
-            });
-    } else {
-        g.b_enc.fill(0.0);
-    }
+            }
+        });
     b_dec_grad(s, &dxh, w.w_enc, g.b_enc, g.b_dec);
 }
 

@@ -110,7 +110,8 @@ pub fn reference(
     }
 }
 
-/// A GEMM for (x − b_dec) · W_enc on top of the broadcast bias, then the activation row by row in parallel.
+/// A GEMM for (x − b_dec) · W_enc that overwrites f, then one pass per row that adds b_enc and applies the
+/// activation (the bias is not written first and read back by the GEMM: one pass over f fewer).
 pub fn fast(
     s: Shape,
     act: Activation,
@@ -121,14 +122,14 @@ pub fn fast(
     f: &mut [f32],
 ) {
     check(s, x, w_enc, b_enc, b_dec, f);
-    let mut xc = x.to_vec();
-    xc.par_chunks_mut(s.d_in.max(1)).for_each(|row| {
-        for (v, m) in row.iter_mut().zip(b_dec) {
-            *v -= m;
-        }
-    });
-    f.par_chunks_mut(s.d_sae.max(1))
-        .for_each(|row| row.copy_from_slice(b_enc));
+    let mut xc = super::scratch::take(x.len());
+    xc.par_chunks_mut(s.d_in.max(1))
+        .zip(x.par_chunks(s.d_in.max(1)))
+        .for_each(|(row, xr)| {
+            for ((v, xv), m) in row.iter_mut().zip(xr).zip(b_dec) {
+                *v = xv - m;
+            }
+        });
     sgemm(
         s.batch,
         s.d_sae,
@@ -138,10 +139,25 @@ pub fn fast(
         w_enc,
         Trans::N,
         f,
-        true,
+        false,
     );
     f.par_chunks_mut(s.d_sae.max(1))
-        .for_each_init(Vec::new, |scratch, row| activate_row(row, act, scratch));
+        .for_each_init(Vec::new, |scratch, row| {
+            match act {
+                Activation::Relu => {
+                    for (v, b) in row.iter_mut().zip(b_enc) {
+                        *v = (*v + b).max(0.0);
+                    }
+                    return;
+                }
+                Activation::TopK { .. } => {
+                    for (v, b) in row.iter_mut().zip(b_enc) {
+                        *v += b;
+                    }
+                }
+            }
+            activate_row(row, act, scratch)
+        });
 }
 
 #[cfg(test)]

@@ -97,44 +97,57 @@ pub fn reference(
     st
 }
 
-/// Per-token partial sums in parallel, added in token order; firing counts per thread, then merged.
+/// Rows per task of [`fast`]: each task reads its rows of f once for L0, L1 and its own firing counts.
+const STATS_ROWS: usize = 64;
+
+/// Per-token partial sums in parallel, added in token order; firing counts per block of rows, in the same pass over
+/// f, then merged (integer counts: the order does not matter).
 pub fn fast(s: Shape, x: &[f32], xhat: &[f32], f: &[f32], fire_counts: &mut [u32]) -> BatchStats {
     check(s, x, xhat, f, fire_counts);
-    let rows: Vec<(f64, f64, f64)> = (0..s.batch)
+    let (d, fs) = (s.d_in, s.d_sae);
+    // Per block of rows: each row's (squared error, L0, L1), and the block's firing counts.
+    type Block = (Vec<(f64, f64, f64)>, Vec<u32>);
+    let blocks: Vec<Block> = (0..s.batch.div_ceil(STATS_ROWS))
         .into_par_iter()
-        .map(|b| {
-            row_stats(
-                &x[b * s.d_in..(b + 1) * s.d_in],
-                &xhat[b * s.d_in..(b + 1) * s.d_in],
-                &f[b * s.d_sae..(b + 1) * s.d_sae],
-            )
+        .map(|blk| {
+            let rows = blk * STATS_ROWS..((blk + 1) * STATS_ROWS).min(s.batch);
+            let mut counts = vec![0u32; fs];
+            let stats = rows
+                .map(|b| {
+                    let fr = &f[b * fs..(b + 1) * fs];
+                    let sse: f64 = x[b * d..(b + 1) * d]
+                        .iter()
+                        .zip(&xhat[b * d..(b + 1) * d])
+                        .map(|(a, c)| ((a - c) as f64).powi(2))
+                        .sum();
+                    let (mut l0, mut l1) = (0.0f64, 0.0f64);
+                    // Codes are sparse: skip runs of zeros (adding 0.0 leaves an f64 sum unchanged, so the sums
+                    // are those of the plain loop).
+                    for (cc, fc) in counts.chunks_mut(16).zip(fr.chunks(16)) {
+                        if fc.iter().all(|v| *v == 0.0) {
+                            continue;
+                        }
+                        for (c, &v) in cc.iter_mut().zip(fc) {
+                            if v > 0.0 {
+                                *c += 1;
+                                l0 += 1.0;
+                            }
+                            l1 += v as f64;
+                        }
+                    }
+                    (sse, l0, l1)
+                })
+                .collect();
+            (stats, counts)
         })
         .collect();
     let mut st = BatchStats::default();
-    for (sse, l0, l1) in rows {
-        st.sse += sse;
-        st.l0 += l0;
-        st.l1 += l1;
-    }
-    if s.d_sae > 0 {
-        let counts = f
-            .par_chunks(s.d_sae)
-            .fold(
-                || vec![0u32; s.d_sae],
-                |mut acc, row| {
-                    for (c, v) in acc.iter_mut().zip(row) {
-                        *c += (*v > 0.0) as u32;
-                    }
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0u32; s.d_sae],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
+    for (stats, counts) in blocks {
+        for (sse, l0, l1) in stats {
+            st.sse += sse;
+            st.l0 += l0;
+            st.l1 += l1;
+        }
         fire_counts
             .iter_mut()
             .zip(counts)

@@ -12,7 +12,8 @@ pub struct Csr {
 }
 
 impl Csr {
-    /// Builds the CSR form of the row-major matrix `f` with `cols` columns.
+    /// Builds the CSR form of the row-major matrix `f` with `cols` columns: one parallel pass counts each row's
+    /// nonzeros, a second fills the rows in place (no per-row buffers).
     pub fn from_dense(f: &[f32], cols: usize) -> Csr {
         if cols == 0 {
             return Csr {
@@ -20,30 +21,32 @@ impl Csr {
                 ..Default::default()
             };
         }
-        let rows: Vec<(Vec<u32>, Vec<f32>)> = f
+        let counts: Vec<usize> = f
             .par_chunks(cols)
-            .map(|row| {
-                let mut idx = Vec::new();
-                let mut val = Vec::new();
+            .map(|row| row.iter().filter(|v| **v != 0.0).count())
+            .collect();
+        let mut ptr = Vec::with_capacity(counts.len() + 1);
+        ptr.push(0);
+        for c in &counts {
+            ptr.push(ptr.last().copied().unwrap_or(0) + c);
+        }
+        let nnz = *ptr.last().unwrap_or(&0);
+        let mut idx = vec![0u32; nnz];
+        let mut val = vec![0f32; nnz];
+        split_rows(&mut idx, &ptr)
+            .into_par_iter()
+            .zip(split_rows(&mut val, &ptr))
+            .zip(f.par_chunks(cols))
+            .for_each(|((ri, rv), row)| {
+                let mut n = 0;
                 for (i, &v) in row.iter().enumerate() {
                     if v != 0.0 {
-                        idx.push(i as u32);
-                        val.push(v);
+                        ri[n] = i as u32;
+                        rv[n] = v;
+                        n += 1;
                     }
                 }
-                (idx, val)
-            })
-            .collect();
-        let mut ptr = Vec::with_capacity(rows.len() + 1);
-        ptr.push(0);
-        let nnz: usize = rows.iter().map(|r| r.0.len()).sum();
-        let mut idx = Vec::with_capacity(nnz);
-        let mut val = Vec::with_capacity(nnz);
-        for (i, v) in rows {
-            idx.extend_from_slice(&i);
-            val.extend_from_slice(&v);
-            ptr.push(idx.len());
-        }
+            });
         Csr { ptr, idx, val }
     }
 
@@ -58,6 +61,12 @@ impl Csr {
 
     /// The transpose: for each feature, the (row, value) pairs in increasing row order.
     pub fn transpose(&self, cols: usize) -> Csr {
+        self.transpose_with_order(cols).0
+    }
+
+    /// The transpose, and for each of its entries the position of the same entry in `self` (so that values laid out
+    /// like `self.val`, such as the gradients at the firing pairs, can be read in the transpose's order).
+    pub fn transpose_with_order(&self, cols: usize) -> (Csr, Vec<u32>) {
         let mut count = vec![0usize; cols + 1];
         for &i in &self.idx {
             count[i as usize + 1] += 1;
@@ -69,17 +78,31 @@ impl Csr {
         let mut next = count;
         let mut idx = vec![0u32; self.idx.len()];
         let mut val = vec![0f32; self.idx.len()];
+        let mut order = vec![0u32; self.idx.len()];
         for r in 0..self.rows() {
-            let (ri, rv) = self.row(r);
-            for (&c, &v) in ri.iter().zip(rv) {
-                let slot = next[c as usize];
+            let (a, b) = (self.ptr[r], self.ptr[r + 1]);
+            for e in a..b {
+                let c = self.idx[e] as usize;
+                let slot = next[c];
                 idx[slot] = r as u32;
-                val[slot] = v;
-                next[c as usize] += 1;
+                val[slot] = self.val[e];
+                order[slot] = e as u32;
+                next[c] += 1;
             }
         }
-        Csr { ptr, idx, val }
+        (Csr { ptr, idx, val }, order)
     }
+}
+
+/// `data` cut into the rows that `ptr` delimits (ptr[0] = 0, ptr[rows] = data.len()).
+pub fn split_rows<'a, T>(mut data: &'a mut [T], ptr: &[usize]) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(ptr.len().saturating_sub(1));
+    for w in ptr.windows(2) {
+        let (row, rest) = data.split_at_mut(w[1] - w[0]);
+        out.push(row);
+        data = rest;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -96,5 +119,9 @@ mod tests {
         assert_eq!(t.ptr, vec![0, 2, 3, 4]);
         assert_eq!(t.idx, vec![1, 2, 0, 2]);
         assert_eq!(t.val, vec![2.0, 3.0, 1.0, 4.0]);
+        let (t2, order) = csr.transpose_with_order(3);
+        assert_eq!(t2.val, t.val);
+        let back: Vec<f32> = order.iter().map(|&e| csr.val[e as usize]).collect();
+        assert_eq!(back, t.val);
     }
 }
