@@ -709,3 +709,159 @@ batch = 32
     assert!(cache_home.join("store").is_dir());
     assert!(!home_dir.join(".saeperf").exists());
 }
+
+/// A suite with time-to-quality targets (one reachable, one not) and the PyTorch peer against the reachable one.
+fn quality_suite() -> String {
+    r#"
+name = "ttq"
+default_profile = "standard"
+
+[profiles.standard]
+steps_scale = 1.0
+op_samples = 3
+op_warmup = 1
+synthetic_tokens = 8192
+
+[data.synthetic]
+kind = "synthetic"
+d_in = 16
+n_features = 64
+active = 3.0
+seed = 0
+
+[[train]]
+name = "reaches"
+data = "synthetic"
+arch = "relu"
+d_sae = 64
+l1 = 3e-3
+steps = 200
+batch = 64
+lr = 1e-2
+seed = 1
+target_fvu = 0.5
+
+[[train]]
+name = "never"
+data = "synthetic"
+arch = "relu"
+d_sae = 64
+l1 = 3e-3
+steps = 40
+batch = 64
+lr = 1e-2
+seed = 1
+target_fvu = 1e-9
+
+[[peer]]
+name = "reaches/torch-peer"
+against = "reaches"
+steps = 5
+warmup = 1
+"#
+    .into()
+}
+
+/// A Python that imports torch on this machine: SAEPERF_TORCH_PYTHON or SAEPERF_FIELD_PYTHON (CI sets the latter to
+/// the interop venv), checked by importing it.
+fn torch_python() -> Option<String> {
+    ["SAEPERF_TORCH_PYTHON", "SAEPERF_FIELD_PYTHON"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .find(|py| {
+            Command::new(py)
+                .args(["-c", "import torch"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+fn result<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["run"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no result {name} in {v}"))
+}
+
+#[test]
+fn time_to_quality_the_step_breakdown_and_the_torch_peer_are_stored() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let e = setup(&quality_suite());
+    // Without torch (a Python that does not exist), the peer is skipped with its reason, and the rest runs.
+    let (o, v) = bench(&e, &[("SAEPERF_TORCH_PYTHON", "/nonexistent/python3")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("reaches/torch-peer: skipped"))
+        .unwrap_or_else(|| panic!("no skip line in {stderr}"));
+    assert!(line.contains("/nonexistent/python3"), "{line}");
+    let skipped = &v["run"]["meta"]["skipped"]["reaches/torch-peer"];
+    assert!(
+        skipped
+            .as_str()
+            .is_some_and(|s| s.contains("SAEPERF_TORCH_PYTHON")),
+        "{skipped}"
+    );
+
+    let reached = result(&v, "reaches");
+    let m = &reached["metrics"];
+    assert_eq!(m["time_to.fvu_reached"], 1.0, "{m}");
+    let steps = m["time_to.fvu_steps"].as_f64().unwrap();
+    assert!((1.0..=200.0).contains(&steps), "{m}");
+    let secs = m["time_to.fvu_secs"].as_f64().unwrap();
+    assert!(
+        secs > 0.0 && secs <= reached["samples"][0].as_f64().unwrap(),
+        "{reached}"
+    );
+    // The step breakdown: all five phases, and the steady state's share of them.
+    for key in ["phase_ms", "steady_phase_ms"] {
+        let ph = reached["extra"][key].as_object().unwrap();
+        let names: Vec<&str> = ph.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["backward", "decode", "encode", "optimizer", "other"],
+            "{key}"
+        );
+        assert!(ph.values().all(|v| v.as_f64().unwrap() >= 0.0));
+        assert!(ph.values().map(|v| v.as_f64().unwrap()).sum::<f64>() > 0.0);
+    }
+    assert!(reached["extra"]["steady_tokens_per_sec"].as_f64().unwrap() > 0.0);
+    let never = &result(&v, "never")["metrics"];
+    assert_eq!(never["time_to.fvu_reached"], 0.0, "{never}");
+    assert!(never.get("time_to.fvu_steps").is_none(), "{never}");
+
+    // With torch, the peer runs at the training benchmark's shape and stores its speed and our ratio to it.
+    let Some(py) = torch_python() else {
+        eprintln!(
+            "NOT CHECKED: the PyTorch peer's measurement (no Python with torch: set SAEPERF_TORCH_PYTHON or \
+             SAEPERF_FIELD_PYTHON)"
+        );
+        return;
+    };
+    let (o, v) = bench(&e, &[("SAEPERF_TORCH_PYTHON", &py)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let peer = result(&v, "reaches/torch-peer");
+    assert_eq!(peer["status"], "ok", "{peer}");
+    let pm = &peer["metrics"];
+    let theirs = pm["peer.torch.tokens_per_sec"].as_f64().unwrap();
+    let ours = result(&v, "reaches")["extra"]["steady_tokens_per_sec"]
+        .as_f64()
+        .unwrap();
+    assert!(theirs > 0.0, "{pm}");
+    let ratio = pm["ratio.steady"].as_f64().unwrap();
+    assert!((ratio - ours / theirs).abs() <= 1e-9 * ratio, "{pm}");
+    assert_eq!(peer["extra"]["shape"]["d_in"], 16, "{peer}");
+    assert_eq!(peer["extra"]["shape"]["d_sae"], 64, "{peer}");
+    assert_eq!(peer["extra"]["peer"]["device"], "cpu", "{peer}");
+    // Judged like any metric: the next run compares the ratio with this one.
+    let (o, v) = bench(&e, &[("SAEPERF_TORCH_PYTHON", &py)]);
+    assert!(
+        o.status.success() || o.status.code() == Some(2),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(verdicts(&v, "ratio.steady").len(), 1, "{v}");
+}

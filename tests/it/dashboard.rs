@@ -176,6 +176,24 @@ fn dashboard_renders_and_every_page_loads_in_headless_chromium() {
             && !status_page.contains("<script>alert(3)"),
         "{status_page}"
     );
+    // A training benchmark's run page breaks its step into phases.
+    let run_page = std::fs::read_to_string(site.join("runs/20260101T070000-main07.html")).unwrap();
+    let phases = run_page
+        .split("<table class=\"phases\">")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .unwrap_or_else(|| panic!("no phase table on the run page"));
+    for p in ["encode", "decode", "backward", "optimizer", "other"] {
+        assert!(
+            phases.contains(&format!("<tr><td>{p}</td><td class=\"num\">")),
+            "{phases}"
+        );
+    }
+    // This run's encode knob is 1.3 ms: 8 × 1.3 = 10.4 ms of 10.4 + 2 + 5 + 3 + 1 = 21.4 in the steady state.
+    assert!(
+        phases.contains("<td class=\"num\">10.4 ms</td><td class=\"num\">49%</td>"),
+        "{phases}"
+    );
     assert!(std::fs::read_to_string(site.join("index.html"))
         .unwrap()
         .contains("href=\"status.html\""));

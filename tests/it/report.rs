@@ -90,6 +90,15 @@ pub fn results(k: Knobs) -> Vec<BenchResult> {
     }
     counts[26] += k.dense_spike;
     let hist = serde_json::json!({ "lo": -7.0, "width": 0.25, "counts": counts, "dead": 17 });
+    let phases = |scale: f64| {
+        serde_json::json!({
+            "encode": 8.0 * k.encode_time / 1.0e-3 * scale,
+            "decode": 2.0 * scale,
+            "backward": 5.0 * scale,
+            "optimizer": 3.0,
+            "other": 1.0,
+        })
+    };
     let train = |name: &str, mse: f64, fve: f64, seedish: f64| BenchResult {
         name: name.into(),
         kind: BenchKind::Train,
@@ -118,7 +127,14 @@ pub fn results(k: Knobs) -> Vec<BenchResult> {
                 l0: 60.0 / (1.0 + s as f64 * 0.2) + 10.0,
             })
             .collect(),
-        extra: serde_json::json!({ "tokens_per_sec": 52_000.0 * (1.0 - seedish / 100.0), "density_histogram": hist, "train_backend": "cpu" }),
+        extra: serde_json::json!({
+            "tokens_per_sec": 52_000.0 * (1.0 - seedish / 100.0),
+            "density_histogram": hist,
+            "train_backend": "cpu",
+            // The encoder's share of a step follows the encode knob, so a slower encode names its phase.
+            "phase_ms": phases(1.5),
+            "steady_phase_ms": phases(1.0),
+        }),
     };
     let op = |name: &str, center: f64, flops: Option<f64>| BenchResult {
         name: name.into(),

@@ -6,6 +6,7 @@
 //!   benchmarks (reference dictionaries and the pruning variant), the kernel benchmarks (ptxas resources, CUDA ops);
 //! - [`dicts`]: the dictionaries a run keeps, and each reference dictionary's feature diff against the baseline's;
 //! - [`calibrate`]: `runner calibrate`, the detector's false alarms and catches measured on this machine;
+//! - [`peer`]: PyTorch's training step timed in the same run, and our throughput's ratio to it;
 //! - [`count`]: counted cost (instructions, estimated cycles) of ops and training steps under Valgrind;
 //! - [`paired`]: paired timing of two builds by long-lived workers (`runner bench-worker`);
 //! - [`auto`]: `--baseline auto`, the merge base built in a worktree and its ops timed in pairs with the head's;
@@ -22,6 +23,7 @@ pub mod document;
 pub mod kernels;
 pub mod ops;
 pub mod paired;
+pub mod peer;
 pub mod run;
 pub mod suite;
 pub mod synthetic;

@@ -140,6 +140,14 @@ pub fn prepare(
     let mut skipped = BTreeMap::new();
     // Looked for only when the suite has a resources benchmark (it loads NVRTC).
     let mut resources_missing: Option<Option<String>> = None;
+    // Looked for only when the suite has a peer benchmark (it starts Python once).
+    let mut torch_missing: Option<Option<String>> = None;
+    let trains: Vec<String> = resolved
+        .benches
+        .iter()
+        .filter(|b| matches!(b, BenchSpec::Train(_)))
+        .map(|b| b.name().to_string())
+        .collect();
     resolved.benches.retain(|b| match b {
         BenchSpec::Train(t) | BenchSpec::Prune(t) => match data.skipped.get(&t.data) {
             Some(why) => {
@@ -170,6 +178,32 @@ pub fn prepare(
                 );
             }
             on_gpu
+        }
+        BenchSpec::Peer {
+            name,
+            against,
+            data: set,
+            ..
+        } => {
+            let why = if let Some(why) = data.skipped.get(set) {
+                Some(format!("activation set {set:?} of {against}: {why}"))
+            } else if !trains.contains(against) {
+                Some(format!(
+                    "{against} is not selected in this run, so there is no throughput of ours to divide"
+                ))
+            } else {
+                torch_missing
+                    .get_or_insert_with(|| crate::peer::unavailable(&crate::peer::python()))
+                    .clone()
+            };
+            match why {
+                None => true,
+                Some(why) => {
+                    eprintln!("{name}: skipped (the PyTorch peer ratio is not measured): {why}");
+                    skipped.insert(name.clone(), why);
+                    false
+                }
+            }
         }
     });
     if resolved.benches.is_empty() && !req.skip_ops {
@@ -296,6 +330,9 @@ pub fn run_one<B: Backend>(
             topk,
         } => kernels::run_cuda_ops(name, device.cuda(), *shape, *warmup, *iters, *topk),
         BenchSpec::Op { .. } => unreachable!("ops run in rounds, see run_ops"),
+        BenchSpec::Peer { .. } => {
+            unreachable!("the peer runs after its training benchmark, see execute")
+        }
     };
     (r, None)
 }
@@ -408,6 +445,35 @@ pub fn execute(p: &Prepared) -> Result<Executed> {
     let mut trained: BTreeMap<String, BenchResult> = BTreeMap::new();
     for spec in &other_specs {
         pb.set_message(spec.name().to_string());
+        if let BenchSpec::Peer {
+            name,
+            against,
+            data,
+            shape,
+            topk,
+            steps,
+            warmup,
+        } = spec
+        {
+            let d_in = p.data.set(data).map(|s| s.d_in()).unwrap_or(0);
+            let r = crate::peer::run(
+                name,
+                &crate::peer::python(),
+                p.device.backend == RunBackend::Cuda,
+                crate::suite::ShapeSpec { d_in, ..*shape },
+                *steps,
+                *warmup,
+                rayon::current_num_threads(),
+                crate::peer::Ours {
+                    name: against,
+                    result: trained.get(against),
+                    topk: *topk,
+                },
+            );
+            save(r, &pb)?;
+            pb.inc(1);
+            continue;
+        }
         let (mut r, sae) = match &p.device.selected {
             Selected::Cpu(c) => run_one(spec, &p.data, c, &p.device, p.resolved.seeds),
             Selected::Cuda(g) => run_one(spec, &p.data, &**g, &p.device, p.resolved.seeds),

@@ -167,7 +167,21 @@ pub struct TrainSpec {
     /// pruned dictionary is compared with (the experiment's answer, docs/metrics.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched: Option<String>,
+    /// Time to quality: the FVU whose first crossing (smoothed batch FVU) is timed: metrics `time_to.fvu_steps`,
+    /// `time_to.fvu_secs`, `time_to.fvu_reached` (docs/metrics.md, "Time to quality").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_fvu: Option<f64>,
+    /// Time to quality on a model's set: the loss recovered whose first crossing among evenly spaced snapshots is
+    /// timed (`time_to.loss_recovered_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_loss_recovered: Option<f64>,
+    /// Snapshots for `target_loss_recovered` (absent: 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<usize>,
 }
+
+/// Snapshots a training benchmark keeps for time to loss recovered when its entry does not say.
+pub const DEFAULT_CHECKPOINTS: usize = 10;
 
 impl TrainSpec {
     /// The architecture (`arch`, checked when the suite was parsed).
@@ -234,6 +248,26 @@ fn default_cuda_topk() -> usize {
     64
 }
 
+/// PyTorch's training step at a training benchmark's shape, timed in the same run (needs torch; skipped otherwise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    pub name: String,
+    /// The training benchmark whose throughput is divided by the peer's (its batch, d_in and d_sae are the shape).
+    pub against: String,
+    #[serde(default = "default_peer_steps")]
+    pub steps: usize,
+    #[serde(default = "default_peer_warmup")]
+    pub warmup: usize,
+}
+
+fn default_peer_steps() -> usize {
+    20
+}
+fn default_peer_warmup() -> usize {
+    3
+}
+
 /// The suite file as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -256,6 +290,8 @@ pub struct Suite {
     pub resources: Vec<ResourcesSpec>,
     #[serde(default)]
     pub cuda_ops: Vec<CudaOpsSpec>,
+    #[serde(default)]
+    pub peer: Vec<PeerSpec>,
     #[serde(default)]
     pub speed: Option<SpeedRule>,
     #[serde(default)]
@@ -389,6 +425,18 @@ pub enum BenchSpec {
         iters: usize,
         topk: usize,
     },
+    Peer {
+        name: String,
+        against: String,
+        /// `against`'s activation set: d_in comes from it at run time.
+        data: String,
+        /// batch and d_sae of `against` (d_in is 0 here, filled from the set).
+        shape: ShapeSpec,
+        /// TopK's k when `against` trains TopK.
+        topk: Option<usize>,
+        steps: usize,
+        warmup: usize,
+    },
 }
 
 impl BenchSpec {
@@ -397,7 +445,8 @@ impl BenchSpec {
             BenchSpec::Train(t) | BenchSpec::Prune(t) => &t.name,
             BenchSpec::Op { name, .. }
             | BenchSpec::Resources { name }
-            | BenchSpec::CudaOps { name, .. } => name,
+            | BenchSpec::CudaOps { name, .. }
+            | BenchSpec::Peer { name, .. } => name,
         }
     }
 }
@@ -586,6 +635,23 @@ impl Suite {
                 return bad(format!("benchmark name {} is used twice", c.name));
             }
         }
+        for pe in &self.peer {
+            if !self.train.iter().any(|t| t.name == pe.against) {
+                return bad(format!(
+                    "peer benchmark {}: against = {:?} is no [[train]] benchmark of this suite",
+                    pe.name, pe.against
+                ));
+            }
+            if pe.steps == 0 {
+                return bad(format!(
+                    "peer benchmark {}: steps must be positive",
+                    pe.name
+                ));
+            }
+            if !names.insert(pe.name.clone()) {
+                return bad(format!("benchmark name {} is used twice", pe.name));
+            }
+        }
         if !self.profiles.contains_key(&self.default_profile) {
             return bad(format!(
                 "default_profile {:?} is not defined in [profiles]",
@@ -600,6 +666,7 @@ impl Suite {
             .chain(self.op.iter().map(|o| o.name.as_str()))
             .chain(self.resources.iter().map(|r| r.name.as_str()))
             .chain(self.cuda_ops.iter().map(|c| c.name.as_str()))
+            .chain(self.peer.iter().map(|c| c.name.as_str()))
             .collect();
         for (name, p) in &self.profiles {
             let listed = p.only.iter().flatten().chain(&p.skip);
@@ -755,6 +822,27 @@ impl Suite {
                 topk: c.topk,
             }
         }));
+        // After the training benchmarks (which run first), so that the ratio has our side of this run.
+        benches.extend(self.peer.iter().filter(|pe| keep(&pe.name)).map(|pe| {
+            let t = self
+                .train
+                .iter()
+                .find(|t| t.name == pe.against)
+                .expect("validated: against names a training benchmark");
+            BenchSpec::Peer {
+                name: pe.name.clone(),
+                against: pe.against.clone(),
+                data: t.data.clone(),
+                shape: ShapeSpec {
+                    batch: t.batch,
+                    d_in: 0,
+                    d_sae: t.d_sae,
+                },
+                topk: (t.arch() == saeperf_kernels::Arch::TopK).then(|| t.k.unwrap_or(32)),
+                steps: pe.steps,
+                warmup: pe.warmup,
+            }
+        }));
         if benches.is_empty() {
             return Err(SuiteError::Invalid {
                 path: self.name.clone(),
@@ -840,6 +928,9 @@ mod tests {
         text = format!("{DEFAULT_SUITE}\n[[cuda_ops]]\nname = \"c\"\nshape = \"huge\"\n");
         let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("shape \"huge\" is not defined"), "{e}");
+        text = format!("{DEFAULT_SUITE}\n[[peer]]\nname = \"p\"\nagainst = \"op/encode\"\n");
+        let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("is no [[train]] benchmark"), "{e}");
         text = format!("{DEFAULT_SUITE}\n[metrics.\"*\"]\ndirection = \"none\"\n");
         let e = Suite::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("needs a metric name"), "{e}");

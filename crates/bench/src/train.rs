@@ -206,6 +206,10 @@ pub(crate) fn train_config(t: &TrainSpec, seed: u64) -> TrainConfig {
             prefixes: (!t.prefixes.is_empty()).then(|| t.prefixes.clone()),
             aux_k: (t.aux_k > 0).then_some(t.aux_k),
             aux_window: None,
+            target_fvu: t.target_fvu,
+            checkpoints: t
+                .target_loss_recovered
+                .map(|_| t.checkpoints.unwrap_or(crate::suite::DEFAULT_CHECKPOINTS)),
         },
     )
 }
@@ -300,8 +304,22 @@ fn one_seed<B: Backend>(
 ) -> Result<SeedOutcome> {
     let cfg = train_config(t, seed);
     let out = saeperf_sae::train::train_on(backend, &cfg, set, false)?;
+    let per_step_ms = |t: &saeperf_sae::train::PhaseTimes, steps: usize| -> serde_json::Value {
+        saeperf_sae::train::Phase::ALL
+            .iter()
+            .map(|ph| {
+                let ms = t.get(*ph) / steps.max(1) as f64 * 1e3;
+                (ph.name().to_string(), serde_json::json!(ms))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
     let mut extra = serde_json::json!({
         "tokens_per_sec": out.tokens_per_sec,
+        "steady_tokens_per_sec": out.steady_tokens_per_sec,
+        "reached_fvu": out.reached_fvu,
+        "phase_ms": per_step_ms(&out.phases, cfg.steps),
+        "steady_phase_ms": per_step_ms(&out.steady_phases, cfg.steps - cfg.steps / 2),
         "resamples": out.resamples,
         "train_backend": out.backend,
     });
@@ -338,6 +356,8 @@ fn one_seed<B: Backend>(
         drop_meaningless(&mut m, out.sae.cfg.d_sae, &mut notes);
         m
     };
+    let mut metrics = metrics;
+    time_to_quality(t, &out, set, lm, &mut metrics, &mut extra, &mut notes)?;
     if !notes.is_empty() {
         extra["notes"] = serde_json::to_value(&notes)?;
     }
@@ -348,6 +368,92 @@ fn one_seed<B: Backend>(
         wall: out.wall_secs,
         extra,
     })
+}
+
+/// Time to quality (docs/metrics.md, "Time to quality"): the seconds and steps until the dictionary first reached
+/// its entry's targets. FVU from the smoothed batch FVU of every step; loss recovered (model sets) from the
+/// snapshots, searched by bisection (loss recovered rises with training, so the first snapshot at or above the target
+/// is found with about log2(snapshots) language-model passes). A target not reached records `*_reached` = 0, so that
+/// a change that stops converging is a regression of that metric, not a metric gone missing.
+fn time_to_quality(
+    t: &TrainSpec,
+    out: &saeperf_sae::train::TrainOutcome,
+    set: &ActivationSet,
+    lm: &LazyEval,
+    metrics: &mut BTreeMap<String, f64>,
+    extra: &mut serde_json::Value,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    if let Some(target) = t.target_fvu {
+        match out.reached_fvu {
+            Some(r) => {
+                metrics.insert("time_to.fvu_reached".into(), 1.0);
+                metrics.insert("time_to.fvu_steps".into(), r.step as f64);
+                metrics.insert("time_to.fvu_secs".into(), r.secs);
+            }
+            None => {
+                metrics.insert("time_to.fvu_reached".into(), 0.0);
+                notes.push(format!(
+                    "time to FVU {target}: not reached in {} steps",
+                    t.steps
+                ));
+            }
+        }
+    }
+    let Some(target) = t.target_loss_recovered else {
+        return Ok(());
+    };
+    if set.manifest().source_kind() != "model" {
+        notes.push(format!(
+            "time to loss recovered {target}: not measured (the set {:?} is not harvested from a model)",
+            t.data
+        ));
+        return Ok(());
+    }
+    let eval = lm
+        .get_or_init(|| LmEval::open(set, &LossOptions::default()).map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cps = &out.checkpoints;
+    let mut measured: BTreeMap<usize, f64> = BTreeMap::new();
+    let mut lr_at = |i: usize| -> Result<f64> {
+        if let Some(v) = measured.get(&i) {
+            return Ok(*v);
+        }
+        let v = eval.metrics(&cps[i].sae)?.loss_recovered;
+        measured.insert(i, v);
+        Ok(v)
+    };
+    // The first snapshot at or above the target, assuming loss recovered rises with training.
+    let (mut lo, mut hi) = (0usize, cps.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if lr_at(mid)? >= target {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    extra["time_to_loss_recovered"] = serde_json::json!({
+        "target": target,
+        "snapshots": cps.iter().map(|c| c.step).collect::<Vec<_>>(),
+        "measured": measured.iter().map(|(i, v)| serde_json::json!({"step": cps[*i].step, "secs": cps[*i].secs, "loss_recovered": v})).collect::<Vec<_>>(),
+    });
+    match cps.get(lo) {
+        Some(c) => {
+            metrics.insert("time_to.loss_recovered_reached".into(), 1.0);
+            metrics.insert("time_to.loss_recovered_steps".into(), c.step as f64);
+            metrics.insert("time_to.loss_recovered_secs".into(), c.secs);
+        }
+        None => {
+            metrics.insert("time_to.loss_recovered_reached".into(), 0.0);
+            notes.push(format!(
+                "time to loss recovered {target}: not reached by the last of {} snapshots",
+                cps.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How many seeds a training benchmark runs: the profile's, and at least [`MIN_BAND_SEEDS`] where fixed seeds do

@@ -180,6 +180,16 @@ impl Default for Rules {
         ] {
             metrics.insert(m.into(), exact(None, 0.0));
         }
+        // Time to quality (docs/metrics.md): steps are deterministic on the CPU, seconds carry timing noise, and a
+        // target no longer reached is a regression.
+        metrics.insert("time_to.*_steps".into(), exact(LowerIsBetter, 0.05));
+        metrics.insert("time_to.*_secs".into(), exact(LowerIsBetter, 0.15));
+        metrics.insert("time_to.*_reached".into(), exact(HigherIsBetter, 0.0));
+        // The PyTorch peer: our throughput over the peer's, both from the same run; the two speeds themselves are
+        // recorded, not judged.
+        metrics.insert("ratio.*".into(), exact(HigherIsBetter, 0.10));
+        metrics.insert("peer.torch.*".into(), exact(None, 0.0));
+        metrics.insert("ours.*".into(), exact(None, 0.0));
         Rules {
             speed: SpeedRule::default(),
             metrics,

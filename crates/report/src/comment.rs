@@ -100,6 +100,47 @@ struct TrainSpeedView {
     head: String,
     change: String,
     wall: String,
+    /// The phase of the step that moved most (steady state, ms per step), or the largest one without a base.
+    phase: String,
+}
+
+/// A training benchmark's steady-state milliseconds per step by phase (encode, decode, backward, optimizer, other).
+fn steady_phase_ms(r: &BenchResult) -> Option<BTreeMap<String, f64>> {
+    let o = r.extra.get("steady_phase_ms")?.as_object()?;
+    Some(
+        o.iter()
+            .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+            .collect(),
+    )
+}
+
+/// Names the phase a training speed change came from: the phase whose steady-state time per step moved most
+/// between base and head ("backward +3.1 ms (+25%)"); without a base, the largest phase and its share.
+fn phase_note(base: Option<&BenchResult>, head: &BenchResult) -> String {
+    let Some(h) = steady_phase_ms(head) else {
+        return "–".into();
+    };
+    let total: f64 = h.values().sum();
+    match base.and_then(steady_phase_ms) {
+        Some(b) => h
+            .iter()
+            .filter_map(|(k, hv)| b.get(k).map(|bv| (k, hv - bv, *bv)))
+            .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
+            .map(|(k, d, bv)| {
+                let rel = if bv > 0.0 {
+                    format!(" ({})", fmt_change(Some(d / bv)))
+                } else {
+                    String::new()
+                };
+                format!("{k} {d:+.1} ms{rel}")
+            })
+            .unwrap_or_else(|| "–".into()),
+        None => h
+            .iter()
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map(|(k, v)| format!("{k} {v:.1} of {total:.1} ms"))
+            .unwrap_or_else(|| "–".into()),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -603,6 +644,7 @@ pub fn render(
                     _ => "–".into(),
                 },
                 wall: fmt_value("time", h.median_time()),
+                phase: phase_note(b, h),
             }
         })
         .collect();

@@ -1401,7 +1401,37 @@ struct BenchView {
     /// The dictionary's features matched with the baseline's (docs/feature-diff.md).
     diff: Option<DiffView>,
     cards: Vec<crate::features::Card>,
+    /// Training benchmarks: where a step's time went, per phase (name, ms per step over the run, ms per step in the
+    /// steady state, share of the steady step).
+    phases: Vec<(String, String, String, String)>,
     extra: Vec<(String, String)>,
+}
+
+/// The rows of a training benchmark's per-phase breakdown (`extra.phase_ms`, `extra.steady_phase_ms`).
+fn phase_rows(r: &BenchResult) -> Vec<(String, String, String, String)> {
+    let get = |k: &str| r.extra.get(k).and_then(|v| v.as_object());
+    let (Some(all), Some(steady)) = (get("phase_ms"), get("steady_phase_ms")) else {
+        return vec![];
+    };
+    let total: f64 = steady.values().filter_map(|v| v.as_f64()).sum();
+    let ms = |v: Option<f64>| {
+        v.map(|x| format!("{x:.1} ms"))
+            .unwrap_or_else(|| "–".into())
+    };
+    ["encode", "decode", "backward", "optimizer", "other"]
+        .iter()
+        .map(|k| {
+            let s = steady.get(*k).and_then(|v| v.as_f64());
+            (
+                k.to_string(),
+                ms(all.get(*k).and_then(|v| v.as_f64())),
+                ms(s),
+                s.filter(|_| total > 0.0)
+                    .map(|x| format!("{:.0}%", x / total * 100.0))
+                    .unwrap_or_else(|| "–".into()),
+            )
+        })
+        .collect()
 }
 
 /// `extra.feature_diff` of a training benchmark, for its run page: the counts, the band moves, the most-changed
@@ -1649,6 +1679,8 @@ fn run_page(
                             | "spike"
                             | "experiment"
                             | "feature_diff"
+                            | "phase_ms"
+                            | "steady_phase_ms"
                     ) {
                         continue;
                     }
@@ -1671,6 +1703,7 @@ fn run_page(
                     BenchKind::Op => "op",
                     BenchKind::Resources => "kernel resources (ptxas)",
                     BenchKind::CudaOps => "CUDA ops vs cuBLAS",
+                    BenchKind::Peer => "PyTorch peer",
                     BenchKind::Calibration => "detector calibration",
                 }
                 .into(),
@@ -1695,6 +1728,7 @@ fn run_page(
                     .get(&(run.meta.id.clone(), r.name.clone()))
                     .cloned()
                     .unwrap_or_default(),
+                phases: phase_rows(r),
                 extra,
             }
         })

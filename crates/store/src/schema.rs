@@ -132,6 +132,8 @@ pub enum BenchKind {
     Resources,
     /// The CUDA ops timed with CUDA events next to cuBLAS SGEMM (GPU only); one median per metric.
     CudaOps,
+    /// PyTorch's training step at a training benchmark's shape and threads, and our throughput's ratio to it.
+    Peer,
     /// `runner calibrate`: the detector measured on this machine (A/A comparisons, injected slowdowns).
     Calibration,
 }

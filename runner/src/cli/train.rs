@@ -55,6 +55,9 @@ pub struct TrainArgs {
     /// AuxK: a latent is dead when it has not fired for this many steps [default: 100].
     #[arg(long)]
     pub aux_window: Option<usize>,
+    /// Time to quality: report the seconds and steps until the smoothed batch FVU first reaches this.
+    #[arg(long)]
+    pub target_fvu: Option<f64>,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -205,6 +208,8 @@ pub fn train_config(a: &TrainArgs, set_kind: &str) -> Result<TrainConfig> {
         prefixes: (!a.prefixes.is_empty()).then(|| a.prefixes.clone()),
         aux_k: a.aux_k,
         aux_window: a.aux_window,
+        target_fvu: a.target_fvu,
+        checkpoints: None,
     };
     Ok(TrainConfig::with_overrides(set_kind, &overrides))
 }
@@ -252,6 +257,10 @@ pub fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
         "backend": out.backend,
         "metrics": m,
         "resamples": out.resamples,
+        "steady_tokens_per_sec": out.steady_tokens_per_sec,
+        "phase_secs": out.phases.to_json(),
+        "steady_phase_secs": out.steady_phases.to_json(),
+        "reached_fvu": out.reached_fvu,
     });
     let mut pruned_metrics = None;
     if let Some(thr) = a.prune_above {
@@ -275,6 +284,33 @@ pub fn cmd_train(a: TrainArgs, quiet: bool) -> Result<i32> {
             out.backend,
             out.tokens_per_sec,
             out.wall_secs
+        );
+        match (cfg.target_fvu, out.reached_fvu) {
+            (Some(t), Some(r)) => println!("time to FVU {t}: {:.1} s ({} steps)", r.secs, r.step),
+            (Some(t), None) => println!("time to FVU {t}: not reached in {} steps", cfg.steps),
+            _ => {}
+        }
+        let breakdown = |times: &train::PhaseTimes, steps: usize| {
+            let total = times.total().max(1e-12);
+            train::Phase::ALL
+                .iter()
+                .map(|p| {
+                    let t = times.get(*p);
+                    format!(
+                        "{} {:.1} ms ({:.0}%)",
+                        p.name(),
+                        t / steps.max(1) as f64 * 1e3,
+                        t / total * 100.0
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("per step: {}", breakdown(&out.phases, cfg.steps));
+        println!(
+            "steady state (second half): {:.0} tokens/s; per step: {}",
+            out.steady_tokens_per_sec,
+            breakdown(&out.steady_phases, cfg.steps - cfg.steps / 2)
         );
         for (step, n) in &out.resamples {
             println!("resampled {n} dead features at step {step}");

@@ -73,7 +73,19 @@ pub struct TrainConfig {
     /// AuxK: a latent is dead when it has not fired for this many steps.
     #[serde(default = "default_aux_window")]
     pub aux_window: usize,
+    /// Time to quality: the FVU the run watches for (batch FVU, smoothed over [`FVU_SMOOTHING`] steps); None: not
+    /// watched.
+    #[serde(default)]
+    pub target_fvu: Option<f64>,
+    /// Snapshots of the dictionary kept during training, evenly spaced in steps (the last at the end), so that
+    /// quality that needs more than a batch to measure (loss recovered) can be timed too; 0: none.
+    #[serde(default)]
+    pub checkpoints: usize,
 }
+
+/// The batch FVU that time to quality watches is an exponential average with this time constant in steps: one
+/// batch's FVU moves by several percent from batch to batch, so the raw value would cross a target by luck.
+pub const FVU_SMOOTHING: f64 = 20.0;
 
 fn default_aux_coeff() -> f32 {
     1.0 / 32.0
@@ -121,6 +133,8 @@ pub struct TrainOverrides {
     pub prefixes: Option<Vec<usize>>,
     pub aux_k: Option<usize>,
     pub aux_window: Option<usize>,
+    pub target_fvu: Option<f64>,
+    pub checkpoints: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -148,6 +162,8 @@ impl Default for TrainConfig {
             aux_k: 0,
             aux_coeff: default_aux_coeff(),
             aux_window: default_aux_window(),
+            target_fvu: None,
+            checkpoints: 0,
         }
     }
 }
@@ -225,6 +241,12 @@ impl TrainConfig {
         }
         if let Some(v) = o.aux_window {
             c.aux_window = v;
+        }
+        if o.target_fvu.is_some() {
+            c.target_fvu = o.target_fvu;
+        }
+        if let Some(v) = o.checkpoints {
+            c.checkpoints = v;
         }
         if kind == "model" && c.arch == Arch::JumpRelu {
             c.init_threshold = o.init_threshold.unwrap_or(MODEL_JUMPRELU_INIT_THRESHOLD);
@@ -306,6 +328,18 @@ impl TrainConfig {
             ensure!(r.sample > 0, "resample sample must be positive");
         }
         ensure!(self.log_every > 0, "log_every must be positive");
+        if let Some(t) = self.target_fvu {
+            ensure!(
+                t.is_finite() && t > 0.0,
+                "target FVU must be positive and finite, got {t}"
+            );
+        }
+        ensure!(
+            self.checkpoints <= self.steps,
+            "checkpoints ({}) cannot outnumber steps ({})",
+            self.checkpoints,
+            self.steps
+        );
         Ok(())
     }
     /// Matryoshka's prefix sizes for a dictionary of `d_sae` features.
@@ -341,12 +375,116 @@ fn ramp(step: usize, warmup: usize) -> f32 {
 /// One point of the training curve (batch values at that step).
 pub use saeperf_kernels::CurvePoint;
 
+/// The phases of a training step, in the order the step runs them (docs/metrics.md, "Where a step's time goes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The encoder and the activation (threshold, TopK, BatchTopK, Gated's encode).
+    Encode,
+    /// The decoder: x̂ = f·W_dec + b_dec.
+    Decode,
+    /// Every gradient: the backward op and the architectures' own (Matryoshka's prefixes, AuxK, JumpReLU's θ).
+    Backward,
+    /// Adam over every parameter, with the decoder-norm constraint.
+    Optimizer,
+    /// Everything else: drawing and scaling the batch, the batch statistics, dead-feature bookkeeping, resampling.
+    Other,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Encode,
+        Phase::Decode,
+        Phase::Backward,
+        Phase::Optimizer,
+        Phase::Other,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Encode => "encode",
+            Phase::Decode => "decode",
+            Phase::Backward => "backward",
+            Phase::Optimizer => "optimizer",
+            Phase::Other => "other",
+        }
+    }
+}
+
+/// Seconds spent in each [`Phase`], summed over the steps of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseTimes(pub [f64; 5]);
+
+impl PhaseTimes {
+    pub fn get(&self, p: Phase) -> f64 {
+        self.0[p as usize]
+    }
+    pub fn total(&self) -> f64 {
+        self.0.iter().sum()
+    }
+    /// `{phase: seconds}` for training.json and the bench's metrics.
+    pub fn to_json(&self) -> serde_json::Value {
+        Phase::ALL
+            .iter()
+            .map(|p| (p.name().to_string(), serde_json::json!(self.get(*p))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// Attributes wall time to phases: each `lap` waits for the backend's queued work, then charges the time since the
+/// previous lap to the phase that just ended. On the CPU `sync` is free; on CUDA it costs one synchronisation per
+/// phase, which is the price of a breakdown that names the right phase.
+struct PhaseClock {
+    last: Instant,
+    times: PhaseTimes,
+}
+
+impl PhaseClock {
+    fn new() -> Self {
+        PhaseClock {
+            last: Instant::now(),
+            times: PhaseTimes::default(),
+        }
+    }
+    fn lap<B: Backend>(&mut self, backend: &B, p: Phase) -> Result<()> {
+        backend.sync().map_err(|e| anyhow::anyhow!(e))?;
+        let now = Instant::now();
+        self.times.0[p as usize] += (now - self.last).as_secs_f64();
+        self.last = now;
+        Ok(())
+    }
+}
+
+/// When a run first reached a quality target: after `step` steps, `secs` seconds of training.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reached {
+    pub step: usize,
+    pub secs: f64,
+}
+
+/// A snapshot of the dictionary after `step` steps and `secs` seconds of training (the snapshots' own time excluded).
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub step: usize,
+    pub secs: f64,
+    pub sae: Sae,
+}
+
 /// What a training run produced.
 #[derive(Clone, Debug)]
 pub struct TrainOutcome {
     pub sae: Sae,
     pub curve: Vec<CurvePoint>,
     pub tokens_per_sec: f64,
+    /// Tokens per second over the second half of the steps: the steady state, once L0 has settled (the first half
+    /// holds the L1 warm-up, when codes are dense and the sparse paths cannot be taken).
+    pub steady_tokens_per_sec: f64,
+    /// Where the steps' time went, over all steps and over the second half (the steady state).
+    pub phases: PhaseTimes,
+    pub steady_phases: PhaseTimes,
+    /// The first step at which the smoothed batch FVU reached `target_fvu` (None: not watched, or not reached).
+    pub reached_fvu: Option<Reached>,
+    /// `checkpoints` snapshots in step order (the last one is the final dictionary).
+    pub checkpoints: Vec<Checkpoint>,
     pub wall_secs: f64,
     /// (step, features resampled).
     pub resamples: Vec<(usize, usize)>,
@@ -442,6 +580,9 @@ struct VecParam<B> {
     v: B,
 }
 
+/// Gated's r_mag and b_mag with their moments, and the gate's pre-activations π_gate.
+type GatedState<B> = (VecParam<B>, VecParam<B>, B);
+
 /// The training loop on any backend.
 pub fn train_on<B: Backend>(
     backend: &B,
@@ -455,6 +596,19 @@ pub fn train_on<B: Backend>(
     let s = Shape::new(cfg.batch, d, d_sae);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let (scale, b_dec) = input_scaling(set, &mut rng)?;
+    // Per-token variance of the scaled inputs, E‖s·x − μ‖² = d_in − ‖μ‖² (the scale makes E‖s·x‖² = d_in): the
+    // denominator of the batch FVU that time to quality watches.
+    let var_token = (d as f64 - b_dec.iter().map(|m| (*m as f64).powi(2)).sum::<f64>()).max(1e-12);
+    let mut fvu_avg: Option<f64> = None;
+    let mut reached_fvu = None;
+    let mut checkpoints = Vec::new();
+    let every = if cfg.checkpoints > 0 {
+        cfg.steps.div_ceil(cfg.checkpoints)
+    } else {
+        0
+    };
+    // Time spent taking snapshots, left out of every reported time.
+    let mut excluded = std::time::Duration::ZERO;
     let sae_cfg = SaeCfg {
         d_in: d,
         d_sae,
@@ -559,8 +713,19 @@ pub fn train_on<B: Backend>(
     let mut resamples = Vec::new();
     let bar = progress_bar(cfg.steps, progress);
     let start = Instant::now();
+    let mut clock = PhaseClock::new();
+    let half = cfg.steps / 2;
+    let mut half_at = start;
+    let mut half_times = PhaseTimes::default();
+    let mut excluded_at_half = std::time::Duration::ZERO;
     let mut hostx = vec![0.0f32; s.batch * d];
     for step in 0..cfg.steps {
+        if step == half {
+            clock.lap(backend, Phase::Other)?;
+            half_at = clock.last;
+            half_times = clock.times;
+            excluded_at_half = excluded;
+        }
         if let Some(rc) = &cfg.resample {
             if step > 0 && rc.at_steps.contains(&step) {
                 let dead = dead_tracker.dead(step, rc.window);
@@ -578,6 +743,7 @@ pub fn train_on<B: Backend>(
         let raw = set.gather_f32(&abs);
         hostx.iter_mut().zip(&raw).for_each(|(h, r)| *h = r * scale);
         backend.write(&mut x, &hostx).map_err(be)?;
+        clock.lap(backend, Phase::Other)?;
         match (&mut a, &jump) {
             _ if gated.is_some() => {
                 let (r, bm, pg) = gated.as_mut().expect("checked");
@@ -608,7 +774,9 @@ pub fn train_on<B: Backend>(
             }
             _ => backend.encode(s, act, &x, &p, &mut f).map_err(be)?,
         }
+        clock.lap(backend, Phase::Encode)?;
         backend.decode(s, &f, &p, &mut xhat).map_err(be)?;
+        clock.lap(backend, Phase::Decode)?;
         fire.fill(0);
         let st = backend
             .batch_stats(s, &x, &xhat, &f, &mut fire)
@@ -622,6 +790,7 @@ pub fn train_on<B: Backend>(
             _ => (st.loss(s.batch, l1), l1),
         };
         dead_tracker.record(&fire, step);
+        clock.lap(backend, Phase::Other)?;
         if let Some((r, bm, pg)) = &mut gated {
             let sums = backend
                 .gated_backward(
@@ -671,6 +840,12 @@ pub fn train_on<B: Backend>(
             )));
         }
         let hyper = AdamHyper::new(cfg.lr_at(step), step as u64 + 1);
+        if let (Some(j), Some(a)) = (&mut jump, &a) {
+            backend
+                .threshold_grad(s, cfg.bandwidth, l1, a, &j.t, &x, &xhat, &p, &mut j.g)
+                .map_err(be)?;
+        }
+        clock.lap(backend, Phase::Backward)?;
         if let Some((r, bm, _)) = &mut gated {
             for q in [r, bm] {
                 backend
@@ -678,10 +853,7 @@ pub fn train_on<B: Backend>(
                     .map_err(be)?;
             }
         }
-        if let (Some(j), Some(a)) = (&mut jump, &a) {
-            backend
-                .threshold_grad(s, cfg.bandwidth, l1, a, &j.t, &x, &xhat, &p, &mut j.g)
-                .map_err(be)?;
+        if let Some(j) = &mut jump {
             backend
                 .adam_vec(hyper, &mut j.t, &j.g, &mut j.m, &mut j.v)
                 .map_err(be)?;
@@ -689,6 +861,34 @@ pub fn train_on<B: Backend>(
         backend
             .adam(s, hyper, &mut p, &mut g, &mut m, &mut v)
             .map_err(be)?;
+        clock.lap(backend, Phase::Optimizer)?;
+        let fvu = st.sse / s.batch.max(1) as f64 / var_token;
+        let avg = match fvu_avg {
+            None => fvu,
+            Some(a) => a + (fvu - a) / FVU_SMOOTHING,
+        };
+        fvu_avg = Some(avg);
+        if let (None, Some(t)) = (reached_fvu, cfg.target_fvu) {
+            if avg <= t {
+                reached_fvu = Some(Reached {
+                    step: step + 1,
+                    secs: (start.elapsed() - excluded).as_secs_f64(),
+                });
+            }
+        }
+        if every > 0 && ((step + 1) % every == 0 || step + 1 == cfg.steps) {
+            let t0 = Instant::now();
+            let secs = (t0 - start - excluded).as_secs_f64();
+            let snap = snapshot(backend, &init.cfg, &p, &jump, batch_theta, &gated)?;
+            checkpoints.push(Checkpoint {
+                step: step + 1,
+                secs,
+                sae: snap,
+            });
+            let spent = t0.elapsed();
+            excluded += spent;
+            clock.last += spent;
+        }
         let l0 = st.l0 / s.batch as f64;
         if step % cfg.log_every == 0 || step + 1 == cfg.steps {
             let mut point = st.curve_point(step, s, l1_backward);
@@ -704,7 +904,9 @@ pub fn train_on<B: Backend>(
             }
         }
     }
-    let wall = start.elapsed().as_secs_f64();
+    clock.lap(backend, Phase::Other)?;
+    let wall = (start.elapsed() - excluded).as_secs_f64();
+    let steady_secs = half_at.elapsed().as_secs_f64() - (excluded - excluded_at_half).as_secs_f64();
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -776,9 +978,56 @@ pub fn train_on<B: Backend>(
         sae,
         curve,
         tokens_per_sec: (cfg.steps * cfg.batch) as f64 / wall.max(1e-9),
+        steady_tokens_per_sec: ((cfg.steps - half) * cfg.batch) as f64 / steady_secs.max(1e-9),
+        phases: clock.times,
+        reached_fvu,
+        checkpoints,
+        steady_phases: PhaseTimes(std::array::from_fn(|i| clock.times.0[i] - half_times.0[i])),
         wall_secs: wall,
         resamples,
         backend: backend.name(),
+    })
+}
+
+/// The dictionary as it stands on the device: its parameters, JumpReLU's thresholds (exp of t), BatchTopK's running
+/// threshold, Gated's magnitude path. No checks (the end of training checks the final one).
+fn snapshot<B: Backend>(
+    backend: &B,
+    cfg: &SaeCfg,
+    p: &Params<B::Buf>,
+    jump: &Option<VecParam<B::Buf>>,
+    batch_theta: Option<f64>,
+    gated: &Option<GatedState<B::Buf>>,
+) -> Result<Sae> {
+    let be = |e: saeperf_kernels::BackendError| anyhow::anyhow!(e);
+    let host = p.try_map(|b| backend.download(b)).map_err(be)?;
+    let threshold = match (jump, batch_theta) {
+        (Some(j), _) => Some(
+            backend
+                .download(&j.t)
+                .map_err(be)?
+                .iter()
+                .map(|t| t.exp())
+                .collect::<Vec<f32>>(),
+        ),
+        (None, Some(t)) => Some(vec![t as f32; cfg.d_sae]),
+        _ => None,
+    };
+    let gated = match gated {
+        Some((r, bm, _)) => Some(saeperf_kernels::GatedMag {
+            r_mag: backend.download(&r.t).map_err(be)?,
+            b_mag: backend.download(&bm.t).map_err(be)?,
+        }),
+        None => None,
+    };
+    Ok(Sae {
+        cfg: cfg.clone(),
+        w_enc: host.w_enc,
+        b_enc: host.b_enc,
+        w_dec: host.w_dec,
+        b_dec: host.b_dec,
+        threshold,
+        gated,
     })
 }
 
@@ -822,6 +1071,11 @@ pub fn write_record(dir: &std::path::Path, cfg: &TrainConfig, out: &TrainOutcome
         "curve": out.curve,
         "resamples": out.resamples,
         "tokens_per_sec": out.tokens_per_sec,
+        "steady_tokens_per_sec": out.steady_tokens_per_sec,
+        "phase_secs": out.phases.to_json(),
+        "steady_phase_secs": out.steady_phases.to_json(),
+        "reached_fvu": out.reached_fvu,
+        "checkpoints": out.checkpoints.iter().map(|c| serde_json::json!({"step": c.step, "secs": c.secs})).collect::<Vec<_>>(),
         "wall_secs": out.wall_secs,
     });
     let path = dir.join("training.json");
