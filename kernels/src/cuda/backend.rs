@@ -9,7 +9,13 @@ use super::{toolkit, CudaError};
 use crate::backend::{
     gated_backward_check, len_check, prefix_check, ArgCheck, Backend, BackendError, Params,
 };
-use crate::ops::{gated::Sums, Activation, AdamHyper, BatchStats, Shape, SPARSE_DENSITY};
+use crate::ops::{gated::Sums, Activation, AdamHyper, BatchStats, Shape};
+
+/// The CUDA backend takes its sparse decode and backward when fewer than this share of the (token, feature) pairs
+/// fire. It keeps the value the CPU used before its own crossover was measured (`ops::SPARSE_DENSITY`): the GPU's
+/// crossover has not been measured yet (no GPU was lent), and a GPU's dense SGEMM is relatively faster than its
+/// gathers, so the CPU's 0.125 would likely be too high there.
+pub const SPARSE_DENSITY: f64 = 1.0 / 16.0;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
@@ -20,7 +26,7 @@ use std::sync::{Arc, Mutex};
 /// Which path the ops with a dense and a sparse variant (decode, backward) take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpPath {
-    /// Sparse when fewer than [`SPARSE_DENSITY`] of the (token, feature) pairs fire, as the CPU backend does.
+    /// Sparse when fewer than [`SPARSE_DENSITY`] of the (token, feature) pairs fire.
     Auto = 0,
     Dense = 1,
     Sparse = 2,

@@ -381,7 +381,7 @@ pub fn bench(
         (&*format!("topk k={}", o.topk), topk, nnz_topk),
     ] {
         progress(&format!("train step {label}"));
-        let sparse = nnz / (bf * ff) < crate::ops::SPARSE_DENSITY;
+        let sparse = nnz / (bf * ff) < super::backend::SPARSE_DENSITY;
         // encode GEMM, then decode + backward: 8·nnz·d when sparse, four more GEMMs when dense.
         let step_flops = if sparse {
             gemm_flops + 8.0 * nnz * df

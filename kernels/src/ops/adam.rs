@@ -34,7 +34,7 @@ impl AdamHyper {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn update(h: &AdamHyper, c1: f32, c2: f32, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) {
     *m = h.beta1 * *m + (1.0 - h.beta1) * g;
     *v = h.beta2 * *v + (1.0 - h.beta2) * g * g;
@@ -69,12 +69,15 @@ pub fn fast(h: AdamHyper, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| {
-            for i in 0..p.len() {
-                update(&h, c1, c2, &mut p[i], g[i], &mut m[i], &mut v[i]);
-            }
+            super::simd(|| {
+                for i in 0..p.len() {
+                    update(&h, c1, c2, &mut p[i], g[i], &mut m[i], &mut v[i]);
+                }
+            })
         });
 }
 
+#[inline(always)]
 fn decoder_row(
     h: &AdamHyper,
     c1: f32,
@@ -84,9 +87,9 @@ fn decoder_row(
     m: &mut [f32],
     v: &mut [f32],
 ) {
-    let norm: f32 = super::dot(w, w).sqrt();
+    let norm: f32 = super::dot_body(w, w).sqrt();
     if norm > 0.0 {
-        let dot: f32 = super::dot(w, g) / norm;
+        let dot: f32 = super::dot_body(w, g) / norm;
         for (gi, wi) in g.iter_mut().zip(w.iter()) {
             *gi -= dot * wi / norm;
         }
@@ -94,7 +97,7 @@ fn decoder_row(
     for i in 0..w.len() {
         update(h, c1, c2, &mut w[i], g[i], &mut m[i], &mut v[i]);
     }
-    let norm: f32 = super::dot(w, w).sqrt();
+    let norm: f32 = super::dot_body(w, w).sqrt();
     if norm > 0.0 {
         for wi in w.iter_mut() {
             *wi /= norm;
@@ -149,7 +152,7 @@ pub fn decoder_fast(
         .zip(g.par_chunks_mut(d_in))
         .zip(m.par_chunks_mut(d_in))
         .zip(v.par_chunks_mut(d_in))
-        .for_each(|(((w, g), m), v)| decoder_row(&h, c1, c2, w, g, m, v));
+        .for_each(|(((w, g), m), v)| super::simd(|| decoder_row(&h, c1, c2, w, g, m, v)));
 }
 
 #[cfg(test)]

@@ -201,10 +201,12 @@ pub fn fast_sparse(s: Shape, x: &[f32], f: &[f32], xhat: &[f32], l1: f32, w: Wei
         .for_each(|(b, out)| {
             let (idx, _) = csr.row(b);
             let db = &dxh[b * d..(b + 1) * d];
-            for (o, &i) in out.iter_mut().zip(idx) {
-                let wr = &w.w_dec[i as usize * d..(i as usize + 1) * d];
-                *o = super::dot(db, wr) + l1b;
-            }
+            super::simd(|| {
+                for (o, &i) in out.iter_mut().zip(idx) {
+                    let wr = &w.w_dec[i as usize * d..(i as usize + 1) * d];
+                    *o = super::dot_body(db, wr) + l1b;
+                }
+            })
         });
     let (ft, order) = csr.transpose_with_order(fs);
     let genc = ColumnsPtr(g.w_enc.as_mut_ptr());
@@ -213,38 +215,40 @@ pub fn fast_sparse(s: Shape, x: &[f32], f: &[f32], xhat: &[f32], l1: f32, w: Wei
         .zip(g.b_enc.par_chunks_mut(FEATURE_BLOCK))
         .enumerate()
         .for_each(|(blk, (gd_blk, gb_blk))| {
-            let i0 = blk * FEATURE_BLOCK;
-            let n = gb_blk.len();
-            let mut ge = super::scratch::take(n * d);
-            ge.fill(0.0);
-            gd_blk.fill(0.0);
-            for k in 0..n {
-                let (rows, fv) = ft.row(i0 + k);
-                let (a, _) = (ft.ptr[i0 + k], ft.ptr[i0 + k + 1]);
-                let gd = &mut gd_blk[k * d..(k + 1) * d];
-                let ger = &mut ge[k * d..(k + 1) * d];
-                let mut sum = 0.0f32;
-                for (e, (&b, &v)) in rows.iter().zip(fv).enumerate() {
-                    let b = b as usize;
-                    let dv = dval[order[a + e] as usize];
-                    let db = &dxh[b * d..(b + 1) * d];
-                    let cb = &xc[b * d..(b + 1) * d];
-                    for (((o, a), p), c) in gd.iter_mut().zip(db).zip(ger.iter_mut()).zip(cb) {
-                        *o += v * a;
-                        *p += dv * c;
+            super::simd(|| {
+                let i0 = blk * FEATURE_BLOCK;
+                let n = gb_blk.len();
+                let mut ge = super::scratch::take(n * d);
+                ge.fill(0.0);
+                gd_blk.fill(0.0);
+                for k in 0..n {
+                    let (rows, fv) = ft.row(i0 + k);
+                    let (a, _) = (ft.ptr[i0 + k], ft.ptr[i0 + k + 1]);
+                    let gd = &mut gd_blk[k * d..(k + 1) * d];
+                    let ger = &mut ge[k * d..(k + 1) * d];
+                    let mut sum = 0.0f32;
+                    for (e, (&b, &v)) in rows.iter().zip(fv).enumerate() {
+                        let b = b as usize;
+                        let dv = dval[order[a + e] as usize];
+                        let db = &dxh[b * d..(b + 1) * d];
+                        let cb = &xc[b * d..(b + 1) * d];
+                        for (((o, a), p), c) in gd.iter_mut().zip(db).zip(ger.iter_mut()).zip(cb) {
+                            *o += v * a;
+                            *p += dv * c;
+                        }
+                        sum += dv;
                     }
-                    sum += dv;
+                    gb_blk[k] = sum;
                 }
-                gb_blk[k] = sum;
-            }
-            for j in 0..d {
-                // SAFETY: row j, columns i0..i0+n of ∂W_enc [d, F]: inside the buffer (i0 + n ≤ F, j < d) and
-                // written by this block only.
-                let dst = unsafe { std::slice::from_raw_parts_mut(genc.at(j * fs + i0), n) };
-                for (k, o) in dst.iter_mut().enumerate() {
-                    *o = ge[k * d + j];
+                for j in 0..d {
+                    // SAFETY: row j, columns i0..i0+n of ∂W_enc [d, F]: inside the buffer (i0 + n ≤ F, j < d) and
+                    // written by this block only.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(genc.at(j * fs + i0), n) };
+                    for (k, o) in dst.iter_mut().enumerate() {
+                        *o = ge[k * d + j];
+                    }
                 }
-            }
+            })
         });
     b_dec_grad(s, &dxh, w.w_enc, g.b_enc, g.b_dec);
 }

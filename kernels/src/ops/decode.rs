@@ -59,12 +59,14 @@ pub fn fast_sparse(s: Shape, csr: &Csr, w_dec: &[f32], b_dec: &[f32], xhat: &mut
         .for_each(|(b, row)| {
             row.copy_from_slice(b_dec);
             let (idx, val) = csr.row(b);
-            for (&i, &v) in idx.iter().zip(val) {
-                let w = &w_dec[i as usize * s.d_in..(i as usize + 1) * s.d_in];
-                for (o, wv) in row.iter_mut().zip(w) {
-                    *o += v * wv;
+            super::simd(|| {
+                for (&i, &v) in idx.iter().zip(val) {
+                    let w = &w_dec[i as usize * s.d_in..(i as usize + 1) * s.d_in];
+                    for (o, wv) in row.iter_mut().zip(w) {
+                        *o += v * wv;
+                    }
                 }
-            }
+            })
         });
 }
 

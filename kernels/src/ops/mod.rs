@@ -50,9 +50,9 @@ pub enum Activation {
 /// When the fraction of firing (token, feature) pairs is below this, the fast ops take the sparse path. Decided per
 /// batch from that batch's codes (so the path follows L0 as it falls during training, and the choice is a function of
 /// the data: same seed, same path, same bits). Measured crossover at the reference shape on a 2-core AMD EPYC VM
-/// (`cargo bench -p saeperf-kernels --bench ops -- sparse_vs_dense`): backward sparse 74 ms vs dense 90 ms at
-/// density 0.10, 127 vs 96 at 0.15; decode 24.5 vs 27.1 ms at 0.10, 42 vs 32 at 0.15.
-pub const SPARSE_DENSITY: f64 = 0.1;
+/// with AVX2 (`cargo bench -p saeperf-kernels --bench ops -- sparse_vs_dense`; sparse vs dense): backward 66 vs
+/// 90 ms at density 0.10, 98 vs 89 at 0.15; decode 17.9 vs 28.4 ms at 0.10, 26.9 vs 26.6 at 0.15.
+pub const SPARSE_DENSITY: f64 = 0.125;
 
 /// Reused f32 buffers for the ops' temporaries, so that a training step allocates (and page-faults in) nothing after
 /// its first step: a buffer taken here goes back to the calling thread's pool when dropped. Its contents are stale
@@ -114,9 +114,34 @@ pub(crate) mod scratch {
 /// one dependent chain, at one add per four cycles; 32 lanes keep eight SIMD adds in flight).
 const DOT_LANES: usize = 32;
 
+/// Runs `f` inside a function compiled for AVX2 when the CPU has it, so that the loops inlined into it use 256-bit
+/// vectors (the build targets baseline x86-64, whose SIMD is 128-bit SSE2). The bits are the same either way: Rust
+/// never contracts a·b + c into an FMA, and each SIMD lane performs the same scalar operations in the same order
+/// whatever the vector width, so a machine with and without AVX2 trains the same dictionary.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 /// ⟨a, b⟩ in a fixed order: lane l sums the products at positions ≡ l (mod 32), the lanes are added pairwise, then
 /// the tail. Deterministic (the order depends on the length only), and vectorised by the compiler.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    simd(|| dot_body(a, b))
+}
+
+#[inline(always)]
+pub(crate) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot: lengths");
     let mut acc = [0.0f32; DOT_LANES];
     let (ca, cb) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
