@@ -841,8 +841,13 @@ fn time_to_quality_the_step_breakdown_and_the_torch_peer_are_stored() {
         );
         return;
     };
+    // Exit 2 is allowed: this run compares with the first, and the tiny benchmark's timings are noise-sized.
     let (o, v) = bench(&e, &[("SAEPERF_TORCH_PYTHON", &py)]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        o.status.success() || o.status.code() == Some(2),
+        "{}",
+        text(&o)
+    );
     let peer = result(&v, "reaches/torch-peer");
     assert_eq!(peer["status"], "ok", "{peer}");
     let pm = &peer["metrics"];

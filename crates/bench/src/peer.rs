@@ -56,6 +56,17 @@ pub struct PeerReport {
     pub encoder_matmul_gflops: f64,
 }
 
+/// How the peer is run: which Python, on which device, at which shape, for how many steps, on how many threads.
+#[derive(Debug, Clone)]
+pub struct PeerJob {
+    pub python: String,
+    pub cuda: bool,
+    pub shape: ShapeSpec,
+    pub steps: usize,
+    pub warmup: usize,
+    pub threads: usize,
+}
+
 /// Our side of the ratio: a training benchmark of this run.
 pub struct Ours<'a> {
     pub name: &'a str,
@@ -68,17 +79,7 @@ pub struct Ours<'a> {
 /// `peer.torch.encoder_gflops`, and where our training benchmark ran in this run, `ratio.steady` (our steady-state
 /// tokens/s over the peer's) and `ratio.overall` (our whole-run tokens/s over the peer's). Never fails the run: an
 /// error is the benchmark's `failed` status.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    name: &str,
-    py: &str,
-    cuda: bool,
-    shape: ShapeSpec,
-    steps: usize,
-    warmup: usize,
-    threads: usize,
-    ours: Ours<'_>,
-) -> BenchResult {
+pub fn run(name: &str, job: &PeerJob, ours: Ours<'_>) -> BenchResult {
     let mut r = BenchResult {
         name: name.to_string(),
         kind: BenchKind::Peer,
@@ -91,7 +92,7 @@ pub fn run(
         curve: vec![],
         extra: serde_json::Value::Null,
     };
-    let report = match measure(py, cuda, shape, steps, warmup, threads, ours.topk) {
+    let report = match measure(job, ours.topk) {
         Ok(p) => p,
         Err(e) => {
             r.status = BenchStatus::Failed(e);
@@ -109,8 +110,8 @@ pub fn run(
     let mut extra = serde_json::json!({
         "peer": report,
         "against": ours.name,
-        "shape": shape,
-        "threads": threads,
+        "shape": job.shape,
+        "threads": job.threads,
     });
     let our = ours.result.filter(|o| o.status.is_ok()).map(|o| {
         let get = |k: &str| o.extra.get(k).and_then(|v| v.as_f64());
@@ -141,28 +142,21 @@ pub fn run(
     r
 }
 
-fn measure(
-    py: &str,
-    cuda: bool,
-    shape: ShapeSpec,
-    steps: usize,
-    warmup: usize,
-    threads: usize,
-    topk: Option<usize>,
-) -> Result<PeerReport, String> {
+fn measure(job: &PeerJob, topk: Option<usize>) -> Result<PeerReport, String> {
+    let (py, shape) = (job.python.as_str(), job.shape);
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let script = dir.path().join("torch_baseline.py");
     let out = dir.path().join("peer.json");
     std::fs::write(&script, SCRIPT).map_err(|e| format!("writing the peer script: {e}"))?;
     let mut cmd = Command::new(py);
     cmd.arg(&script)
-        .args(["--device", if cuda { "cuda" } else { "cpu" }])
-        .args(["--threads", &threads.to_string()])
+        .args(["--device", if job.cuda { "cuda" } else { "cpu" }])
+        .args(["--threads", &job.threads.to_string()])
         .args(["--batch", &shape.batch.to_string()])
         .args(["--d-in", &shape.d_in.to_string()])
         .args(["--d-sae", &shape.d_sae.to_string()])
-        .args(["--steps", &steps.to_string()])
-        .args(["--warmup", &warmup.to_string()])
+        .args(["--steps", &job.steps.to_string()])
+        .args(["--warmup", &job.warmup.to_string()])
         .arg("--json-out")
         .arg(&out)
         .stdin(std::process::Stdio::null())

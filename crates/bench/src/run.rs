@@ -456,14 +456,17 @@ pub fn execute(p: &Prepared) -> Result<Executed> {
         } = spec
         {
             let d_in = p.data.set(data).map(|s| s.d_in()).unwrap_or(0);
+            let job = crate::peer::PeerJob {
+                python: crate::peer::python(),
+                cuda: p.device.backend == RunBackend::Cuda,
+                shape: crate::suite::ShapeSpec { d_in, ..*shape },
+                steps: *steps,
+                warmup: *warmup,
+                threads: rayon::current_num_threads(),
+            };
             let r = crate::peer::run(
                 name,
-                &crate::peer::python(),
-                p.device.backend == RunBackend::Cuda,
-                crate::suite::ShapeSpec { d_in, ..*shape },
-                *steps,
-                *warmup,
-                rayon::current_num_threads(),
+                &job,
                 crate::peer::Ours {
                     name: against,
                     result: trained.get(against),

@@ -910,70 +910,33 @@ pub fn train_on<B: Backend>(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let host = |buf: &B::Buf| backend.download(buf);
-    let p = p.try_map(host).map_err(be)?;
-    if p.w_enc
-        .iter()
-        .chain(&p.w_dec)
-        .chain(&p.b_enc)
-        .chain(&p.b_dec)
-        .any(|x| !x.is_finite())
-    {
-        bail!(Diverged(format!(
-            "training diverged: the parameters hold NaN or Inf after {} steps",
+    let sae = snapshot(backend, &init.cfg, &p, &jump, batch_theta, &gated)?;
+    let diverged = |what: &str| {
+        Diverged(format!(
+            "training diverged: {what} after {} steps",
             cfg.steps
-        )));
+        ))
+    };
+    let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+    if ![&sae.w_enc, &sae.w_dec, &sae.b_enc, &sae.b_dec]
+        .iter()
+        .all(|v| finite(v))
+    {
+        bail!(diverged("the parameters hold NaN or Inf"));
     }
-    let threshold = match (&jump, batch_theta) {
-        (Some(j), _) => Some(
-            backend
-                .download(&j.t)
-                .map_err(be)?
-                .iter()
-                .map(|t| t.exp())
-                .collect::<Vec<f32>>(),
-        ),
-        (None, Some(t)) => Some(vec![t as f32; d_sae]),
-        (None, None) if arch.has_threshold() => bail!(Diverged(format!(
+    match &sae.threshold {
+        None if arch.has_threshold() => bail!(Diverged(format!(
             "training kept no activation in {} steps, so {arch} has no threshold (every pre-activation was ≤ 0)",
             cfg.steps
         ))),
-        _ => None,
-    };
-    if threshold
-        .as_ref()
-        .is_some_and(|t| t.iter().any(|v| !v.is_finite()))
-    {
-        bail!(Diverged(format!(
-            "training diverged: a threshold is NaN or Inf after {} steps",
-            cfg.steps
-        )));
+        Some(t) if !finite(t) => bail!(diverged("a threshold is NaN or Inf")),
+        _ => {}
     }
-    let gated = match &gated {
-        Some((r, bm, _)) => {
-            let gm = saeperf_kernels::GatedMag {
-                r_mag: backend.download(&r.t).map_err(be)?,
-                b_mag: backend.download(&bm.t).map_err(be)?,
-            };
-            if gm.r_mag.iter().chain(&gm.b_mag).any(|v| !v.is_finite()) {
-                bail!(Diverged(format!(
-                    "training diverged: r_mag or b_mag holds NaN or Inf after {} steps",
-                    cfg.steps
-                )));
-            }
-            Some(gm)
+    if let Some(gm) = &sae.gated {
+        if !(finite(&gm.r_mag) && finite(&gm.b_mag)) {
+            bail!(diverged("r_mag or b_mag holds NaN or Inf"));
         }
-        None => None,
-    };
-    let sae = Sae {
-        cfg: init.cfg,
-        w_enc: p.w_enc,
-        b_enc: p.b_enc,
-        w_dec: p.w_dec,
-        b_dec: p.b_dec,
-        threshold,
-        gated,
-    };
+    }
     Ok(TrainOutcome {
         sae,
         curve,
