@@ -54,6 +54,25 @@ fn inputs(s: Shape) -> Inputs {
     Inputs { s, x, p, f, xhat }
 }
 
+type BackwardFn = fn(Shape, &[f32], &[f32], &[f32], f32, backward::Weights, backward::GradsMut);
+
+/// One call of a backward variant on the inputs' weights and residual, with codes `f`, into `gr`.
+fn backward_once(op: BackwardFn, inp: &Inputs, f: &[f32], gr: &mut Params<Vec<f32>>) {
+    let w = backward::Weights {
+        w_enc: &inp.p.w_enc,
+        b_enc: &inp.p.b_enc,
+        w_dec: &inp.p.w_dec,
+        b_dec: &inp.p.b_dec,
+    };
+    let gm = backward::GradsMut {
+        w_enc: &mut gr.w_enc,
+        b_enc: &mut gr.b_enc,
+        w_dec: &mut gr.w_dec,
+        b_dec: &mut gr.b_dec,
+    };
+    op(inp.s, &inp.x, f, &inp.xhat, 1.0, w, gm)
+}
+
 fn bench_ops(c: &mut Criterion) {
     let inp = inputs(Shape::REFERENCE);
     let s = inp.s;
@@ -102,19 +121,7 @@ fn bench_ops(c: &mut Criterion) {
                 } else {
                     backward::reference
                 };
-                let w = backward::Weights {
-                    w_enc: &inp.p.w_enc,
-                    b_enc: &inp.p.b_enc,
-                    w_dec: &inp.p.w_dec,
-                    b_dec: &inp.p.b_dec,
-                };
-                let gm = backward::GradsMut {
-                    w_enc: &mut gr.w_enc,
-                    b_enc: &mut gr.b_enc,
-                    w_dec: &mut gr.w_dec,
-                    b_dec: &mut gr.b_dec,
-                };
-                op(s, &inp.x, &inp.f, &inp.xhat, 1.0, w, gm)
+                backward_once(op, &inp, &inp.f, &mut gr)
             })
         });
         let mut counts = vec![0u32; s.d_sae];
@@ -230,19 +237,7 @@ fn bench_sparse_vs_dense(c: &mut Criterion) {
                     } else {
                         backward::fast_dense
                     };
-                    let w = backward::Weights {
-                        w_enc: &inp.p.w_enc,
-                        b_enc: &inp.p.b_enc,
-                        w_dec: &inp.p.w_dec,
-                        b_dec: &inp.p.b_dec,
-                    };
-                    let gm = backward::GradsMut {
-                        w_enc: &mut gr.w_enc,
-                        b_enc: &mut gr.b_enc,
-                        w_dec: &mut gr.w_dec,
-                        b_dec: &mut gr.b_dec,
-                    };
-                    op(s, &inp.x, &f, &inp.xhat, 1.0, w, gm)
+                    backward_once(op, &inp, &f, &mut gr)
                 })
             });
         }

@@ -304,22 +304,12 @@ fn one_seed<B: Backend>(
 ) -> Result<SeedOutcome> {
     let cfg = train_config(t, seed);
     let out = saeperf_sae::train::train_on(backend, &cfg, set, false)?;
-    let per_step_ms = |t: &saeperf_sae::train::PhaseTimes, steps: usize| -> serde_json::Value {
-        saeperf_sae::train::Phase::ALL
-            .iter()
-            .map(|ph| {
-                let ms = t.get(*ph) / steps.max(1) as f64 * 1e3;
-                (ph.name().to_string(), serde_json::json!(ms))
-            })
-            .collect::<serde_json::Map<_, _>>()
-            .into()
-    };
     let mut extra = serde_json::json!({
         "tokens_per_sec": out.tokens_per_sec,
         "steady_tokens_per_sec": out.steady_tokens_per_sec,
         "reached_fvu": out.reached_fvu,
-        "phase_ms": per_step_ms(&out.phases, cfg.steps),
-        "steady_phase_ms": per_step_ms(&out.steady_phases, cfg.steps - cfg.steps / 2),
+        "phase_ms": out.phases.per_step_ms_json(cfg.steps),
+        "steady_phase_ms": out.steady_phases.per_step_ms_json(cfg.steps - cfg.steps / 2),
         "resamples": out.resamples,
         "train_backend": out.backend,
     });
@@ -384,20 +374,24 @@ fn time_to_quality(
     extra: &mut serde_json::Value,
     notes: &mut Vec<String>,
 ) -> Result<()> {
+    // time_to.<what>_{reached, steps, secs}; steps and secs only when reached.
+    let record = |metrics: &mut BTreeMap<String, f64>, what: &str, at: Option<(usize, f64)>| {
+        metrics.insert(
+            format!("time_to.{what}_reached"),
+            f64::from(u8::from(at.is_some())),
+        );
+        if let Some((step, secs)) = at {
+            metrics.insert(format!("time_to.{what}_steps"), step as f64);
+            metrics.insert(format!("time_to.{what}_secs"), secs);
+        }
+    };
     if let Some(target) = t.target_fvu {
-        match out.reached_fvu {
-            Some(r) => {
-                metrics.insert("time_to.fvu_reached".into(), 1.0);
-                metrics.insert("time_to.fvu_steps".into(), r.step as f64);
-                metrics.insert("time_to.fvu_secs".into(), r.secs);
-            }
-            None => {
-                metrics.insert("time_to.fvu_reached".into(), 0.0);
-                notes.push(format!(
-                    "time to FVU {target}: not reached in {} steps",
-                    t.steps
-                ));
-            }
+        record(metrics, "fvu", out.reached_fvu.map(|r| (r.step, r.secs)));
+        if out.reached_fvu.is_none() {
+            notes.push(format!(
+                "time to FVU {target}: not reached in {} steps",
+                t.steps
+            ));
         }
     }
     let Some(target) = t.target_loss_recovered else {
@@ -439,19 +433,16 @@ fn time_to_quality(
         "snapshots": cps.iter().map(|c| c.step).collect::<Vec<_>>(),
         "measured": measured.iter().map(|(i, v)| serde_json::json!({"step": cps[*i].step, "secs": cps[*i].secs, "loss_recovered": v})).collect::<Vec<_>>(),
     });
-    match cps.get(lo) {
-        Some(c) => {
-            metrics.insert("time_to.loss_recovered_reached".into(), 1.0);
-            metrics.insert("time_to.loss_recovered_steps".into(), c.step as f64);
-            metrics.insert("time_to.loss_recovered_secs".into(), c.secs);
-        }
-        None => {
-            metrics.insert("time_to.loss_recovered_reached".into(), 0.0);
-            notes.push(format!(
-                "time to loss recovered {target}: not reached by the last of {} snapshots",
-                cps.len()
-            ));
-        }
+    record(
+        metrics,
+        "loss_recovered",
+        cps.get(lo).map(|c| (c.step, c.secs)),
+    );
+    if lo == cps.len() {
+        notes.push(format!(
+            "time to loss recovered {target}: not reached by the last of {} snapshots",
+            cps.len()
+        ));
     }
     Ok(())
 }

@@ -420,11 +420,18 @@ impl PhaseTimes {
     pub fn total(&self) -> f64 {
         self.0.iter().sum()
     }
-    /// `{phase: seconds}` for training.json and the bench's metrics.
+    /// `{phase: seconds}` for training.json.
     pub fn to_json(&self) -> serde_json::Value {
+        self.scaled_json(1.0)
+    }
+    /// `{phase: milliseconds per step}` over `steps` steps, for a training benchmark's `extra`.
+    pub fn per_step_ms_json(&self, steps: usize) -> serde_json::Value {
+        self.scaled_json(1e3 / steps.max(1) as f64)
+    }
+    fn scaled_json(&self, k: f64) -> serde_json::Value {
         Phase::ALL
             .iter()
-            .map(|p| (p.name().to_string(), serde_json::json!(self.get(*p))))
+            .map(|p| (p.name().to_string(), serde_json::json!(self.get(*p) * k)))
             .collect::<serde_json::Map<_, _>>()
             .into()
     }
