@@ -59,7 +59,8 @@ fn failed(name: &str, kind: BenchKind, why: String) -> BenchResult {
     )
 }
 
-/// Compile every kernel for every checked architecture and record its ptxas resources.
+/// Compile every kernel for every checked architecture and record its ptxas resources (and, where nvdisasm exists,
+/// its static SASS instruction mix, `kernel.<arch>.<kernel>.sass.*`).
 pub fn run_resources(name: &str) -> BenchResult {
     let fail = |m: String| failed(name, BenchKind::Resources, m);
     let report = match cuda::compile_all(|_| {}) {
@@ -81,6 +82,10 @@ pub fn run_resources(name: &str) -> BenchResult {
         "nvrtc": report.nvrtc,
         "sources": report.sources,
         "ptxas": report.ptxas.as_ref().ok(),
+        // The nvdisasm behind the kernel.*.sass.* metrics, or why they are absent.
+        "nvdisasm": match &report.nvdisasm {
+            Ok(p) | Err(p) => p,
+        },
         "kernels": report.resources.len(),
         "spilling": spilling,
         "compile_ms": report.compiled.iter().map(|c| c.compile_ms).sum::<f64>(),
@@ -131,4 +136,90 @@ pub fn run_cuda_ops(
         }
         Err(e) => fail(format!("timing the CUDA ops: {e}")),
     }
+}
+
+/// Why the kernel emulator cannot be built here (None: a C++ compiler is there).
+pub fn emulator_unavailable() -> Option<String> {
+    cuda::emu::compiler().err()
+}
+
+/// Run every kernel in the counting emulator at its fixed small shapes: counted global sectors and requests,
+/// coalescing, shared-memory requests and bank conflicts, barriers and fp32 operations per kernel
+/// (`kernel.emu.<kernel>.<metric>`), and how many of the emulator's comparisons with the references failed.
+pub fn run_emulated(name: &str) -> BenchResult {
+    let fail = |m: String| failed(name, BenchKind::Emulated, m);
+    let emu = match cuda::emu::Emulator::build() {
+        Ok(e) => e,
+        Err(e) => return fail(format!("building the kernel emulator: {e}")),
+    };
+    let report = match emu.count() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("counting the kernels: {e}")),
+    };
+    if report.failed > 0 {
+        tracing::warn!(
+            "{name}: {} of {} emulated kernel results differ from their references: {}",
+            report.failed,
+            report.comparisons,
+            report.failures.join("; ")
+        );
+    }
+    let extra = serde_json::json!({
+        "compiler": report.compiler,
+        "sources": report.sources,
+        "shapes": report.shapes,
+        "comparisons": report.comparisons,
+        "failed": report.failed,
+        "failures": report.failures,
+        "build_ms": report.build_ms,
+        "run_ms": report.run_ms,
+        "kernels": report.kernels,
+    });
+    result(
+        name,
+        BenchKind::Emulated,
+        BenchStatus::Ok,
+        report.metrics(),
+        extra,
+    )
+}
+
+/// Emulate the ops' kernel sequences at `shape` (a few blocks of each launch, scaled to the grid) and estimate each
+/// kernel's time at an H100's and an H200's peak (`roofline.<op>.<kernel>.<h100_us|h200_us|flops|sector_bytes>`).
+pub fn run_roofline(name: &str, shape: ShapeSpec, topk: usize) -> BenchResult {
+    let fail = |m: String| failed(name, BenchKind::Roofline, m);
+    let emu = match cuda::emu::Emulator::build() {
+        Ok(e) => e,
+        Err(e) => return fail(format!("building the kernel emulator: {e}")),
+    };
+    let shape = Shape::new(shape.batch, shape.d_in, shape.d_sae);
+    let report = match emu.roofline(shape, topk) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("emulating the kernels at {shape:?}: {e}")),
+    };
+    let measured: BTreeMap<String, String> = report
+        .rows
+        .iter()
+        .filter_map(|r| {
+            cuda::emu::RooflineReport::measured_metric(&r.op, topk).map(|m| (r.op.clone(), m))
+        })
+        .collect();
+    let extra = serde_json::json!({
+        "compiler": report.compiler,
+        "sources": report.sources,
+        "shape": report.shape,
+        "topk": report.k,
+        "sampled_blocks": report.sampled_blocks,
+        "peaks": cuda::emu::PEAKS,
+        "rows": report.rows,
+        "measured_metric": measured,
+        "run_ms": report.run_ms,
+    });
+    result(
+        name,
+        BenchKind::Roofline,
+        BenchStatus::Ok,
+        report.metrics(),
+        extra,
+    )
 }

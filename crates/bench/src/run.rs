@@ -140,6 +140,8 @@ pub fn prepare(
     let mut skipped = BTreeMap::new();
     // Looked for only when the suite has a resources benchmark (it loads NVRTC).
     let mut resources_missing: Option<Option<String>> = None;
+    // Looked for only when the suite has an emulated or roofline benchmark (a C++ compiler).
+    let mut cxx_missing: Option<Option<String>> = None;
     // Looked for only when the suite has a peer benchmark (it starts Python once).
     let mut torch_missing: Option<Option<String>> = None;
     let trains: Vec<String> = resolved
@@ -165,6 +167,16 @@ pub fn prepare(
                 None => true,
                 Some(why) => {
                     eprintln!("{name}: skipped: {why}");
+                    false
+                }
+            }
+        }
+        BenchSpec::Emulated { name } | BenchSpec::Roofline { name, .. } => {
+            match cxx_missing.get_or_insert_with(kernels::emulator_unavailable) {
+                None => true,
+                Some(why) => {
+                    eprintln!("{name}: skipped: {why}");
+                    skipped.insert(name.clone(), why.clone());
                     false
                 }
             }
@@ -322,6 +334,8 @@ pub fn run_one<B: Backend>(
             return train::run(t, true, data, backend, device.deterministic(), seeds)
         }
         BenchSpec::Resources { name } => kernels::run_resources(name),
+        BenchSpec::Emulated { name } => kernels::run_emulated(name),
+        BenchSpec::Roofline { name, shape, topk } => kernels::run_roofline(name, *shape, *topk),
         BenchSpec::CudaOps {
             name,
             shape,

@@ -223,6 +223,26 @@ pub struct ResourcesSpec {
     pub name: String,
 }
 
+/// The CUDA kernels in the CPU emulator (counted traffic, bank conflicts, barriers, fp32 operations per kernel at
+/// fixed small shapes): needs a C++ compiler, no GPU; skipped with a note where g++ is missing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmulatedSpec {
+    pub name: String,
+}
+
+/// The ops' kernels emulated at `shape` (a few blocks per launch, scaled to the grid) and their time at the peak of
+/// an H100 and an H200: needs a C++ compiler, no GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RooflineSpec {
+    pub name: String,
+    pub shape: String,
+    /// k of the TopK (sparse) sequences.
+    #[serde(default = "default_cuda_topk")]
+    pub topk: usize,
+}
+
 /// The CUDA op timings next to cuBLAS SGEMM (CUDA events, median of `iters`): only with the cuda backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,6 +308,10 @@ pub struct Suite {
     pub op: Vec<OpSpec>,
     #[serde(default)]
     pub resources: Vec<ResourcesSpec>,
+    #[serde(default)]
+    pub emulated: Vec<EmulatedSpec>,
+    #[serde(default)]
+    pub roofline: Vec<RooflineSpec>,
     #[serde(default)]
     pub cuda_ops: Vec<CudaOpsSpec>,
     #[serde(default)]
@@ -418,6 +442,14 @@ pub enum BenchSpec {
     Resources {
         name: String,
     },
+    Emulated {
+        name: String,
+    },
+    Roofline {
+        name: String,
+        shape: ShapeSpec,
+        topk: usize,
+    },
     CudaOps {
         name: String,
         shape: ShapeSpec,
@@ -445,6 +477,8 @@ impl BenchSpec {
             BenchSpec::Train(t) | BenchSpec::Prune(t) => &t.name,
             BenchSpec::Op { name, .. }
             | BenchSpec::Resources { name }
+            | BenchSpec::Emulated { name }
+            | BenchSpec::Roofline { name, .. }
             | BenchSpec::CudaOps { name, .. }
             | BenchSpec::Peer { name, .. } => name,
         }
@@ -618,6 +652,28 @@ impl Suite {
                 return bad(format!("benchmark name {} is used twice", r.name));
             }
         }
+        for e in &self.emulated {
+            if !names.insert(e.name.clone()) {
+                return bad(format!("benchmark name {} is used twice", e.name));
+            }
+        }
+        for r in &self.roofline {
+            if !self.shapes.contains_key(&r.shape) {
+                return bad(format!(
+                    "roofline benchmark {}: shape {:?} is not defined in [shapes]",
+                    r.name, r.shape
+                ));
+            }
+            if r.topk == 0 {
+                return bad(format!(
+                    "roofline benchmark {}: topk must be at least 1",
+                    r.name
+                ));
+            }
+            if !names.insert(r.name.clone()) {
+                return bad(format!("benchmark name {} is used twice", r.name));
+            }
+        }
         for c in &self.cuda_ops {
             if !self.shapes.contains_key(&c.shape) {
                 return bad(format!(
@@ -665,6 +721,8 @@ impl Suite {
             .map(|t| t.name.as_str())
             .chain(self.op.iter().map(|o| o.name.as_str()))
             .chain(self.resources.iter().map(|r| r.name.as_str()))
+            .chain(self.emulated.iter().map(|e| e.name.as_str()))
+            .chain(self.roofline.iter().map(|r| r.name.as_str()))
             .chain(self.cuda_ops.iter().map(|c| c.name.as_str()))
             .chain(self.peer.iter().map(|c| c.name.as_str()))
             .collect();
@@ -811,6 +869,18 @@ impl Suite {
         benches.extend(self.resources.iter().filter(|r| keep(&r.name)).map(|r| {
             BenchSpec::Resources {
                 name: r.name.clone(),
+            }
+        }));
+        benches.extend(self.emulated.iter().filter(|e| keep(&e.name)).map(|e| {
+            BenchSpec::Emulated {
+                name: e.name.clone(),
+            }
+        }));
+        benches.extend(self.roofline.iter().filter(|r| keep(&r.name)).map(|r| {
+            BenchSpec::Roofline {
+                name: r.name.clone(),
+                shape: self.shapes[&r.shape],
+                topk: r.topk,
             }
         }));
         benches.extend(self.cuda_ops.iter().filter(|c| keep(&c.name)).map(|c| {

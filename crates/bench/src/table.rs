@@ -46,6 +46,57 @@ fn kernel_summary(r: &BenchResult) -> Option<String> {
                 .collect();
             Some(format!("{}: {}", r.name, parts.join("; ")))
         }
+        BenchKind::Emulated => {
+            let by = |what: &'static str| {
+                r.metrics
+                    .iter()
+                    .filter(move |(k, _)| k.ends_with(what))
+                    .map(move |(k, v)| {
+                        (
+                            k.trim_end_matches(what).trim_start_matches("kernel.emu."),
+                            *v,
+                        )
+                    })
+            };
+            let n = by(".coalescing").count();
+            let (worst, eff) = by(".coalescing").min_by(|a, b| a.1.total_cmp(&b.1))?;
+            let conflicted: Vec<String> = by(".bank_conflicts")
+                .filter(|(_, v)| *v > 0.0)
+                .map(|(k, v)| format!("{k} {v:.0}"))
+                .collect();
+            let failed = r
+                .metrics
+                .get("kernel.emu.failed_checks")
+                .copied()
+                .unwrap_or(0.0);
+            Some(format!(
+                "{}: {n} kernels emulated, least coalesced {worst} ({:.0}%), bank conflicts: {}{}",
+                r.name,
+                eff * 100.0,
+                if conflicted.is_empty() {
+                    "none".to_string()
+                } else {
+                    conflicted.join(", ")
+                },
+                if failed > 0.0 {
+                    format!("; {failed:.0} RESULTS DIFFER FROM THE REFERENCES")
+                } else {
+                    String::new()
+                }
+            ))
+        }
+        BenchKind::Roofline => {
+            let ops: Vec<String> = r
+                .metrics
+                .iter()
+                .filter_map(|(k, v)| {
+                    // roofline.<family.variant>.h100_us is an op's sum; one more segment names a kernel.
+                    let op = k.strip_prefix("roofline.")?.strip_suffix(".h100_us")?;
+                    (op.matches('.').count() == 1).then(|| format!("{op} {v:.0} µs"))
+                })
+                .collect();
+            Some(format!("{}: at an H100's peak: {}", r.name, ops.join("; ")))
+        }
         _ => None,
     }
 }

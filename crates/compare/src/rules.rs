@@ -167,6 +167,45 @@ impl Default for Rules {
         metrics.insert("kernel.*.spill_bytes".into(), exact(LowerIsBetter, 0.0));
         metrics.insert("kernel.*.registers".into(), exact(LowerIsBetter, 0.10));
         metrics.insert("kernel.*.smem_bytes".into(), exact(LowerIsBetter, 0.25));
+        // The static SASS mix (nvdisasm): instruction counts move only when the kernel or the compiler does.
+        for m in [
+            "kernel.*.sass.instructions",
+            "kernel.*.sass.main_loop_instructions",
+        ] {
+            metrics.insert(m.into(), exact(LowerIsBetter, 0.05));
+        }
+        metrics.insert(
+            "kernel.*.sass.fma_share".into(),
+            exact(HigherIsBetter, 0.05),
+        );
+        for m in ["kernel.*.sass.*_loads", "kernel.*.sass.*_stores"] {
+            metrics.insert(m.into(), exact(LowerIsBetter, 0.10));
+        }
+        // The emulated kernels' counts (docs/kernel-metrics.md) repeat exactly: 5% more traffic, requests, barriers or
+        // fp32 operations, 5% lower coalescing, and any new bank conflict or failed check count.
+        for m in [
+            "global_load_sectors",
+            "global_store_sectors",
+            "global_requests",
+            "shared_requests",
+            "atomics",
+            "barriers_per_block",
+            "fp32_ops_per_thread",
+            "flops",
+        ] {
+            metrics.insert(format!("kernel.emu.*.{m}"), exact(LowerIsBetter, 0.05));
+        }
+        metrics.insert(
+            "kernel.emu.*.coalescing".into(),
+            exact(HigherIsBetter, 0.05),
+        );
+        metrics.insert(
+            "kernel.emu.*.bank_conflicts".into(),
+            exact(LowerIsBetter, 0.0),
+        );
+        metrics.insert("kernel.emu.failed_checks".into(), exact(LowerIsBetter, 0.0));
+        // The roofline is an estimate from those counts: recorded and shown, not judged.
+        metrics.insert("roofline.*".into(), exact(None, 0.0));
         // Counted cost (instructions, estimated cycles under Valgrind) is deterministic: 1% either way counts.
         metrics.insert("instructions".into(), exact(LowerIsBetter, 0.01));
         metrics.insert("est_cycles".into(), exact(LowerIsBetter, 0.01));

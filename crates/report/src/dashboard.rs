@@ -1702,6 +1702,8 @@ fn run_page(
                     BenchKind::Prune => "training + pruning",
                     BenchKind::Op => "op",
                     BenchKind::Resources => "kernel resources (ptxas)",
+                    BenchKind::Emulated => "kernels emulated (counted traffic)",
+                    BenchKind::Roofline => "kernel roofline (H100 / H200)",
                     BenchKind::CudaOps => "CUDA ops vs cuBLAS",
                     BenchKind::Peer => "PyTorch peer",
                     BenchKind::Calibration => "detector calibration",

@@ -132,6 +132,11 @@ pub enum BenchKind {
     Resources,
     /// The CUDA ops timed with CUDA events next to cuBLAS SGEMM (GPU only); one median per metric.
     CudaOps,
+    /// The CUDA kernels run in the CPU emulator at fixed small shapes: counted memory traffic, bank conflicts,
+    /// barriers and fp32 operations per kernel; no GPU involved.
+    Emulated,
+    /// The ops' kernels emulated at a real shape (sampled blocks) and each one's time at an H100's and an H200's peak.
+    Roofline,
     /// PyTorch's training step at a training benchmark's shape and threads, and our throughput's ratio to it.
     Peer,
     /// `runner calibrate`: the detector measured on this machine (A/A comparisons, injected slowdowns).

@@ -1,8 +1,11 @@
-// check.cpp: runs every kernel of kernels/cuda/*.cu in the CPU emulator (emu.h) against plain C++ references that
-// mirror kernels/src/ops/*.rs `reference`, with NaN-poisoned outputs and shapes that are and are not tile multiples.
-// Build and run:  g++ -std=c++20 -O1 -pthread -I kernels/cuda kernels/cuda/emu/check.cpp -o /tmp/emu && /tmp/emu
+// check.cpp: runs every kernel of kernels/cuda/*.cu in the CPU emulator (emu.h, rt.cpp) against plain C++ references
+// that mirror kernels/src/ops/*.rs `reference`, with NaN-poisoned outputs and shapes that are and are not tile multiples.
+// Build and run:  g++ -std=c++20 -O1 -pthread -I kernels/cuda kernels/cuda/emu/check.cpp kernels/cuda/emu/rt.cpp -o /tmp/emu
 // (the Rust test cuda::compile::tests::kernels_run_correctly_in_the_emulator does this when g++ is installed).
-// `--quick` checks three small shapes (about 20 s on 2 cores). Prints one line per comparison; exits 1 if any relative error exceeds 1e-4.
+// `--quick` checks three small shapes (about 20 s on 2 cores). Prints one line per comparison; exits 1 if any relative
+// error exceeds 1e-4.
+// `--count FILE` (the counting build, -DEMU_COUNT; kernels/src/cuda/emu.rs builds and runs it) runs the same checks at
+// the fixed counting shapes and writes every kernel's counted traffic and operations to FILE as JSON.
 #include "emu.h"
 #include <algorithm>
 #include <array>
@@ -10,7 +13,15 @@
 #include <map>
 #include <random>
 #include <string>
+#include <vector>
 
+#ifdef EMU_COUNT
+bool emu_write_counts(const char *path);
+void emu_set_sample(unsigned blocks);
+void emu_set_label(const char *label);
+// The kernels' `float` is the counting type (emu.h); the harness below keeps plain floats.
+#define float emu_f32
+#endif
 #include "../common.cuh"
 #include "../encode.cu"
 #include "../decode.cu"
@@ -23,6 +34,9 @@
 #include "../matryoshka.cu"
 #include "../gated.cu"
 #include "../auxk.cu"
+#ifdef EMU_COUNT
+#undef float
+#endif
 
 using V = std::vector<float>;
 static int failures = 0, comparisons = 0;
@@ -171,14 +185,16 @@ static void ref_gated(int B, int d, int F, const V &x, const V &we, const V &bg,
         }
 }
 
-// BatchTopK on the device (mirrors CudaBackend::batch_topk): four histogram passes, ties, apply.
+// BatchTopK on the device (mirrors CudaBackend::batch_topk): four histogram passes, ties, apply. The backend's
+// histogram grid is up to 1024 blocks; the checks use 6 (fewer emulated blocks, the same grid-stride code).
+static unsigned btk_hist_blocks = 6;
 static float dev_batchtopk(int B, int F, int k, const V &a, V &f) {
     const long long n = (long long)B * F;
     const unsigned long long kk = std::min((unsigned long long)k * B, (unsigned long long)n);
     if (kk == 0) { std::fill(f.begin(), f.end(), 0.0f); return 0.0f; }
     std::vector<unsigned> st{0u, 0u, (unsigned)kk, 0u}, hist(256, 0u), ties(B, 7u);
     for (int shift = 24; shift >= 0; shift -= 8) {
-        emu_launch(dim3{std::min(up((size_t)n, 256), 6u), 1, 1}, T256, btk_hist, n, shift, a.data(), (const unsigned *)st.data(), hist.data());
+        emu_launch(dim3{std::min(up((size_t)n, 256), btk_hist_blocks), 1, 1}, T256, btk_hist, n, shift, a.data(), (const unsigned *)st.data(), hist.data());
         emu_launch(dim3{1, 1, 1}, dim3{1, 1, 1}, btk_pick, shift, st.data(), hist.data());
     }
     emu_launch(dim3{(unsigned)B, 1, 1}, T256, btk_row_ties, B, F, a.data(), (const unsigned *)st.data(), ties.data());
@@ -451,11 +467,117 @@ static void dev_backward(bool sparse, int B, int d, int F, float l1, const V &x,
     emu_launch(dim3{(unsigned)d, 1, 1}, T256, bwd_bdec, d, F, we.data(), (const float *)gbe.data(), (const float *)dsum.data(), gbd.data());
 }
 
+#ifdef EMU_COUNT
+// --roofline B d F k: the ops' kernel sequences once at one (real) shape, as the CUDA backend launches them, each launch
+// emulating 2 blocks (the first and the last: an interior tile and an edge one) and scaling their counts to the grid; no references, nothing
+// compared. Counts are keyed "op|kernel", op as "family.variant". Dense codes are a ReLU of uniform noise (half fire), sparse ones k per row;
+// outputs start as realistic codes, so a kernel that reads what an unemulated block of the one before would have
+// written still sees codes of the right density. AuxK is left out: its chain (masked codes → per-row top-k → sparse
+// decode) depends on the very values sampling leaves unwritten.
+static void roofline(int B, int d, int F, int k) {
+    emu_set_sample(2);
+    btk_hist_blocks = 1024;
+    const size_t bf = (size_t)B * F, bd_ = (size_t)B * d, df = (size_t)d * F;
+    V x = randv(bd_, 1), we = randv(df, 0.5), be = randv(F, 0.2), wd = randv(df, 1), bd = randv(d, 0.1);
+    V fd = randv(bf, 1), fs(bf, 0.0f), xh = randv(bd_, 1), xo(bd_);
+    for (auto &v : fd) v = std::max(v, 0.0f);
+    V out = fd;
+    for (int b = 0; b < B; ++b)
+        for (int j = 0; j < k && j < F; ++j) fs[(size_t)b * F + (size_t)(rng() % F)] = 0.5f;
+    auto op = [](const char *label) { emu_set_label(label); };
+    op("encode.relu");
+    emu_launch(g2(up(F, 128), up(B, 128)), T256, encode_gemm_relu, B, d, F, x.data(), we.data(), be.data(), bd.data(), out.data());
+    op("encode.topk");
+    emu_launch(g2(up(F, 128), up(B, 128)), T256, encode_gemm_relu, B, d, F, x.data(), we.data(), be.data(), bd.data(), out.data());
+    emu_launch(dim3{(unsigned)B, 1, 1}, T256, topk_rows, B, F, k, out.data());
+    op("decode.dense");
+    emu_launch(g2(up(d, 128), up(B, 128)), T256, decode_gemm, B, d, F, fd.data(), wd.data(), bd.data(), xo.data());
+    op("decode.sparse");
+    emu_launch(g2(B, up(d, 1024)), T256, decode_sparse, B, d, F, fs.data(), wd.data(), bd.data(), xo.data());
+    V gwe(df), gbe(F), gwd(df), gbd(d);
+    op("backward.dense");
+    dev_backward(false, B, d, F, 0.3f, x, fd, xh, we, wd, bd, gwe, gbe, gwd, gbd);
+    op("backward.sparse");
+    dev_backward(true, B, d, F, 0.3f, x, fs, xh, we, wd, bd, gwe, gbe, gwd, gbd);
+    op("adam.all_params");
+    {
+        V m = randv(df, 0.1), v = randv(df, 0.1);
+        for (auto &q : v) q = std::fabs(q);
+        emu_launch(dim3{up(df, 256), 1, 1}, T256, adam_step, (long long)df, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f, 0.1f, we.data(), gwe.data(), m.data(), v.data());
+        emu_launch(dim3{(unsigned)F, 1, 1}, T256, adam_decoder_rows, F, d, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f, 0.1f, wd.data(), gwd.data(), m.data(), v.data());
+    }
+    op("reduce.batch_stats");
+    {
+        std::vector<double> rows((size_t)B * 3);
+        std::vector<unsigned> cnt(F, 0);
+        unsigned long long nnz = 0;
+        emu_launch(dim3{(unsigned)B, 1, 1}, T256, row_stats, B, d, F, x.data(), xh.data(), fd.data(), rows.data());
+        emu_launch(dim3{up(F, 256), 1, 1}, T256, feature_fire_counts, B, F, fd.data(), cnt.data());
+        emu_launch(dim3{std::min(up(bf, 256), 4096u), 1, 1}, T256, count_nonzero, (long long)bf, fd.data(), &nnz);
+    }
+    op("threshold.jumprelu");
+    {
+        V t(F, -1.0f), g(F);
+        emu_launch(dim3{up(bf, 256), 1, 1}, T256, threshold_rows, B, F, fd.data(), t.data(), out.data());
+        emu_launch(dim3{up(F, 32), 1, 1}, T256, threshold_grad, B, d, F, 0.05f, 0.7f, fd.data(), t.data(), x.data(), xh.data(), wd.data(), g.data());
+    }
+    op("batchtopk.select");
+    dev_batchtopk(B, F, k, fd, out);
+    op("gated.encode");
+    V rm = randv(F, 0.5), bm = randv(F, 0.2), pg = fd;
+    out = fd;
+    emu_launch(g2(up(F, 128), up(B, 128)), T256, gated_encode_gemm, B, d, F, x.data(), we.data(), be.data(), bd.data(), rm.data(), bm.data(), pg.data(), out.data());
+    op("gated.backward");
+    {
+        V g6[6] = {V(df), V(F), V(df), V(d), V(F), V(F)};
+        double sums[2];
+        dev_gated_backward(B, d, F, 0.4f, x, pg, out, xh, we, be, wd, bd, rm, g6, sums);
+    }
+    op("resample.dead");
+    {
+        std::vector<int> dead;
+        for (int i = 0; i < F; i += 64) dead.push_back(i);
+        const int nd = (int)dead.size();
+        V dirs = randv((size_t)nd * d, 1), sq(F), m(df), v(df), mb(F), vb(F), md(df), vd(df);
+        emu_launch(dim3{up(F, 256), 1, 1}, T256, enc_col_sq_norms, d, F, we.data(), sq.data());
+        emu_launch(dim3{(unsigned)nd, 1, 1}, T256, resample_write, nd, d, F, 0.2f, (const int *)dead.data(), (const float *)dirs.data(),
+                   we.data(), be.data(), wd.data(), m.data(), v.data(), mb.data(), vb.data(), md.data(), vd.data());
+    }
+    emu_set_label("");
+}
+#endif
+
 int main(int argc, char **argv) {
     // --quick (the Rust test): fewer blocks, still partial tiles in every GEMM dimension and > 1 tile in d and F.
-    const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
-    std::vector<std::array<int, 3>> shapes = {{1, 1, 1}, {7, 13, 29}, {5, 130, 133}};
-    if (!quick) shapes = {{1, 1, 1}, {7, 13, 29}, {40, 130, 260}, {33, 64, 300}};
+    const std::string mode = argc > 1 ? argv[1] : "";
+    std::vector<std::array<int, 3>> shapes = {{1, 1, 1}, {7, 13, 29}, {40, 130, 260}, {33, 64, 300}};
+    if (mode == "--quick") shapes = {{1, 1, 1}, {7, 13, 29}, {5, 130, 133}};
+    // --count: one shape whose d and F are multiples of 128 (the vector loads of the real shapes), one that is not.
+    if (mode == "--count") {
+#ifndef EMU_COUNT
+        std::fprintf(stderr, "--count needs the counting build (-DEMU_COUNT)\n");
+        return 2;
+#endif
+        if (argc < 3) {
+            std::fprintf(stderr, "usage: emu --count FILE\n");
+            return 2;
+        }
+        shapes = {{16, 128, 256}, {5, 130, 133}};
+    }
+#ifdef EMU_COUNT
+    if (mode == "--roofline") {
+        if (argc < 7) {
+            std::fprintf(stderr, "usage: emu --roofline FILE B d F k\n");
+            return 2;
+        }
+        roofline(std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]), std::atoi(argv[6]));
+        if (!emu_write_counts(argv[2])) {
+            std::fprintf(stderr, "cannot write %s\n", argv[2]);
+            return 2;
+        }
+        return 0;
+    }
+#endif
     for (auto &sh : shapes) {
         const int B = sh[0], d = sh[1], F = sh[2];
         V x = randv((size_t)B * d, 1), we = randv((size_t)d * F, 0.5), be = randv(F, 0.2), wd = randv((size_t)F * d, 1), bd = randv(d, 0.1);
@@ -590,5 +712,11 @@ int main(int argc, char **argv) {
         }
     }
     std::printf("%d comparisons, %d failed\n", comparisons, failures);
+#ifdef EMU_COUNT
+    if (mode == "--count" && !emu_write_counts(argv[2])) {
+        std::fprintf(stderr, "cannot write %s\n", argv[2]);
+        return 2;
+    }
+#endif
     return failures ? 1 : 0;
 }

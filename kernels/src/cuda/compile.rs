@@ -1,8 +1,9 @@
 //! The kernel sources (embedded in the binary) and their compilation: NVRTC to PTX, once per process per
 //! (source hash, architecture), and, where ptxas exists, PTX to SASS with the per-kernel resource report
 //! (registers, shared memory, spill bytes) that saeperf stores as metrics so a new spill shows as a regression on
-//! machines with no GPU.
+//! machines with no GPU; where nvdisasm exists too, the static SASS instruction mix of each kernel ([`sass`]).
 
+use super::sass::{self, SassMix};
 use super::{toolkit, CudaError};
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::DefaultHasher;
@@ -231,11 +232,27 @@ pub struct CompileReport {
     pub compiled: Vec<CompiledFile>,
     /// Empty when ptxas was not found.
     pub resources: Vec<KernelResources>,
+    /// The nvdisasm used, or why there was none (the SASS mix is then absent; nothing fails).
+    pub nvdisasm: Result<String, String>,
+    /// The SASS instruction mix of every kernel and architecture; empty when ptxas or nvdisasm was not found.
+    pub sass: Vec<SassMix>,
+}
+
+/// Why there is no SASS instruction mix when nvdisasm is not found.
+pub const NVDISASM_MISSING: &str =
+    "nvdisasm not found (python3 -m pip install nvidia-cuda-nvdisasm, or set SAEPERF_NVDISASM)";
+
+/// What [`assemble`] makes of one PTX text: ptxas's resources and, where nvdisasm was given, the SASS mix.
+#[derive(Clone, Debug, Default)]
+pub struct Assembled {
+    pub resources: Vec<KernelResources>,
+    pub sass: Vec<SassMix>,
 }
 
 impl CompileReport {
     /// The resources as metric values, named `kernel.<arch>.<kernel>.<registers|smem_bytes|spill_bytes>`, where
-    /// spill_bytes is spill stores + spill loads. These are what the store keeps per run.
+    /// spill_bytes is spill stores + spill loads, and the SASS mix as `kernel.<arch>.<kernel>.sass.<name>`
+    /// ([`SassMix::values`]). These are what the store keeps per run.
     pub fn metrics(&self) -> Vec<(String, f64)> {
         let mut v = Vec::new();
         for r in &self.resources {
@@ -246,6 +263,11 @@ impl CompileReport {
                 format!("{base}.spill_bytes"),
                 (r.spill_store_bytes + r.spill_load_bytes) as f64,
             ));
+        }
+        for s in &self.sass {
+            for (name, value) in s.values() {
+                v.push((format!("kernel.{}.{}.sass.{name}", s.arch, s.kernel), value));
+            }
         }
         v
     }
@@ -276,7 +298,8 @@ pub fn ptx_entries(ptx: &str) -> Vec<String> {
 }
 
 /// Compiles every file for every architecture of [`CHECK_ARCHS`] and, where ptxas exists, assembles each PTX and
-/// collects the resource report. Fails on the first compile or assembly error; fails with
+/// collects the resource report (and, where nvdisasm exists too, the SASS mix), all NVRTC compilations first, then the
+/// assemblies in parallel. Fails on the first compile or assembly error; fails with
 /// [`CudaError::Unavailable`] when NVRTC is missing.
 pub fn compile_all(mut progress: impl FnMut(&str)) -> Result<CompileReport, CudaError> {
     let where_ = toolkit::nvrtc().map_err(CudaError::Unavailable)?;
@@ -285,8 +308,11 @@ pub fn compile_all(mut progress: impl FnMut(&str)) -> Result<CompileReport, Cuda
         None => where_,
     };
     let ptxas = toolkit::ptxas();
+    let nvdisasm = toolkit::nvdisasm();
     let mut compiled = Vec::new();
     let mut resources = Vec::new();
+    let mut sass = Vec::new();
+    let mut texts = Vec::new();
     for &arch in CHECK_ARCHS {
         for file in FILES {
             progress(&format!("{} sm_{arch}", file.name));
@@ -312,9 +338,22 @@ pub fn compile_all(mut progress: impl FnMut(&str)) -> Result<CompileReport, Cuda
                 kernels: entries,
                 compile_ms: t0.elapsed().as_secs_f64() * 1e3,
             });
-            if let Some(p) = &ptxas {
-                resources.extend(assemble(p, file.name, &text, arch)?);
-            }
+            texts.push((file.name, text, arch));
+        }
+    }
+    if let Some(p) = &ptxas {
+        progress(&format!(
+            "done; ptxas{} on {} PTX texts",
+            if nvdisasm.is_some() {
+                " + nvdisasm"
+            } else {
+                ""
+            },
+            texts.len()
+        ));
+        for a in assemble_all(p, nvdisasm.as_deref(), &texts)? {
+            resources.extend(a.resources);
+            sass.extend(a.sass);
         }
     }
     Ok(CompileReport {
@@ -327,16 +366,56 @@ pub fn compile_all(mut progress: impl FnMut(&str)) -> Result<CompileReport, Cuda
             .ok_or_else(|| "ptxas not found (python3 -m pip install nvidia-cuda-nvcc-cu12, or set SAEPERF_PTXAS)".into()),
         compiled,
         resources,
+        nvdisasm: nvdisasm
+            .map(|p| p.display().to_string())
+            .ok_or_else(|| NVDISASM_MISSING.into()),
+        sass,
     })
 }
 
-/// Runs `ptxas -arch=sm_XX -v` on one PTX text and parses its per-kernel resource lines.
+/// [`assemble`] on every `(file, PTX, arch)`, as many at once as this machine has cores (ptxas and nvdisasm are
+/// single-threaded processes); the results in the order given, or the error of the first that failed.
+fn assemble_all(
+    ptxas: &std::path::Path,
+    nvdisasm: Option<&std::path::Path>,
+    texts: &[(&str, Arc<String>, u32)],
+) -> Result<Vec<Assembled>, CudaError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(texts.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Assembled, CudaError>>>> =
+        Mutex::new((0..texts.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((file, ptx, arch)) = texts.get(i) else {
+                    break;
+                };
+                let r = assemble(ptxas, nvdisasm, file, ptx, *arch);
+                results.lock().expect("assemble results poisoned")[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("assemble results poisoned")
+        .into_iter()
+        .map(|r| r.expect("every PTX text assembled"))
+        .collect()
+}
+
+/// Runs `ptxas -arch=sm_XX -v` on one PTX text and parses its per-kernel resource lines; with `nvdisasm`, also
+/// disassembles the cubin and counts each kernel's SASS mix ([`sass`]). A failing nvdisasm is a
+/// [`CudaError::Nvdisasm`] naming the file and architecture.
 pub fn assemble(
     ptxas: &std::path::Path,
+    nvdisasm: Option<&std::path::Path>,
     file: &str,
     ptx: &str,
     arch: u32,
-) -> Result<Vec<KernelResources>, CudaError> {
+) -> Result<Assembled, CudaError> {
     let dir =
         tempfile::tempdir().map_err(|e| CudaError::Ptxas(format!("temporary folder: {e}")))?;
     let input = dir.path().join(file.replace(".cu", ".ptx"));
@@ -358,7 +437,23 @@ pub fn assemble(
             log.trim()
         )));
     }
-    Ok(parse_ptxas_log(file, &log))
+    let resources = parse_ptxas_log(file, &log);
+    let sass = match nvdisasm {
+        None => Vec::new(),
+        Some(nvdisasm) => {
+            let text =
+                sass::disassemble(nvdisasm, &dir.path().join("out.cubin")).map_err(
+                    |e| match e {
+                        CudaError::Nvdisasm(m) => {
+                            CudaError::Nvdisasm(format!("{file} sm_{arch}: {m}"))
+                        }
+                        other => other,
+                    },
+                )?;
+            sass::parse(file, &format!("sm_{arch}"), &text)
+        }
+    };
+    Ok(Assembled { resources, sass })
 }
 
 fn num_before(s: &str, unit: &str) -> Option<u32> {
@@ -499,7 +594,27 @@ ptxas info    : Used 30 registers, used 1 barriers, 1060 bytes smem, 380 bytes c
                     "kernels spill: {:?}",
                     report.spills()
                 );
-                assert_eq!(report.metrics().len(), 3 * report.resources.len());
+                match &report.nvdisasm {
+                    Ok(_) => {
+                        // One mix per kernel and architecture, the same kernels ptxas reported.
+                        let mut got: Vec<_> =
+                            report.sass.iter().map(|s| (&s.arch, &s.kernel)).collect();
+                        let mut want: Vec<_> = report
+                            .resources
+                            .iter()
+                            .map(|r| (&r.arch, &r.kernel))
+                            .collect();
+                        got.sort();
+                        want.sort();
+                        assert_eq!(got, want);
+                        assert!(report.sass.iter().all(|s| s.instructions > 0));
+                    }
+                    Err(why) => eprintln!("no SASS mix: {why}"),
+                }
+                assert_eq!(
+                    report.metrics().len(),
+                    3 * report.resources.len() + 10 * report.sass.len()
+                );
             }
             Err(why) => eprintln!("no resource report: {why}"),
         }
@@ -520,6 +635,7 @@ ptxas info    : Used 30 registers, used 1 barriers, 1060 bytes smem, 380 bytes c
             .args(["-std=c++20", "-O1", "-pthread", "-I"])
             .arg(&root)
             .arg(root.join("emu/check.cpp"))
+            .arg(root.join("emu/rt.cpp"))
             .arg("-o")
             .arg(&exe)
             .output();

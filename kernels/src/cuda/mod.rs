@@ -6,8 +6,11 @@
 //! library it needs can be loaded ([`toolkit`]), because cudarc panics when a library is missing; without a driver
 //! the same types exist and return [`CudaError::Unavailable`]. The build never needs nvcc, a toolkit or a GPU.
 //!
-//! - [`toolkit`]: finding libcuda, libnvrtc and ptxas.
+//! - [`toolkit`]: finding libcuda, libnvrtc, ptxas and nvdisasm.
 //! - [`compile`]: the embedded sources, NVRTC compilation (cached per process), the ptxas resource report.
+//! - [`sass`]: the static SASS instruction mix of each kernel (nvdisasm on ptxas's cubin).
+//! - [`emu`]: the kernels run in the CPU emulator (kernels/cuda/emu) with counted memory traffic, bank conflicts,
+//!   barriers and fp32 operations, and the roofline estimate at a real shape; plain C++, no cudarc.
 //! - [`backend`]: the `CudaBackend`.
 //! - [`verify`]: every kernel against its CPU reference on a GPU (`runner kernels check --backend cuda`).
 //! - [`bench`]: CUDA-event timings of every op and of cuBLAS SGEMM as the yardstick.
@@ -15,6 +18,8 @@
 pub mod backend;
 pub mod bench;
 pub mod compile;
+pub mod emu;
+pub mod sass;
 pub mod toolkit;
 pub mod verify;
 
@@ -42,6 +47,12 @@ pub enum CudaError {
     /// ptxas failed or could not be run.
     #[error("ptxas: {0}")]
     Ptxas(String),
+    /// nvdisasm failed or could not be run on a cubin.
+    #[error("nvdisasm: {0}")]
+    Nvdisasm(String),
+    /// The CPU emulator of the kernels could not be built or run.
+    #[error("kernel emulator: {0}")]
+    Emulator(String),
     /// The driver reported an error.
     #[error("CUDA driver error: {0}")]
     Driver(String),

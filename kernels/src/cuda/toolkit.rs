@@ -1,5 +1,5 @@
 //! Finding the CUDA pieces on this machine without ever letting cudarc panic: the driver (libcuda), NVRTC
-//! (libnvrtc) and ptxas.
+//! (libnvrtc), ptxas and nvdisasm.
 //!
 //! cudarc loads its libraries by name on first use and panics when none is found, so every entry point of the CUDA
 //! module calls [`driver`] or [`nvrtc`] first. Where NVRTC is searched, in order:
@@ -11,6 +11,8 @@
 //! A library found by path (3, 4) is loaded by its absolute path once and kept loaded; when cudarc later asks the
 //! loader for `libnvrtc.so.12`, the loader hands back the already loaded object with that soname. ptxas is searched
 //! as `$SAEPERF_PTXAS`, then `PATH`, then the pip wheel `nvidia-cuda-nvcc-cu12` (`bin/ptxas`), then the toolkit.
+//! nvdisasm (for the static SASS instruction mix, [`super::sass`]) likewise: `$SAEPERF_NVDISASM`, `PATH`, the pip
+//! wheel `nvidia-cuda-nvdisasm` (`nvidia/cu13/bin/nvdisasm`), the toolkit.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -177,6 +179,37 @@ fn find_ptxas() -> Option<PathBuf> {
     toolkit_dirs()
         .into_iter()
         .map(|d| d.join("bin").join("ptxas"))
+        .find(|c| c.is_file())
+}
+
+/// The nvdisasm to disassemble cubins with, if any (checked once per process): `$SAEPERF_NVDISASM`, then `PATH`,
+/// then the pip wheel `nvidia-cuda-nvdisasm` (`nvidia.cu13`, `bin/nvdisasm`), then the toolkit's `bin/`.
+pub fn nvdisasm() -> Option<PathBuf> {
+    static NVDISASM: OnceLock<Option<PathBuf>> = OnceLock::new();
+    NVDISASM.get_or_init(find_nvdisasm).clone()
+}
+
+fn find_nvdisasm() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SAEPERF_NVDISASM") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let c = dir.join("nvdisasm");
+            if c.is_file() {
+                return Some(c);
+            }
+        }
+    }
+    if let Some(d) = pip_package_dir("nvidia.cu13") {
+        let c = d.join("bin").join("nvdisasm");
+        if c.is_file() {
+            return Some(c);
+        }
+    }
+    toolkit_dirs()
+        .into_iter()
+        .map(|d| d.join("bin").join("nvdisasm"))
         .find(|c| c.is_file())
 }
 

@@ -1,10 +1,13 @@
 //! `runner kernels check` and `runner kernels bench`: the command-line face of the CUDA kernel checks.
 //!
 //! `check` compiles every kernel with NVRTC for sm_80 and sm_90 and, where ptxas exists, reports each kernel's
-//! registers, shared memory and spill bytes (no GPU needed); with `--backend cuda` (or `auto` on a GPU machine) it
-//! also runs every kernel against its CPU reference. `bench` times the CUDA ops against cuBLAS SGEMM. Exit codes
-//! (as every runner command): 0 all good; 1 a check failed, a kernel spills registers, or an error (e.g. CUDA asked
-//! for but unavailable), printed as one line on stderr.
+//! registers, shared memory and spill bytes, and where nvdisasm exists its static SASS instruction mix (no GPU
+//! needed); with `--backend cuda` (or `auto` on a GPU machine) it also runs every kernel against its CPU reference.
+//! `bench` times the CUDA ops against cuBLAS SGEMM. `emulate` runs every kernel in the CPU emulator and prints its
+//! counted memory traffic, bank conflicts, barriers and fp32 operations (`--roofline B,D,F`: the ops at that shape and
+//! their time at an H100's and an H200's peak); no GPU needed (docs/kernel-metrics.md). Exit codes (as every runner command): 0 all good; 1 a check
+//! failed, a kernel spills registers, or an error (e.g. CUDA asked for but unavailable), printed as one line on
+//! stderr.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -19,6 +22,21 @@ pub enum KernelsCmd {
     Check(CheckArgs),
     /// Time every CUDA op (CUDA events, median) next to cuBLAS SGEMM at the same shape.
     Bench(BenchArgs),
+    /// Run every kernel in the CPU emulator: counted global sectors, coalescing, bank conflicts, fp32 operations.
+    Emulate(EmulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EmulateArgs {
+    /// Instead of the counts at the small check shapes: the ops' kernels at this shape (batch,d_in,d_sae; two blocks
+    /// per launch emulated and scaled to the grid) and each kernel's time at an H100's and an H200's peak.
+    #[arg(long, value_parser = parse_shape)]
+    pub roofline: Option<Shape>,
+    /// k of the TopK (sparse) sequences of --roofline.
+    #[arg(long, default_value_t = 64)]
+    pub topk: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -87,7 +105,105 @@ pub fn run(cmd: KernelsCmd, quiet: bool) -> Result<i32> {
     match cmd {
         KernelsCmd::Check(a) => check(a, quiet),
         KernelsCmd::Bench(a) => run_bench(a, quiet),
+        KernelsCmd::Emulate(a) => emulate(a, quiet),
     }
+}
+
+fn emulate(a: EmulateArgs, quiet: bool) -> Result<i32> {
+    if a.topk == 0 {
+        bail!("--topk must be at least 1");
+    }
+    let pb = spinner(quiet || a.json);
+    pb.set_message("building the kernel emulator (g++)");
+    let emu = cuda::emu::Emulator::build().context("building the kernel emulator")?;
+    if let Some(shape) = a.roofline {
+        pb.set_message(format!(
+            "emulating the ops at {}×{}×{}",
+            shape.batch, shape.d_in, shape.d_sae
+        ));
+        let r = emu.roofline(shape, a.topk).context("the roofline run")?;
+        pb.finish_and_clear();
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            return Ok(0);
+        }
+        let mut t = comfy_table::Table::new();
+        t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+        t.set_header([
+            "op",
+            "kernel",
+            "GFLOP",
+            "sector MB",
+            "bound",
+            "H100 µs",
+            "H200 µs",
+        ]);
+        for row in &r.rows {
+            t.add_row([
+                row.op.clone(),
+                row.kernel.clone(),
+                format!("{:.2}", row.counts.flops as f64 / 1e9),
+                format!("{:.1}", row.counts.sector_bytes() / 1e6),
+                row.bound.clone(),
+                format!("{:.1}", row.us["h100"]),
+                format!("{:.1}", row.us["h200"]),
+            ]);
+        }
+        println!("{t}");
+        println!(
+            "An estimate: {} blocks of every launch emulated and scaled to the grid; every sector counted as DRAM \
+             traffic (no cache reuse), so tiled GEMMs look more memory-bound than they are (docs/kernel-metrics.md).",
+            r.sampled_blocks
+        );
+        return Ok(0);
+    }
+    pb.set_message(format!(
+        "running every kernel at {}",
+        cuda::emu::COUNT_SHAPES
+    ));
+    let r = emu.count().context("counting the kernels")?;
+    pb.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        let mut t = comfy_table::Table::new();
+        t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+        t.set_header([
+            "kernel",
+            "load sectors",
+            "store sectors",
+            "requests",
+            "coalescing",
+            "shared req.",
+            "bank conflicts",
+            "barriers/block",
+            "fp32 ops/thread",
+        ]);
+        for (k, c) in &r.kernels {
+            let m: std::collections::BTreeMap<&str, f64> = c.metrics().into_iter().collect();
+            t.add_row([
+                k.clone(),
+                format!("{:.0}", m["global_load_sectors"]),
+                format!("{:.0}", m["global_store_sectors"]),
+                format!("{:.0}", m["global_requests"]),
+                format!("{:.0}%", m["coalescing"] * 100.0),
+                format!("{:.0}", m["shared_requests"]),
+                format!("{:.0}", m["bank_conflicts"]),
+                format!("{:.1}", m["barriers_per_block"]),
+                format!("{:.1}", m["fp32_ops_per_thread"]),
+            ]);
+        }
+        println!("{t}");
+        println!(
+            "{} comparisons with the references, {} failed; counted at {} with {} (kernels: {}). Blind to caches, \
+             occupancy and clocks (docs/kernel-metrics.md).",
+            r.comparisons, r.failed, r.shapes, r.compiler, r.sources
+        );
+        for f in &r.failures {
+            println!("FAILED: {f}");
+        }
+    }
+    Ok(if r.failed > 0 { 1 } else { 0 })
 }
 
 fn spinner(hidden: bool) -> indicatif::ProgressBar {
@@ -139,6 +255,9 @@ fn check(a: CheckArgs, quiet: bool) -> Result<i32> {
             "ptxas_missing": report.ptxas.as_ref().err(),
             "compiled": report.compiled,
             "resources": report.resources,
+            "nvdisasm": report.nvdisasm.as_ref().ok(),
+            "nvdisasm_missing": report.nvdisasm.as_ref().err(),
+            "sass": report.sass,
             "metrics": report.metrics().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "checks": checks,
             "tolerance": verify::TOLERANCE,
@@ -174,6 +293,7 @@ fn check(a: CheckArgs, quiet: bool) -> Result<i32> {
                         r.spill_store_bytes + r.spill_load_bytes
                     );
                 }
+                print_sass(&report);
             }
             Err(why) => println!("no resource report: {why}"),
         }
@@ -212,6 +332,46 @@ fn check(a: CheckArgs, quiet: bool) -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// The static SASS instruction mix (nvdisasm), one row per kernel and architecture.
+fn print_sass(report: &cuda::CompileReport) {
+    match &report.nvdisasm {
+        Ok(p) => {
+            println!("nvdisasm: {p}");
+            println!(
+                "{:<6} {:<20} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>4} {:>7} {:>5}",
+                "arch",
+                "kernel",
+                "instrs",
+                "ffma",
+                "fma%",
+                "ldg",
+                "stg",
+                "lds",
+                "sts",
+                "ldl/stl",
+                "loop"
+            );
+            for s in &report.sass {
+                println!(
+                    "{:<6} {:<20} {:>6} {:>5} {:>5.1} {:>4} {:>4} {:>4} {:>4} {:>7} {:>5}",
+                    s.arch,
+                    s.kernel,
+                    s.instructions,
+                    s.ffma,
+                    s.fma_share * 100.0,
+                    s.global_loads,
+                    s.global_stores,
+                    s.shared_loads,
+                    s.shared_stores,
+                    format!("{}/{}", s.local_loads, s.local_stores),
+                    s.main_loop_instructions
+                );
+            }
+        }
+        Err(why) => println!("no SASS instruction mix: {why}"),
+    }
 }
 
 fn run_bench(a: BenchArgs, quiet: bool) -> Result<i32> {
