@@ -470,7 +470,8 @@ static void dev_backward(bool sparse, int B, int d, int F, float l1, const V &x,
 #ifdef EMU_COUNT
 // --roofline B d F k: the ops' kernel sequences once at one (real) shape, as the CUDA backend launches them, each launch
 // emulating 2 blocks (the first and the last: an interior tile and an edge one) and scaling their counts to the grid; no references, nothing
-// compared. Counts are keyed "op|kernel", op as "family.variant". Dense codes are a ReLU of uniform noise (half fire), sparse ones k per row;
+// compared. Counts are keyed "op|kernel", op as "family.variant". JumpReLU's band is SAELens' default bandwidth
+// (0.001): threshold_grad's cost grows with the pairs inside it. Dense codes are a ReLU of uniform noise (half fire), sparse ones k per row;
 // outputs start as realistic codes, so a kernel that reads what an unemulated block of the one before would have
 // written still sees codes of the right density. AuxK is left out: its chain (masked codes → per-row top-k → sparse
 // decode) depends on the very values sampling leaves unwritten.
@@ -519,7 +520,7 @@ static void roofline(int B, int d, int F, int k) {
     {
         V t(F, -1.0f), g(F);
         emu_launch(dim3{up(bf, 256), 1, 1}, T256, threshold_rows, B, F, fd.data(), t.data(), out.data());
-        emu_launch(dim3{up(F, 32), 1, 1}, T256, threshold_grad, B, d, F, 0.05f, 0.7f, fd.data(), t.data(), x.data(), xh.data(), wd.data(), g.data());
+        emu_launch(dim3{up(F, 32), 1, 1}, T256, threshold_grad, B, d, F, 0.001f, 0.7f, fd.data(), t.data(), x.data(), xh.data(), wd.data(), g.data());
     }
     op("batchtopk.select");
     dev_batchtopk(B, F, k, fd, out);

@@ -165,7 +165,8 @@ pub struct RooflineRow {
     pub counts: EmuCounts,
     /// Time at each [`PEAKS`] entry's peak, µs: max(flops ÷ FP32 peak, sector bytes ÷ HBM bandwidth).
     pub us: BTreeMap<String, f64>,
-    /// "compute" or "memory": which term is the larger.
+    /// "compute" or "memory": which term is the larger at the first of [`PEAKS`] (the H100; the H200's higher
+    /// bandwidth can move a kernel from memory- to compute-bound).
     pub bound: String,
 }
 
@@ -480,12 +481,10 @@ impl Emulator {
             .filter_map(|(key, c)| {
                 let (op, kernel) = key.split_once('|')?;
                 let mut us = BTreeMap::new();
-                let mut bound = "compute";
                 for p in &PEAKS {
-                    let (t, b) = at_peak(&c, p);
-                    us.insert(p.name.to_string(), t);
-                    bound = b;
+                    us.insert(p.name.to_string(), at_peak(&c, p).0);
                 }
+                let bound = at_peak(&c, &PEAKS[0]).1;
                 Some(RooflineRow {
                     op: op.into(),
                     kernel: kernel.into(),
