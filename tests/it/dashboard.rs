@@ -604,6 +604,346 @@ fn dashboard_calibration_page_lists_each_machine_and_no_other_page_lists_calibra
         .ends_with("20260101T000000-main00__20260101T010000-main01.html"));
 }
 
+/// The kernel results on the run and series pages: an emulated result (made with the kernels crate's own report
+/// types, so its metric names are the real ones) as a table per kernel, a roofline result as a table per op, in a
+/// base run without a GPU ("no GPU run") and a head run with a cuda/ops result (the measured time beside the
+/// estimate), where transpose's bank conflicts went 0 → 1024 and one emulated check failed with hostile text.
+#[test]
+fn dashboard_run_page_shows_emulated_kernels_and_the_roofline() {
+    use saeperf_kernels::cuda::emu::{
+        at_peak, EmuCounts, EmuReport, RooflineReport, RooflineRow, PEAKS,
+    };
+    use saeperf_kernels::ops::Shape;
+    use saeperf_store::schema::{BenchKind, BenchStatus};
+    use saeperf_store::BenchResult;
+    use std::collections::BTreeMap;
+
+    let result = |name: &str,
+                  kind: BenchKind,
+                  metrics: Vec<(String, f64)>,
+                  extra: serde_json::Value| BenchResult {
+        name: name.into(),
+        kind,
+        status: BenchStatus::Ok,
+        samples: vec![],
+        yardstick: vec![],
+        metrics: metrics.into_iter().collect(),
+        metric_seeds: BTreeMap::new(),
+        deterministic: true,
+        curve: vec![],
+        extra,
+    };
+    let counts = |sectors: u64, conflicts: u64, flops: u64| EmuCounts {
+        launches: 2,
+        blocks: 8,
+        threads: 2048,
+        gld_requests: sectors / 4,
+        gld_sectors: sectors,
+        gst_requests: sectors / 8,
+        gst_sectors: sectors / 2,
+        global_bytes: 32 * sectors,
+        shared_requests: 512,
+        shared_wavefronts: 512 + conflicts,
+        bank_conflicts: conflicts,
+        barriers: 16,
+        fp_ops: flops / 2,
+        flops,
+        ..Default::default()
+    };
+    let emulated = |conflicts: u64, failures: Vec<String>| {
+        let report = EmuReport {
+            compiler: "g++ (test) 12.2.0".into(),
+            sources: "embedded".into(),
+            shapes: saeperf_kernels::cuda::emu::COUNT_SHAPES.into(),
+            comparisons: 170,
+            failed: failures.len() as u32,
+            failures,
+            kernels: BTreeMap::from([
+                ("adam_step".to_string(), counts(4096, 0, 65536)),
+                (
+                    "encode_gemm_relu".to_string(),
+                    counts(35060, 82688, 1 << 22),
+                ),
+                ("transpose".to_string(), counts(20259, conflicts, 0)),
+            ]),
+            build_ms: 1.0,
+            run_ms: 1.0,
+        };
+        // The extra of bench's run_emulated.
+        let extra = serde_json::json!({
+            "compiler": report.compiler, "sources": report.sources, "shapes": report.shapes,
+            "comparisons": report.comparisons, "failed": report.failed, "failures": report.failures,
+            "build_ms": report.build_ms, "run_ms": report.run_ms, "kernels": report.kernels,
+        });
+        result(
+            "kernels/emulated",
+            BenchKind::Emulated,
+            report.metrics(),
+            extra,
+        )
+    };
+    let shape = Shape::new(4096, 576, 16384);
+    let row = |op: &str, kernel: &str, c: EmuCounts| {
+        let mut us = BTreeMap::new();
+        let mut bound = "";
+        for p in &PEAKS {
+            let (t, b) = at_peak(&c, p);
+            us.insert(p.name.to_string(), t);
+            bound = b;
+        }
+        RooflineRow {
+            op: op.into(),
+            kernel: kernel.into(),
+            counts: c,
+            us,
+            bound: bound.into(),
+        }
+    };
+    let roofline = RooflineReport {
+        compiler: "g++ (test) 12.2.0".into(),
+        sources: "embedded".into(),
+        shape,
+        k: 64,
+        sampled_blocks: 2,
+        rows: vec![
+            row("adam.all_params", "adam_step", counts(1 << 24, 0, 1 << 28)),
+            row(
+                "backward.dense",
+                "bwd_dpre_gemm",
+                counts(142_606_336, 0, 77_343_197_184),
+            ),
+            row(
+                "backward.dense",
+                "col_sums",
+                counts(8_634_368, 0, 69_074_944),
+            ),
+        ],
+        run_ms: 1.0,
+    };
+    let measured: BTreeMap<String, String> = roofline
+        .rows
+        .iter()
+        .filter_map(|r| RooflineReport::measured_metric(&r.op, 64).map(|m| (r.op.clone(), m)))
+        .collect();
+    let roofline = result(
+        "kernels/roofline",
+        BenchKind::Roofline,
+        roofline.metrics(),
+        serde_json::json!({
+            "compiler": roofline.compiler, "sources": roofline.sources, "shape": roofline.shape,
+            "topk": roofline.k, "sampled_blocks": roofline.sampled_blocks, "peaks": PEAKS,
+            "rows": roofline.rows, "measured_metric": measured, "run_ms": roofline.run_ms,
+        }),
+    );
+    let cuda = result(
+        "cuda/ops",
+        BenchKind::CudaOps,
+        vec![("cuda.backward.dense.ms".to_string(), 2.5)],
+        serde_json::Value::Null,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    let (base_id, head_id) = ("20260101T000000-kbase0", "20260101T010000-khead0");
+    {
+        let store = Store::open(&db).unwrap();
+        for (id, minutes, c, extra) in [
+            (base_id, 0, 'a', vec![emulated(0, vec![]), roofline.clone()]),
+            (
+                head_id,
+                60,
+                'b',
+                vec![
+                    emulated(
+                        1024,
+                        vec![format!("transpose 5x130x133: out[3] {HOSTILE_TOKEN}")],
+                    ),
+                    roofline,
+                    cuda,
+                ],
+            ),
+        ] {
+            let m = meta(id, minutes, &c.to_string().repeat(40), "main", None);
+            store.begin_run(&m).unwrap();
+            let mut rs = results(Knobs::default());
+            rs.extend(extra);
+            store
+                .commit_run(&Run {
+                    meta: m,
+                    results: rs,
+                })
+                .unwrap();
+        }
+    }
+    let site = target_dir().join("dashboard-kernels-test");
+    let _ = std::fs::remove_dir_all(&site);
+    common::ok(
+        common::runner(tmp.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["dashboard", "--out"])
+            .arg(&site),
+    );
+    let read = |rel: &str| {
+        std::fs::read_to_string(site.join(rel))
+            .unwrap()
+            .replace("&#x2f;", "/")
+            .replace("&#x27;", "'")
+    };
+    let table = |page: &str, class: &str| -> String {
+        page.split(&format!("<table class=\"{class}\">"))
+            .nth(1)
+            .and_then(|t| t.split("</table>").next())
+            .unwrap_or_else(|| panic!("no table.{class}"))
+            .to_string()
+    };
+
+    // The base run: one row per kernel, the roofline alone ("no GPU run"), the long metric list folded.
+    let base = read(&format!("runs/{base_id}.html"));
+    let kernels = table(&base, "kernels");
+    for k in ["adam_step", "encode_gemm_relu", "transpose"] {
+        assert!(
+            kernels.contains(&format!("<tr><td>{k}</td>")),
+            "{k}: {kernels}"
+        );
+    }
+    assert!(
+        kernels.contains(saeperf_kernels::cuda::emu::COUNT_SHAPES) && kernels.contains("82,688"),
+        "{kernels}"
+    );
+    assert!(
+        base.contains("What these counts cannot see: caches"),
+        "{base}"
+    );
+    let roof = table(&base, "kernels roofline");
+    assert!(
+        roof.contains("<th>backward.dense</th>")
+            && roof.contains("bwd_dpre_gemm")
+            && roof.contains("no GPU run"),
+        "{roof}"
+    );
+    assert!(
+        roof.contains("no cache reuse") && roof.contains("H100 66.9 TFLOP/s FP32, 3.35 TB/s HBM"),
+        "{roof}"
+    );
+    assert!(
+        base.contains("metrics, with base and verdict</summary>"),
+        "{base}"
+    );
+    assert!(
+        !base.contains("class=\"alarm\""),
+        "no failed check in the base"
+    );
+
+    // The head run: transpose's bank conflicts flagged in its cell and row, the failed check shown with its text,
+    // the measured CUDA time beside the estimate with their ratio.
+    let head = read(&format!("runs/{head_id}.html"));
+    let kernels = table(&head, "kernels");
+    let transpose = kernels
+        .split("<tr><td>transpose</td>")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap();
+    assert!(
+        transpose.contains("<td class=\"num worse\" title=\"base 0 (+1,024 from 0)\">")
+            && transpose.contains(">1,024</a>")
+            && transpose.contains("<span class=\"verdict regression\">regression</span>")
+            && transpose.contains(">bank_conflicts</a>"),
+        "{transpose}"
+    );
+    assert!(
+        head.contains(
+            "<strong>1 of 170 emulated kernel results differ from their C++ references</strong>"
+        ),
+        "{head}"
+    );
+    assert!(
+        !head.contains(HOSTILE_TOKEN),
+        "the failure's text is escaped"
+    );
+    let roof = table(&head, "kernels roofline");
+    // The op's H100 estimate: the sum of its kernels' times at the H100's peaks.
+    let est: f64 = [
+        counts(142_606_336, 0, 77_343_197_184),
+        counts(8_634_368, 0, 69_074_944),
+    ]
+    .iter()
+    .map(|c| at_peak(c, &PEAKS[0]).0)
+    .sum();
+    let dense = roof.split("<th>backward.dense</th>").nth(1).unwrap();
+    assert!(
+        dense.contains(">2500.0</a></td>")
+            && dense.contains(&format!(">{:.2}×</td>", 2500.0 / est)),
+        "{est} {dense}"
+    );
+    // adam has no cuda/ops counterpart: nothing measured, and no "no GPU run" in a run that has one.
+    assert!(!roof.contains("no GPU run"), "{roof}");
+    // The series pages of kernel metrics say what the metric is and what it cannot see.
+    let note = |metric: &str| {
+        let page = walk(&site.join("series"))
+            .into_iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .find(|t| t.contains(&format!(" · {metric}</h1>")))
+            .unwrap_or_else(|| panic!("no series page of {metric}"));
+        page.split("<p class=\"metric-note\">")
+            .nth(1)
+            .map(|n| n.split("</p>").next().unwrap().to_string())
+    };
+    assert!(note("kernel.emu.transpose.bank_conflicts")
+        .unwrap()
+        .contains("32 banks"));
+    assert!(note("roofline.backward.dense.h100_us")
+        .unwrap()
+        .contains("summed over its kernels"));
+    assert!(note("roofline.backward.dense.col_sums.sector_bytes")
+        .unwrap()
+        .contains("DRAM"));
+    assert!(note("kernel.emu.adam_step.flops").is_some());
+    assert!(note("time").is_none() && note("kernel.emu.failed_checks").is_some());
+
+    let Some(chrome) = find_chromium() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromium is not installed: CI must install it (apt-get install -y chromium) for the dashboard test");
+        }
+        eprintln!("SKIPPED the browser part of the kernel dashboard test: no chromium on PATH");
+        return;
+    };
+    let (_browser, tab, errors, _profile) = chromium_tab(&chrome);
+    tab.navigate_to(&file_url(&site.join(format!("runs/{head_id}.html"))))
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
+    let v = eval_json(
+        &tab,
+        &format!(
+            "const rows = document.querySelectorAll('table.kernels:not(.roofline) tbody tr');
+             const alarm = document.querySelector('.alarm code');
+             return {{ rows: rows.length, worse: document.querySelectorAll('table.kernels td.worse').length,
+                       ops: document.querySelectorAll('table.roofline tr.op').length,
+                       hostile: alarm.textContent.includes({h}), scripts: document.scripts.length,
+                       folded: Array.from(document.querySelectorAll('details.folded')).every(d => !d.open) }};",
+            h = serde_json::to_string(HOSTILE_TOKEN).unwrap()
+        ),
+    );
+    assert_eq!(v["rows"], 3, "{v}");
+    assert_eq!(v["worse"], 1, "{v}");
+    assert_eq!(v["ops"], 2, "{v}");
+    assert_eq!(v["hostile"], true, "the failure is shown as text: {v}");
+    assert_eq!(v["scripts"], 0, "{v}");
+    assert_eq!(v["folded"], true, "{v}");
+    let errs = errors.lock().unwrap().clone();
+    assert!(errs.is_empty(), "console errors {errs:?}");
+    let shots = target_dir().join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    eval_json(
+        &tab,
+        "document.querySelector('table.kernels').scrollIntoView(); return 0;",
+    );
+    let png = tab
+        .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    std::fs::write(shots.join("run-kernels.png"), png).unwrap();
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -653,7 +993,18 @@ fn url_to_path(u: &str) -> Option<PathBuf> {
     Some(PathBuf::from(String::from_utf8(out).unwrap()))
 }
 
-fn browse(chrome: &Path, site: &Path) {
+/// Console errors, exceptions and dialogs a tab recorded.
+type Errors = Arc<Mutex<Vec<String>>>;
+
+/// Headless Chromium with one tab that records its [`Errors`]; the profile directory must live as long as the browser.
+fn chromium_tab(
+    chrome: &Path,
+) -> (
+    Browser,
+    Arc<headless_chrome::Tab>,
+    Errors,
+    tempfile::TempDir,
+) {
     let profile = tempfile::tempdir().unwrap();
     let args: Vec<&std::ffi::OsStr> = [
         "--disable-gpu",
@@ -715,6 +1066,11 @@ fn browse(chrome: &Path, site: &Path) {
     .unwrap();
     tab.enable_log().unwrap();
     tab.enable_runtime().unwrap();
+    (browser, tab, errors, profile)
+}
+
+fn browse(chrome: &Path, site: &Path) {
+    let (_browser, tab, errors, _profile) = chromium_tab(chrome);
 
     let start = site.join("index.html").canonicalize().unwrap();
     let mut queue = VecDeque::from([start.clone()]);

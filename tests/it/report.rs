@@ -398,7 +398,7 @@ fn a_huge_comparison_is_cut_to_fit_githubs_comment_limit() {
         out.lines()
             .next()
             .unwrap()
-            .contains("3000 kernel resources worse"),
+            .contains("3000 kernel metrics worse"),
         "resource regressions are not quality: {}",
         out.lines().next().unwrap()
     );

@@ -221,6 +221,8 @@ struct CommentView {
     train_speed: Vec<TrainSpeedView>,
     op_speed: Vec<OpSpeedView>,
     peak_note: String,
+    /// The Kernels section, when the head has an emulated, roofline or ptxas-resources result.
+    kernels: Option<KernelsView>,
     env: Vec<EnvRow>,
     notes: Vec<String>,
     links: Option<Links>,
@@ -281,6 +283,322 @@ pub fn gflops(r: &BenchResult) -> Option<f64> {
     let f = r.extra.get("dense_flops")?.as_f64()?;
     let t = r.median_time()?;
     (t > 0.0).then(|| f / t / 1e9)
+}
+
+/// What the kernel counts cannot see, in one line (the comment's Kernels section, the run page).
+pub const KERNEL_LIMITS: &str = "The emulated counts and the static SASS mix know nothing of caches, occupancy, clock \
+speeds or the order warps run in, and the roofline counts every sector as DRAM traffic: they say what a kernel asks \
+of the GPU, not how fast it runs; only cuda/ops on a GPU measures time (docs/kernel-metrics.md).";
+
+/// The kernel a `kernel.` metric is about, and which of its metrics: `kernel.emu.<kernel>.<metric>` →
+/// (kernel, metric); `kernel.emu.failed_checks` → ("every kernel", "failed_checks"); the ptxas report's
+/// `kernel.<arch>.<kernel>.<what>` (`registers`, `sass.ffma`, …) → ("<kernel> (<arch>)", what). None otherwise.
+pub(crate) fn kernel_metric(metric: &str) -> Option<(String, String)> {
+    let rest = metric.strip_prefix("kernel.")?;
+    if let Some(e) = rest.strip_prefix("emu.") {
+        return Some(match e.rsplit_once('.') {
+            Some((k, m)) => (k.to_string(), m.to_string()),
+            None => ("every kernel".to_string(), e.to_string()),
+        });
+    }
+    let (arch, rest) = rest.split_once('.')?;
+    let (kernel, what) = rest.split_once('.')?;
+    Some((format!("{kernel} ({arch})"), what.to_string()))
+}
+
+/// A kernel metric's value for people: the ratios (`coalescing`, `fma_share`) as percentages, whole counts with
+/// thousands separators, anything else with two decimals.
+pub(crate) fn kernel_value(metric: &str, v: Option<f64>) -> String {
+    let Some(v) = v else { return "–".into() };
+    if !v.is_finite() {
+        return format!("{v}");
+    }
+    if metric.ends_with("coalescing") || metric.ends_with("fma_share") {
+        return format!("{:.1}%", v * 100.0);
+    }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        let digits = format!("{:.0}", v.abs());
+        let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+        if v < 0.0 {
+            out.push('-');
+        }
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        return out;
+    }
+    format!("{v:.2}")
+}
+
+/// The change of a kernel metric: relative, or the difference where the base is 0 ("+1,024 from 0").
+pub(crate) fn kernel_change(metric: &str, base: Option<f64>, head: Option<f64>) -> String {
+    match (base, head) {
+        (Some(b), Some(h)) if b != 0.0 => fmt_change(Some((h - b) / b.abs())),
+        (Some(b), Some(h)) if h != b => {
+            let d = kernel_value(metric, Some(h - b));
+            format!("{}{d} from 0", if h > b { "+" } else { "" })
+        }
+        (Some(_), Some(_)) => fmt_change(Some(0.0)),
+        _ => "–".into(),
+    }
+}
+
+/// The peak a run's measured CUDA times are set against in the roofline: the run's GPU's if it is an H200, else the
+/// H100's; as (key of `us` / the metric suffix, label).
+pub(crate) fn roofline_peak(meta: &RunMeta) -> (&'static str, &'static str) {
+    if meta
+        .fingerprint
+        .gpus
+        .first()
+        .is_some_and(|g| g.name.contains("H200"))
+    {
+        ("h200", "H200")
+    } else {
+        ("h100", "H100")
+    }
+}
+
+/// The roofline result's shape in words ("4096 × 576 × 16384 (batch × d_in × d_sae), TopK k = 64").
+pub(crate) fn roofline_shape(extra: &serde_json::Value) -> String {
+    let s = &extra["shape"];
+    let dim = |k: &str| s.get(k).and_then(|v| v.as_u64());
+    let mut t = match (dim("batch"), dim("d_in"), dim("d_sae")) {
+        (Some(b), Some(i), Some(d)) => format!("{b} × {i} × {d} (batch × d_in × d_sae)"),
+        _ => "an unrecorded shape".to_string(),
+    };
+    if let Some(k) = extra.get("topk").and_then(|v| v.as_u64()) {
+        t.push_str(&format!(", TopK k = {k}"));
+    }
+    t
+}
+
+/// The run's CUDA op timings (`cuda/ops`, kind `cuda_ops`), when it has them: only runs with a GPU do.
+pub(crate) fn cuda_ops(run: &Run) -> Option<&BenchResult> {
+    run.results
+        .iter()
+        .find(|r| r.kind == BenchKind::CudaOps && r.status.is_ok())
+}
+
+/// The measured time in ms of a roofline op (`extra.measured_metric[op]` in the run's cuda/ops result).
+pub(crate) fn measured_ms(roofline: &BenchResult, cuda: &BenchResult, op: &str) -> Option<f64> {
+    let m = roofline.extra.get("measured_metric")?.get(op)?.as_str()?;
+    cuda.metrics.get(m).copied()
+}
+
+/// The ops of a roofline result with an estimate at `peak` ("h100"): `roofline.<op>.<peak>_us`, op "family.variant".
+pub(crate) fn roofline_ops(r: &BenchResult, peak: &str) -> Vec<(String, f64)> {
+    let suffix = format!(".{peak}_us");
+    r.metrics
+        .iter()
+        .filter_map(|(m, v)| {
+            let op = m.strip_prefix("roofline.")?.strip_suffix(suffix.as_str())?;
+            (op.matches('.').count() == 1).then(|| (op.to_string(), *v))
+        })
+        .collect()
+}
+
+/// One kernel metric that differs between base and head (the counts are exact: any difference).
+#[derive(Debug, Serialize)]
+struct KernelChangeView {
+    kernel: String,
+    metric: String,
+    base: String,
+    head: String,
+    change: String,
+    icon: &'static str,
+    verdict: String,
+}
+
+/// One op of the roofline: its H100 estimate in head and base, and the measured CUDA time of the head run.
+#[derive(Debug, Serialize)]
+struct RooflineOpLine {
+    op: String,
+    base: String,
+    head: String,
+    change: String,
+    measured: String,
+}
+
+/// The comment's Kernels section.
+#[derive(Debug, Serialize)]
+struct KernelsView {
+    /// The head has counted kernel metrics (an emulated result, or the ptxas report).
+    counted: bool,
+    /// There is a base to compare the counts with.
+    compared: bool,
+    changes: Vec<KernelChangeView>,
+    /// Changed metrics left out of `changes`.
+    more: usize,
+    /// Kernel metrics only in the head, only in the base.
+    added: usize,
+    removed: usize,
+    /// The emulator's failed comparisons with the references, in words, when there are any.
+    failed_checks: Option<String>,
+    roofline: Vec<RooflineOpLine>,
+    roofline_shape: String,
+    /// The label of the peak the roofline's estimates are at ("H100").
+    peak: &'static str,
+    /// The head run has CUDA timings (cuda/ops).
+    measured: bool,
+    limits: &'static str,
+}
+
+/// At most this many changed kernel metrics in the comment; the rest are counted.
+const KERNEL_ROWS: usize = 15;
+
+/// The Kernels section: the changed kernel metrics (emulated counts, SASS mix, ptxas resources), most important
+/// first, the roofline per op and the measured CUDA time; None when the head has no kernel result.
+fn kernels_view(
+    head: &Run,
+    base: Option<&Run>,
+    row_of: &BTreeMap<(&str, &str), &Row>,
+) -> Option<KernelsView> {
+    let kernel_kinds = [BenchKind::Emulated, BenchKind::Resources];
+    let results: Vec<&BenchResult> = head
+        .results
+        .iter()
+        .filter(|r| kernel_kinds.contains(&r.kind) || r.kind == BenchKind::Roofline)
+        .collect();
+    if results.is_empty() {
+        return None;
+    }
+    let counted: Vec<&BenchResult> = results
+        .iter()
+        .copied()
+        .filter(|r| kernel_kinds.contains(&r.kind) && r.status.is_ok())
+        .collect();
+    let (mut added, mut removed, mut compared) = (0, 0, false);
+    let mut changes: Vec<(Verdict, f64, KernelChangeView)> = Vec::new();
+    for h in &counted {
+        let Some(b) = base
+            .and_then(|b| b.result(&h.name))
+            .filter(|b| b.status.is_ok())
+        else {
+            continue;
+        };
+        compared = true;
+        for (m, hv) in &h.metrics {
+            let Some((kernel, what)) = kernel_metric(m) else {
+                continue;
+            };
+            let Some(bv) = b.metrics.get(m).copied() else {
+                added += 1;
+                continue;
+            };
+            if bv == *hv {
+                continue;
+            }
+            let row = row_of.get(&(h.name.as_str(), m.as_str()));
+            let verdict = row.map_or(Verdict::Noise, |r| r.verdict);
+            let rel = if bv != 0.0 {
+                ((hv - bv) / bv).abs()
+            } else {
+                f64::INFINITY
+            };
+            changes.push((
+                verdict,
+                rel,
+                KernelChangeView {
+                    kernel,
+                    metric: what,
+                    base: kernel_value(m, Some(bv)),
+                    head: kernel_value(m, Some(*hv)),
+                    change: kernel_change(m, Some(bv), Some(*hv)),
+                    icon: row.map_or("", |r| icon(r.verdict)),
+                    verdict: row.map_or("not compared".into(), |r| r.verdict.as_str().into()),
+                },
+            ));
+        }
+        removed += b
+            .metrics
+            .keys()
+            .filter(|m| kernel_metric(m).is_some() && !h.metrics.contains_key(*m))
+            .count();
+    }
+    // Regressions first, then improvements, then the rest; larger changes first.
+    changes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.total_cmp(&a.1)));
+    let more = changes.len().saturating_sub(KERNEL_ROWS);
+    let changes = changes.into_iter().take(KERNEL_ROWS).map(|c| c.2).collect();
+    let failed_checks = counted
+        .iter()
+        .filter(|r| r.kind == BenchKind::Emulated)
+        .find_map(|r| {
+            let failed = r.extra.get("failed")?.as_u64().filter(|f| *f > 0)?;
+            let failures: Vec<&str> = r.extra["failures"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str())
+                .collect();
+            Some(format!(
+                "{failed} of {} emulated kernel results differ from their C++ references{}",
+                r.extra
+                    .get("comparisons")
+                    .and_then(|c| c.as_u64())
+                    .map_or("?".into(), |c| c.to_string()),
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", failures.join("; "))
+                }
+            ))
+        });
+    let (key, peak) = roofline_peak(&head.meta);
+    let cuda = cuda_ops(head);
+    let mut roofline = Vec::new();
+    let mut shape = String::new();
+    if let Some(r) = results
+        .iter()
+        .find(|r| r.kind == BenchKind::Roofline && r.status.is_ok())
+    {
+        shape = roofline_shape(&r.extra);
+        let b = base
+            .and_then(|b| b.result(&r.name))
+            .filter(|b| b.status.is_ok());
+        for (op, hv) in roofline_ops(r, key) {
+            let bv = b.and_then(|b| b.metrics.get(&format!("roofline.{op}.{key}_us")).copied());
+            let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
+            let measured = match cuda {
+                None => "–".to_string(),
+                Some(c) => match measured_ms(r, c, &op) {
+                    Some(ms) if hv > 0.0 => {
+                        format!("{ms:.3} ms ({:.2}× the estimate)", ms * 1e3 / hv)
+                    }
+                    Some(ms) => format!("{ms:.3} ms"),
+                    // cuda/ops times no such sequence, or did not this time.
+                    None if r.extra["measured_metric"].get(&op).is_none() => "–".into(),
+                    None => "not measured".into(),
+                },
+            };
+            roofline.push(RooflineOpLine {
+                change: match bv {
+                    Some(bv) if bv > 0.0 => fmt_change(Some((hv - bv) / bv)),
+                    _ => "–".into(),
+                },
+                base: us(bv),
+                head: us(Some(hv)),
+                measured,
+                op,
+            });
+        }
+    }
+    Some(KernelsView {
+        counted: !counted.is_empty(),
+        compared,
+        changes,
+        more,
+        added,
+        removed,
+        failed_checks,
+        roofline,
+        roofline_shape: shape,
+        peak,
+        measured: cuda.is_some(),
+        limits: KERNEL_LIMITS,
+    })
 }
 
 /// Peak GFLOP/s for a run: the option, else the built-in GPU table when the run used a GPU backend.
@@ -488,7 +806,7 @@ pub fn render(
             speed_regr,
             qual_regr,
             if res_regr > 0 {
-                format!(", {res_regr} kernel resources worse")
+                format!(", {res_regr} kernel metrics worse")
             } else {
                 String::new()
             },
@@ -728,6 +1046,7 @@ pub fn render(
         train_speed,
         op_speed,
         peak_note,
+        kernels: kernels_view(head, base, &row_of),
         env: env_rows(base.map(|b| &b.meta), &head.meta),
         notes: cmp
             .map(|c| c.notes.clone())
@@ -1069,5 +1388,114 @@ mod tests {
             c.body
         );
         assert_eq!(c.regressions, ["op/encode time", "op/decode time"]);
+
+        // A head whose emulated transpose now has bank conflicts (0 → 1024): a kernel metric worse in the headline,
+        // named in the Kernels section; the roofline estimate alone, since the run has no cuda/ops result.
+        let kernel_result = |kind: BenchKind, name: &str, metrics: &[(&str, f64)]| BenchResult {
+            name: name.into(),
+            kind,
+            status: BenchStatus::Ok,
+            samples: vec![],
+            yardstick: vec![],
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            metric_seeds: BTreeMap::new(),
+            deterministic: true,
+            curve: vec![],
+            extra: serde_json::json!({ "failed": 0, "comparisons": 412, "shape": { "batch": 4096, "d_in": 576, "d_sae": 16384 }, "topk": 64,
+                "measured_metric": { "backward.dense": "cuda.backward.dense.ms" } }),
+        };
+        let emulated = |conflicts: f64| {
+            kernel_result(
+                BenchKind::Emulated,
+                "kernels/emulated",
+                &[
+                    ("kernel.emu.failed_checks", 0.0),
+                    ("kernel.emu.transpose.bank_conflicts", conflicts),
+                    ("kernel.emu.transpose.global_load_sectors", 640.0),
+                    ("kernel.emu.adam_step.bank_conflicts", 0.0),
+                ],
+            )
+        };
+        let roofline = kernel_result(
+            BenchKind::Roofline,
+            "kernels/roofline",
+            &[
+                ("roofline.backward.dense.h100_us", 123.4),
+                ("roofline.backward.dense.sgemm_nt.h100_us", 100.0),
+            ],
+        );
+        let head = Run {
+            meta: meta("head"),
+            results: vec![emulated(1024.0), roofline],
+        };
+        let base = Run {
+            meta: meta("base"),
+            results: vec![emulated(0.0)],
+        };
+        let rows = vec![Row {
+            bench: "kernels/emulated".into(),
+            metric: "kernel.emu.transpose.bank_conflicts".into(),
+            base: Some(0.0),
+            head: Some(1024.0),
+            change: None,
+            threshold: Some(0.0),
+            p: None,
+            detectable: None,
+            verdict: Verdict::Regression,
+            detail: String::new(),
+            triage: None,
+        }];
+        let cmp = Comparison {
+            base: base.meta.clone(),
+            head: head.meta.clone(),
+            overall: saeperf_compare::overall(&rows),
+            rows,
+            notes: vec![],
+        };
+        let c = render(
+            &head,
+            Some(&base),
+            Some(&cmp),
+            None,
+            &CommentOptions::default(),
+        )
+        .unwrap();
+        let headline = c.body.lines().next().unwrap();
+        assert!(
+            headline.contains("0 worse in quality, 1 kernel metrics worse"),
+            "{headline}"
+        );
+        let kernels = c
+            .body
+            .split_once("<details><summary>Kernels</summary>")
+            .and_then(|(_, k)| k.split_once("</details>"))
+            .map(|(k, _)| k)
+            .unwrap_or_else(|| panic!("no Kernels section: {}", c.body));
+        assert!(
+            kernels.contains(
+                "| transpose | bank\\_conflicts | 0 | 1,024 | +1,024 from 0 | 🔴 regression |"
+            ),
+            "{kernels}"
+        );
+        // Only what changed: the unchanged counts are not listed.
+        assert!(
+            !kernels.contains("global\\_load\\_sectors") && !kernels.contains("adam\\_step"),
+            "{kernels}"
+        );
+        assert!(
+            kernels.contains("| backward.dense | – | 123.4 | – |")
+                && kernels.contains("No GPU run")
+                && kernels.contains("4096 × 576 × 16384"),
+            "{kernels}"
+        );
+        assert!(kernels.contains("caches, occupancy"), "{kernels}");
+        insta::assert_snapshot!("comment_kernels_section", kernels);
+        // With the base's counts unchanged: no counted change.
+        let same = Run {
+            meta: meta("head"),
+            results: vec![emulated(0.0)],
+        };
+        let c = render(&same, Some(&base), None, None, &CommentOptions::default()).unwrap();
+        assert!(c.body.contains("No counted change"), "{}", c.body);
     }
 }

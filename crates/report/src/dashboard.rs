@@ -1090,6 +1090,8 @@ struct SeriesPage {
     metric: String,
     direction: String,
     band_note: String,
+    /// What a kernel metric counts and what it predicts or cannot see on a GPU; None for other metrics.
+    metric_note: Option<&'static str>,
     chart: svg::LineChart,
     points: Vec<SeriesPointView>,
     steps: Vec<StepView>,
@@ -1362,6 +1364,7 @@ fn series_page(
             metric: metric.to_string(),
             direction: direction.into(),
             band_note,
+            metric_note: kernel_metric_note(metric),
             chart,
             points: views,
             steps: page_steps,
@@ -1370,7 +1373,7 @@ fn series_page(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct MetricView {
     name: String,
     value: String,
@@ -1404,7 +1407,466 @@ struct BenchView {
     /// Training benchmarks: where a step's time went, per phase (name, ms per step over the run, ms per step in the
     /// steady state, share of the steady step).
     phases: Vec<(String, String, String, String)>,
+    /// An emulated result's counts, one row per kernel.
+    emulated: Option<EmulatedView>,
+    /// A roofline result's estimates, per op and kernel, beside the run's measured CUDA times.
+    roofline: Option<RooflineView>,
+    /// The metric table is long (and for the kernel results the tables above say it better): folded in a
+    /// `<details>`, with the rows the comparison flagged (`flagged`) shown above it.
+    fold_metrics: bool,
+    flagged: Vec<MetricView>,
     extra: Vec<(String, String)>,
+}
+
+/// One number of a kernel table, linked to its series.
+#[derive(Serialize)]
+struct CellView {
+    text: String,
+    href: String,
+    /// Base and change, for the tooltip; empty without a base.
+    title: String,
+    /// "worse" / "better" when the comparison flagged this metric.
+    class: &'static str,
+}
+
+/// The columns of the emulated table: (metric of `kernel.emu.<kernel>.<metric>`, heading).
+const EMU_COLUMNS: [(&str, &str); 8] = [
+    ("global_load_sectors", "load sectors"),
+    ("global_store_sectors", "store sectors"),
+    ("global_requests", "requests"),
+    ("coalescing", "coalescing"),
+    ("shared_requests", "shared requests"),
+    ("bank_conflicts", "bank conflicts"),
+    ("barriers_per_block", "barriers / block"),
+    ("fp32_ops_per_thread", "fp32 ops / thread"),
+];
+
+#[derive(Serialize)]
+struct EmuKernelRow {
+    kernel: String,
+    cells: Vec<CellView>,
+    /// The worst verdict of the kernel's metrics vs the base ("" without a comparison), the metric it is on (when
+    /// it needs attention) and how many more of its metrics have the same verdict.
+    verdict: String,
+    verdict_metric: Option<CellView>,
+    also: usize,
+}
+
+#[derive(Serialize)]
+struct EmulatedView {
+    shapes: String,
+    compiler: String,
+    comparisons: String,
+    failed: u64,
+    failures: Vec<String>,
+    headings: Vec<&'static str>,
+    rows: Vec<EmuKernelRow>,
+}
+
+#[derive(Serialize)]
+struct RooflineKernelView {
+    kernel: String,
+    flops: CellView,
+    bytes: CellView,
+    bound: String,
+    h100: CellView,
+    h200: CellView,
+}
+
+#[derive(Serialize)]
+struct RooflineOpView {
+    op: String,
+    flops: String,
+    bytes: String,
+    bound: String,
+    h100: CellView,
+    h200: CellView,
+    /// The measured time of the same sequence (cuda/ops), µs; "no GPU run" without a cuda/ops result.
+    measured: String,
+    measured_href: Option<String>,
+    /// measured ÷ estimate at the run's GPU's peaks.
+    ratio: String,
+    kernels: Vec<RooflineKernelView>,
+}
+
+#[derive(Serialize)]
+struct RooflineView {
+    shape: String,
+    sampled_blocks: String,
+    peaks: String,
+    /// The peak the measured time is divided by ("H100").
+    ratio_of: &'static str,
+    /// The run has CUDA timings (a cuda/ops result).
+    gpu: bool,
+    ops: Vec<RooflineOpView>,
+}
+
+/// A metric's value cell, linked to its series, with the base and change in its tooltip and its verdict's colour.
+fn kernel_cell(
+    r: &BenchResult,
+    b: Option<&BenchResult>,
+    metric: &str,
+    text: String,
+    href: &dyn Fn(&str) -> String,
+    verdicts: &HashMap<(&str, &str), Verdict>,
+) -> CellView {
+    let hv = r.metrics.get(metric).copied();
+    let bv = b.and_then(|b| b.metrics.get(metric).copied());
+    CellView {
+        text,
+        href: href(metric),
+        title: match bv {
+            Some(_) => format!(
+                "base {} ({})",
+                crate::comment::kernel_value(metric, bv),
+                crate::comment::kernel_change(metric, bv, hv)
+            ),
+            None => String::new(),
+        },
+        class: match verdicts.get(&(r.name.as_str(), metric)) {
+            Some(Verdict::Regression | Verdict::Failed) => "worse",
+            Some(Verdict::Improvement) => "better",
+            _ => "",
+        },
+    }
+}
+
+/// An emulated result's table: one row per kernel of `kernel.emu.<kernel>.<metric>`, with the worst verdict of its
+/// metrics; the shapes, the compiler and the failed comparisons from `extra`.
+fn emulated_view(
+    r: &BenchResult,
+    b: Option<&BenchResult>,
+    href: &dyn Fn(&str) -> String,
+    verdicts: &HashMap<(&str, &str), Verdict>,
+) -> EmulatedView {
+    let mut kernels: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for m in r.metrics.keys() {
+        if let Some((k, what)) = m
+            .strip_prefix("kernel.emu.")
+            .and_then(|e| e.rsplit_once('.'))
+        {
+            kernels.entry(k).or_default().push(what);
+        }
+    }
+    let rows = kernels
+        .iter()
+        .map(|(k, whats)| {
+            let name = |w: &str| format!("kernel.emu.{k}.{w}");
+            let cells = EMU_COLUMNS
+                .iter()
+                .map(|(w, _)| {
+                    let m = name(w);
+                    let v = r.metrics.get(&m).copied();
+                    let text = match (*w, v) {
+                        (_, None) => "–".into(),
+                        ("barriers_per_block" | "fp32_ops_per_thread", Some(v)) => {
+                            crate::comment::kernel_value(w, Some((v * 100.0).round() / 100.0))
+                        }
+                        _ => crate::comment::kernel_value(w, v),
+                    };
+                    kernel_cell(r, b, &m, text, href, verdicts)
+                })
+                .collect();
+            // The worst verdict over every metric of the kernel, columns first, then the rest by name.
+            let mut order: Vec<&str> = EMU_COLUMNS.iter().map(|c| c.0).collect();
+            let rest: Vec<&str> = whats
+                .iter()
+                .copied()
+                .filter(|w| !order.contains(w))
+                .collect();
+            order.extend(rest);
+            let judged: Vec<(&str, Verdict)> = order
+                .iter()
+                .filter_map(|w| Some((*w, *verdicts.get(&(r.name.as_str(), name(w).as_str()))?)))
+                .collect();
+            let worst = judged.iter().map(|j| j.1).max();
+            let first = worst.and_then(|v| judged.iter().find(|j| j.1 == v));
+            let flagged = worst.filter(|v| *v != Verdict::Noise && *v != Verdict::New);
+            EmuKernelRow {
+                kernel: k.to_string(),
+                cells,
+                verdict: worst.map(|v| v.as_str().to_string()).unwrap_or_default(),
+                verdict_metric: flagged.and(first).map(|(w, _)| {
+                    let m = name(w);
+                    CellView {
+                        text: w.to_string(),
+                        href: href(&m),
+                        title: String::new(),
+                        class: "",
+                    }
+                }),
+                also: flagged.map_or(0, |v| judged.iter().filter(|j| j.1 == v).count() - 1),
+            }
+        })
+        .collect();
+    let e = &r.extra;
+    let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("–").to_string();
+    EmulatedView {
+        shapes: s("shapes"),
+        compiler: s("compiler"),
+        comparisons: e
+            .get("comparisons")
+            .and_then(|v| v.as_u64())
+            .map_or("?".into(), |c| c.to_string()),
+        failed: e.get("failed").and_then(|v| v.as_u64()).unwrap_or(0),
+        failures: e["failures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect(),
+        headings: EMU_COLUMNS.iter().map(|c| c.1).collect(),
+        rows,
+    }
+}
+
+/// A row of a roofline result's `extra.rows` (the kernels crate's `RooflineRow`, read as plain data).
+#[derive(Deserialize)]
+struct RoofRow {
+    op: String,
+    kernel: String,
+    counts: RoofCounts,
+    #[serde(default)]
+    us: BTreeMap<String, f64>,
+}
+
+#[derive(Deserialize)]
+struct RoofCounts {
+    #[serde(default)]
+    flops: f64,
+    #[serde(default)]
+    gld_sectors: f64,
+    #[serde(default)]
+    gst_sectors: f64,
+}
+
+/// A GPU's peaks in a roofline result's `extra.peaks`.
+#[derive(Deserialize)]
+struct RoofPeak {
+    name: String,
+    fp32_flops: f64,
+    hbm_bytes: f64,
+}
+
+/// Which term bounds (flops, bytes) at each peak: "memory", "compute", or both named where the peaks disagree.
+fn roof_bound(flops: f64, bytes: f64, peaks: &[RoofPeak]) -> String {
+    let at: Vec<(String, &str)> = peaks
+        .iter()
+        .map(|p| {
+            let compute = flops / p.fp32_flops >= bytes / p.hbm_bytes;
+            (
+                p.name.to_uppercase(),
+                if compute { "compute" } else { "memory" },
+            )
+        })
+        .collect();
+    match at.first() {
+        None => "–".into(),
+        Some((_, b)) if at.iter().all(|a| a.1 == *b) => b.to_string(),
+        _ => at
+            .iter()
+            .map(|(p, b)| format!("{b} on {p}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// A large count with an SI prefix: "249.5 G", "3.4 GB", "512".
+fn si(v: f64, unit: &str) -> String {
+    let a = v.abs();
+    let (x, p) = if a >= 1e12 {
+        (v / 1e12, "T")
+    } else if a >= 1e9 {
+        (v / 1e9, "G")
+    } else if a >= 1e6 {
+        (v / 1e6, "M")
+    } else if a >= 1e3 {
+        (v / 1e3, "k")
+    } else {
+        return format!("{v:.0}{}{unit}", if unit.is_empty() { "" } else { " " });
+    };
+    format!("{x:.1} {p}{unit}")
+}
+
+/// A roofline result's table: per op its kernels' FLOPs, sector bytes, bound and µs at each peak, the op's sum, and
+/// beside it the measured time of the same sequence from the run's cuda/ops result (None: no rows to show).
+fn roofline_view(
+    run: &Run,
+    r: &BenchResult,
+    b: Option<&BenchResult>,
+    href: &dyn Fn(&str, &str) -> String,
+    verdicts: &HashMap<(&str, &str), Verdict>,
+) -> Option<RooflineView> {
+    let rows: Vec<RoofRow> = serde_json::from_value(r.extra.get("rows")?.clone()).ok()?;
+    let peaks: Vec<RoofPeak> = r
+        .extra
+        .get("peaks")
+        .and_then(|p| serde_json::from_value(p.clone()).ok())
+        .unwrap_or_default();
+    let cuda = crate::comment::cuda_ops(run);
+    let (key, label) = crate::comment::roofline_peak(&run.meta);
+    let own = |m: &str| href(&r.name, m);
+    let us_text = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
+    let mut ops: Vec<RooflineOpView> = Vec::new();
+    // Each op's kernels together, ops in the order they first appear.
+    let mut rows: Vec<&RoofRow> = rows.iter().collect();
+    let first: HashMap<&str, usize> = rows
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, x)| (x.op.as_str(), i))
+        .collect();
+    rows.sort_by_key(|x| first[x.op.as_str()]);
+    for row in rows.iter().copied() {
+        if ops.last().is_none_or(|o| o.op != row.op) {
+            let sum = |p: &str| -> Option<f64> {
+                r.metrics
+                    .get(&format!("roofline.{}.{p}_us", row.op))
+                    .copied()
+                    .or_else(|| {
+                        let v: Vec<f64> = rows
+                            .iter()
+                            .filter(|x| x.op == row.op)
+                            .filter_map(|x| x.us.get(p).copied())
+                            .collect();
+                        (!v.is_empty()).then(|| v.iter().sum())
+                    })
+            };
+            let (flops, bytes) =
+                rows.iter()
+                    .filter(|x| x.op == row.op)
+                    .fold((0.0, 0.0), |(f, s), x| {
+                        (
+                            f + x.counts.flops,
+                            s + 32.0 * (x.counts.gld_sectors + x.counts.gst_sectors),
+                        )
+                    });
+            let cell = |p: &str| {
+                let m = format!("roofline.{}.{p}_us", row.op);
+                kernel_cell(r, b, &m, us_text(sum(p)), &own, verdicts)
+            };
+            // The cuda/ops metric timing the same sequence, where one exists, and its value in this run.
+            let counterpart = r
+                .extra
+                .get("measured_metric")
+                .and_then(|m| m.get(&row.op)?.as_str());
+            let measured = cuda
+                .zip(counterpart)
+                .and_then(|(c, name)| Some((c, name, crate::comment::measured_ms(r, c, &row.op)?)));
+            ops.push(RooflineOpView {
+                op: row.op.clone(),
+                flops: si(flops, ""),
+                bytes: si(bytes, "B"),
+                bound: roof_bound(flops, bytes, &peaks),
+                h100: cell("h100"),
+                h200: cell("h200"),
+                measured: match (cuda, &measured) {
+                    (None, _) => "no GPU run".into(),
+                    (Some(_), Some((_, _, ms))) => format!("{:.1}", ms * 1e3),
+                    // cuda/ops times no such sequence.
+                    (Some(_), None) if counterpart.is_none() => "–".into(),
+                    (Some(_), None) => "not measured".into(),
+                },
+                measured_href: measured.as_ref().map(|(c, name, _)| href(&c.name, name)),
+                ratio: match (&measured, sum(key)) {
+                    (Some((_, _, ms)), Some(est)) if est > 0.0 => {
+                        format!("{:.2}×", ms * 1e3 / est)
+                    }
+                    _ => "–".into(),
+                },
+                kernels: vec![],
+            });
+        }
+        let base = format!("roofline.{}.{}", row.op, row.kernel);
+        let c = &row.counts;
+        let bytes = 32.0 * (c.gld_sectors + c.gst_sectors);
+        let cell = |what: &str, text: String| {
+            kernel_cell(r, b, &format!("{base}.{what}"), text, &own, verdicts)
+        };
+        let k = RooflineKernelView {
+            kernel: row.kernel.clone(),
+            flops: cell("flops", si(c.flops, "")),
+            bytes: cell("sector_bytes", si(bytes, "B")),
+            bound: roof_bound(c.flops, bytes, &peaks),
+            h100: cell("h100_us", us_text(row.us.get("h100").copied())),
+            h200: cell("h200_us", us_text(row.us.get("h200").copied())),
+        };
+        if let Some(o) = ops.last_mut() {
+            o.kernels.push(k);
+        }
+    }
+    let peaks_text = peaks
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {:.1} TFLOP/s FP32, {:.2} TB/s HBM",
+                p.name.to_uppercase(),
+                p.fp32_flops / 1e12,
+                p.hbm_bytes / 1e12
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(RooflineView {
+        shape: crate::comment::roofline_shape(&r.extra),
+        sampled_blocks: r
+            .extra
+            .get("sampled_blocks")
+            .and_then(|v| v.as_u64())
+            .map_or("a few".into(), |n| n.to_string()),
+        peaks: if peaks_text.is_empty() {
+            "not recorded".into()
+        } else {
+            peaks_text
+        },
+        ratio_of: label,
+        gpu: cuda.is_some(),
+        ops,
+    })
+}
+
+/// One line under a series chart of a kernel metric: what it counts, and what it predicts or cannot see on a GPU
+/// (docs/kernel-metrics.md, docs/kernel-metrics-sass.md). None for other metrics.
+fn kernel_metric_note(metric: &str) -> Option<&'static str> {
+    if metric == "kernel.emu.failed_checks" {
+        return Some("Comparisons of the emulated kernels' results with their C++ references that failed: above 0 a kernel computes a wrong result. The emulator runs the threads in one order, so a race can still pass.");
+    }
+    if let Some(e) = metric.strip_prefix("kernel.emu.") {
+        let what = e.rsplit_once('.').map_or(e, |x| x.1);
+        return Some(match what {
+            "global_load_sectors" => "32-byte global-memory sectors the kernel's loads touched, counted warp by warp in the CPU emulator at its fixed small shapes: the memory traffic it asks for. It cannot see how much of it the L1 and L2 caches serve.",
+            "global_store_sectors" => "32-byte global-memory sectors the kernel's stores touched, counted warp by warp in the CPU emulator at its fixed small shapes: the write traffic it asks for. It cannot see caches or how the writes overlap with other work.",
+            "global_requests" => "Warp-wide global load and store instructions executed, in the emulator. More requests for the same sectors usually means narrower (less vectorised) accesses; their latency, and how much of it other warps hide, is not seen.",
+            "coalescing" => "Bytes the lanes asked for ÷ bytes in the 32-byte sectors they touched (100%: every byte fetched is used; above: lanes share data). Lower means wasted memory bandwidth on a GPU, unless caches serve the waste, which the count cannot see.",
+            "shared_requests" => "Warp-wide shared-memory loads and stores executed, in the emulator: the work of the shared-memory pipe; whether it limits the kernel depends on occupancy and overlap, which the count cannot see.",
+            "bank_conflicts" => "Shared-memory wavefronts beyond one per request phase (32 banks of 4 bytes): each is an extra pass the GPU serialises. Whether other warps hide the delay is not seen.",
+            "atomics" => "Warp-wide atomic operations (global or shared), in the emulator. On a GPU their cost depends on contention for the same addresses, which the count does not see.",
+            "barriers_per_block" => "__syncthreads executed per block: each stalls the block until its slowest warp arrives; how long that wait is depends on scheduling the count cannot see.",
+            "fp32_ops_per_thread" => "fp32 operations per thread (arithmetic, comparisons, math functions: one each), in the emulator: the arithmetic work. How it is issued (FFMA or not, latency, occupancy) is not seen.",
+            "flops" => "Floating-point operations (an FMA counts two) at the emulator's small shapes: the arithmetic work the kernel does, not how fast the GPU does it.",
+            _ => "A count from the CPU emulator of the CUDA kernels (docs/kernel-metrics.md): what a kernel asks of the GPU; caches, occupancy, clocks and the order warps run in are not seen.",
+        });
+    }
+    if let Some(rest) = metric.strip_prefix("roofline.") {
+        let kernel = rest.matches('.').count() >= 3;
+        let what = rest.rsplit_once('.').map_or(rest, |x| x.1);
+        return Some(match (what, kernel) {
+            ("flops", _) => "FP32 FLOPs of the kernel at the roofline shape: a few blocks of each launch emulated and scaled to the grid.",
+            ("sector_bytes", _) => "Bytes in the 32-byte sectors the kernel touches at the roofline shape, all counted as DRAM traffic: where caches serve repeats, the real traffic is lower.",
+            ("h100_us" | "h200_us", false) => "The op's estimated time at the GPU's FP32 and HBM peaks, summed over its kernels: an idealised figure (no cache reuse, latency, launch overhead or occupancy limit), not a prediction of the measured cuda/ops time; a change in it says the counted work or traffic changed.",
+            ("h100_us" | "h200_us", true) => "The kernel's estimated time at the GPU's peaks: max(FLOPs ÷ FP32 peak, sector bytes ÷ HBM bandwidth). Idealised (no cache reuse, latency, launch overhead or occupancy limit): a change says the counted work or traffic changed, not the measured time.",
+            _ => "An estimate from the kernels emulated at a real shape; never judged.",
+        });
+    }
+    let (_, what) = metric.split_once(".sass.")?;
+    Some(match what {
+        "instructions" => "SASS instructions in the kernel's code (nvdisasm of ptxas's cubin), each counted once: static, so loop trip counts, divergence, latency and occupancy are not seen.",
+        "ffma" => "FFMA instructions in the kernel's code (static: each once, however often the loop runs).",
+        "fma_share" => "FFMA ÷ all instructions in the code: where instruction issue is the limit, it bounds how close the main loop can come to the FMA peak. Static: memory latency, occupancy and trip counts are not seen.",
+        "main_loop_instructions" => "Instructions in the kernel's main loop (the backward branch holding the most FFMA): longer for the same FFMA means more instructions per unit of work. Static: its trip count and stalls are not seen.",
+        "local_loads" | "local_stores" => "Local-memory instructions in the code: register spills. Static: how often they run and whether the cache serves them is not seen.",
+        _ => "Memory instructions of this kind in the kernel's code: more for the same work usually means lost vectorisation or reuse in registers. Static: how often each runs and whether it hits a cache is not seen.",
+    })
 }
 
 /// The rows of a training benchmark's per-phase breakdown (`extra.phase_ms`, `extra.steady_phase_ms`).
@@ -1581,16 +2043,26 @@ fn run_page(
             let mut ms: Vec<&String> = r.metrics.keys().collect();
             ms.sort_by_key(|m| (rules.rule(m.as_str()).is_none(), m.to_string()));
             names.extend(ms.into_iter().cloned());
-            let metrics = names
+            let metrics: Vec<MetricView> = names
                 .iter()
                 .map(|m| {
                     let hv = r.series_value(m);
                     let bv = b.and_then(|b| b.series_value(m));
+                    // Kernel counts are exact: whole numbers, ratios as percentages, a change from 0 as a difference.
+                    let kernel = m.starts_with("kernel.");
+                    let value = |v| {
+                        if kernel {
+                            crate::comment::kernel_value(m, v)
+                        } else {
+                            fmt_value(m, v)
+                        }
+                    };
                     MetricView {
                         name: m.clone(),
-                        value: fmt_value(m, hv),
-                        base: fmt_value(m, bv),
+                        value: value(hv),
+                        base: value(bv),
                         change: match (bv, hv) {
+                            _ if kernel => crate::comment::kernel_change(m, bv, hv),
                             (Some(b), Some(h)) if b != 0.0 => fmt_change(Some((h - b) / b.abs())),
                             _ => "–".into(),
                         },
@@ -1668,6 +2140,66 @@ fn run_page(
                 }
                 s
             });
+            let ok = r.status.is_ok();
+            let emulated = (r.kind == BenchKind::Emulated && ok).then(|| {
+                emulated_view(
+                    r,
+                    b,
+                    &|m| series_href("../", &info.group, &r.name, m),
+                    &verdicts,
+                )
+            });
+            let roofline = (r.kind == BenchKind::Roofline && ok)
+                .then(|| {
+                    roofline_view(
+                        run,
+                        r,
+                        b,
+                        &|bench, m| series_href("../", &info.group, bench, m),
+                        &verdicts,
+                    )
+                })
+                .flatten();
+            // What the kernel tables show is not repeated in the line of extra facts.
+            // Long metric lists (the kernel results: hundreds of kernel × metric) are folded, the rows the
+            // comparison flagged kept above the fold.
+            let fold_metrics = emulated.is_some()
+                || roofline.is_some()
+                || (r.kind == BenchKind::Resources && metrics.len() > FOLD_ABOVE);
+            let flagged: Vec<MetricView> = if fold_metrics {
+                metrics
+                    .iter()
+                    .filter(|m| {
+                        verdicts
+                            .get(&(r.name.as_str(), m.name.as_str()))
+                            .is_some_and(|v| v.needs_attention())
+                    })
+                    .map(MetricView::clone)
+                    .collect()
+            } else {
+                vec![]
+            };
+            let shown: &[&str] = if emulated.is_some() {
+                &[
+                    "kernels",
+                    "failures",
+                    "shapes",
+                    "failed",
+                    "comparisons",
+                    "compiler",
+                ]
+            } else if roofline.is_some() {
+                &[
+                    "rows",
+                    "peaks",
+                    "measured_metric",
+                    "shape",
+                    "topk",
+                    "sampled_blocks",
+                ]
+            } else {
+                &[]
+            };
             let mut extra: Vec<(String, String)> = Vec::new();
             if let Some(o) = r.extra.as_object() {
                 for (k, v) in o {
@@ -1681,7 +2213,8 @@ fn run_page(
                             | "feature_diff"
                             | "phase_ms"
                             | "steady_phase_ms"
-                    ) {
+                    ) || shown.contains(&k.as_str())
+                    {
                         continue;
                     }
                     let text = match v {
@@ -1731,6 +2264,10 @@ fn run_page(
                     .cloned()
                     .unwrap_or_default(),
                 phases: phase_rows(r),
+                fold_metrics,
+                flagged,
+                emulated,
+                roofline,
                 extra,
             }
         })
