@@ -267,6 +267,20 @@ fn training_with_auto_falls_back_to_cpu_and_cuda_fails_cleanly_without_a_driver(
         .exists());
 }
 
+/// A copy of the kernel sources (every `.cu` and `common.cuh`) in `dir/cuda`, to edit and point SAEPERF_CUDA_SRC at.
+fn kernel_sources_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = dir.join("cuda");
+    std::fs::create_dir_all(&src).unwrap();
+    let kernels_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/cuda");
+    for e in std::fs::read_dir(&kernels_dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "cu" || x == "cuh") {
+            std::fs::copy(&p, src.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    src
+}
+
 /// A suite with only the kernel resource benchmark.
 const RESOURCES_SUITE: &str = r#"
 name = "resources"
@@ -301,15 +315,7 @@ fn a_kernel_that_starts_to_spill_is_a_regression_of_the_bench_run() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("cuda");
-    std::fs::create_dir_all(&src).unwrap();
-    let kernels_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/cuda");
-    for e in std::fs::read_dir(&kernels_dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "cu" || x == "cuh") {
-            std::fs::copy(&p, src.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    let src = kernel_sources_in(tmp.path());
     // The project's own kernel.* rules (bench/suite.toml), so the comparison judges the SASS mix as `runner bench`
     // does.
     let default_suite: toml::Table = std::fs::read_to_string(
@@ -520,15 +526,7 @@ fn uncoalesced_reads_and_bank_conflicts_are_regressions_without_a_gpu() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("cuda");
-    std::fs::create_dir_all(&src).unwrap();
-    let kernels_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/cuda");
-    for e in std::fs::read_dir(&kernels_dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "cu" || x == "cuh") {
-            std::fs::copy(&p, src.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    let src = kernel_sources_in(tmp.path());
     std::fs::write(tmp.path().join("suite.toml"), EMULATED_SUITE).unwrap();
     let runner_in = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_runner"))

@@ -159,27 +159,31 @@ pub fn ptxas() -> Option<PathBuf> {
 }
 
 fn find_ptxas() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SAEPERF_PTXAS") {
+    find_tool("SAEPERF_PTXAS", "ptxas", "nvidia.cuda_nvcc")
+}
+
+/// A CUDA command-line tool: `$env`, then `PATH`, then the pip package `module`'s `bin/`, then the toolkit's `bin/`.
+fn find_tool(env: &str, name: &str, module: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         return Some(PathBuf::from(p));
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let c = dir.join("ptxas");
-            if c.is_file() {
-                return Some(c);
-            }
-        }
-    }
-    if let Some(d) = pip_package_dir("nvidia.cuda_nvcc") {
-        let c = d.join("bin").join("ptxas");
-        if c.is_file() {
-            return Some(c);
-        }
-    }
-    toolkit_dirs()
-        .into_iter()
-        .map(|d| d.join("bin").join("ptxas"))
-        .find(|c| c.is_file())
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|c| c.is_file())
+    });
+    on_path
+        .or_else(|| {
+            pip_package_dir(module)
+                .map(|d| d.join("bin").join(name))
+                .filter(|c| c.is_file())
+        })
+        .or_else(|| {
+            toolkit_dirs()
+                .into_iter()
+                .map(|d| d.join("bin").join(name))
+                .find(|c| c.is_file())
+        })
 }
 
 /// The nvdisasm to disassemble cubins with, if any (checked once per process): `$SAEPERF_NVDISASM`, then `PATH`,
@@ -190,27 +194,7 @@ pub fn nvdisasm() -> Option<PathBuf> {
 }
 
 fn find_nvdisasm() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SAEPERF_NVDISASM") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let c = dir.join("nvdisasm");
-            if c.is_file() {
-                return Some(c);
-            }
-        }
-    }
-    if let Some(d) = pip_package_dir("nvidia.cu13") {
-        let c = d.join("bin").join("nvdisasm");
-        if c.is_file() {
-            return Some(c);
-        }
-    }
-    toolkit_dirs()
-        .into_iter()
-        .map(|d| d.join("bin").join("nvdisasm"))
-        .find(|c| c.is_file())
+    find_tool("SAEPERF_NVDISASM", "nvdisasm", "nvidia.cu13")
 }
 
 /// NVRTC's version (major, minor), once NVRTC is available.
