@@ -2,7 +2,7 @@
 // that mirror kernels/src/ops/*.rs `reference`, with NaN-poisoned outputs and shapes that are and are not tile multiples.
 // Build and run:  g++ -std=c++20 -O1 -pthread -I kernels/cuda kernels/cuda/emu/check.cpp kernels/cuda/emu/rt.cpp -o /tmp/emu
 // (the Rust test cuda::compile::tests::kernels_run_correctly_in_the_emulator does this when g++ is installed).
-// `--quick` checks three small shapes (about 20 s on 2 cores). Prints one line per comparison; exits 1 if any relative
+// `--quick` checks three small shapes (about 10 s on 2 cores). Prints one line per comparison; exits 1 if any relative
 // error exceeds 1e-4.
 // `--count FILE` (the counting build, -DEMU_COUNT; kernels/src/cuda/emu.rs builds and runs it) runs the same checks at
 // the fixed counting shapes and writes every kernel's counted traffic and operations to FILE as JSON.

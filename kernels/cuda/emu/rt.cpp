@@ -16,12 +16,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <dlfcn.h>
 #include <cstdio>
 #include <map>
-#include <memory>
-#include <mutex>
 #include <new>
 #include <string>
 #include <ucontext.h>

@@ -255,7 +255,7 @@ fn emu_err(msg: impl Into<String>) -> CudaError {
 
 /// The counting emulator, built in a temporary directory (removed when dropped).
 pub struct Emulator {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     exe: PathBuf,
     compiler: String,
     sources: String,
@@ -380,7 +380,7 @@ impl Emulator {
             )));
         }
         Ok(Emulator {
-            _dir: dir,
+            dir,
             exe,
             compiler,
             sources: source_label(),
@@ -390,7 +390,7 @@ impl Emulator {
 
     fn run(&self, args: &[String]) -> Result<(std::process::Output, PathBuf, f64), CudaError> {
         let json = self
-            ._dir
+            .dir
             .path()
             .join(format!("{}.json", args[0].trim_start_matches('-')));
         let t0 = Instant::now();
