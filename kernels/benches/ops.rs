@@ -196,8 +196,8 @@ fn bench_step(c: &mut Criterion) {
     g.finish();
 }
 
-/// The fast ops' two paths side by side at fixed code densities: where the sparse path stops paying
-/// (ops::SPARSE_DENSITY is set from this crossover).
+/// The fast ops' three paths side by side at fixed code densities: where each stops paying (ops::SPARSE_DENSITY_ROWS,
+/// _DECODE and _BACKWARD are set from these crossovers).
 fn bench_sparse_vs_dense(c: &mut Criterion) {
     let inp = inputs(Shape::REFERENCE);
     let s = inp.s;
@@ -206,7 +206,7 @@ fn bench_sparse_vs_dense(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_millis(300));
     let mut r = ChaCha8Rng::seed_from_u64(1);
-    for density in [0.02f32, 0.05, 0.1, 0.15, 0.2] {
+    for density in [0.005f32, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5] {
         let f: Vec<f32> = (0..s.batch * s.d_sae)
             .map(|_| {
                 if r.random::<f32>() < density {
@@ -218,27 +218,33 @@ fn bench_sparse_vs_dense(c: &mut Criterion) {
             .collect();
         let mut xh = vec![0.0; s.batch * s.d_in];
         let mut gr = Params::zeros(s);
-        for (path, sparse) in [("dense", false), ("sparse", true)] {
+        type Decode = fn(Shape, &ops::sparse::Csr, &[f32], &[f32], &mut [f32]);
+        let paths: [(&str, Option<Decode>, BackwardFn); 3] = [
+            ("dense", None, backward::fast_dense),
+            (
+                "rows",
+                Some(ops::decode::fast_sparse_rows),
+                backward::fast_sparse_rows,
+            ),
+            (
+                "blocked",
+                Some(ops::decode::fast_sparse_blocked),
+                backward::fast_sparse_blocked,
+            ),
+        ];
+        for (path, decode, bwd) in paths {
             let id = format!("{path}@{density}");
             g.bench_function(BenchmarkId::new("decode", &id), |b| {
-                b.iter(|| {
-                    if sparse {
+                b.iter(|| match decode {
+                    Some(op) => {
                         let csr = ops::sparse::Csr::from_dense(&f, s.d_sae);
-                        ops::decode::fast_sparse(s, &csr, &inp.p.w_dec, &inp.p.b_dec, &mut xh)
-                    } else {
-                        ops::decode::fast_dense(s, &f, &inp.p.w_dec, &inp.p.b_dec, &mut xh)
+                        op(s, &csr, &inp.p.w_dec, &inp.p.b_dec, &mut xh)
                     }
+                    None => ops::decode::fast_dense(s, &f, &inp.p.w_dec, &inp.p.b_dec, &mut xh),
                 })
             });
             g.bench_function(BenchmarkId::new("backward", &id), |b| {
-                b.iter(|| {
-                    let op = if sparse {
-                        backward::fast_sparse
-                    } else {
-                        backward::fast_dense
-                    };
-                    backward_once(op, &inp, &f, &mut gr)
-                })
+                b.iter(|| backward_once(bwd, &inp, &f, &mut gr))
             });
         }
     }

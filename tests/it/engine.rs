@@ -332,8 +332,9 @@ fn same_seed_gives_bit_identical_dictionaries() {
         &home,
         &data,
         &[
+            // d_in 64: one whole packed tile, so the blocked sparse kernels' intrinsics run, not only their tails.
             "--d-in",
-            "24",
+            "64",
             "--features",
             "96",
             "--train-tokens",

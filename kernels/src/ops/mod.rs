@@ -15,6 +15,7 @@ pub mod matryoshka;
 pub mod reduce;
 pub mod resample;
 pub mod sparse;
+pub(crate) mod spmm;
 pub mod threshold;
 
 pub use adam::AdamHyper;
@@ -47,12 +48,18 @@ pub enum Activation {
     TopK { k: usize },
 }
 
-/// When the fraction of firing (token, feature) pairs is below this, the fast ops take the sparse path. Decided per
+/// The fast decode and backward pick their kernels by the fraction of (token, feature) pairs that fire, decided per
 /// batch from that batch's codes (so the path follows L0 as it falls during training, and the choice is a function of
-/// the data: same seed, same path, same bits). Measured crossover at the reference shape on a 2-core AMD EPYC VM
-/// with AVX2 (`cargo bench -p saeperf-kernels --bench ops -- sparse_vs_dense`; sparse vs dense): backward 66 vs
-/// 90 ms at density 0.10, 98 vs 89 at 0.15; decode 17.9 vs 28.4 ms at 0.10, 26.9 vs 26.6 at 0.15.
-pub const SPARSE_DENSITY: f64 = 0.125;
+/// the data: same seed, same path, same bits). Below SPARSE_DENSITY_ROWS the row-wise sparse kernels; below the op's
+/// SPARSE_DENSITY_* the blocked sparse kernels (`spmm`); above it GEMMs. Set at the crossovers measured side by side at
+/// the reference shape 1024 × 576 × 4608 on a 2-core AMD EPYC VM with AVX2 and FMA (time ratios, medians of 5–7):
+/// - blocked ÷ row-wise: backward 1.66 at density 0.004, 1.02 at 0.02, 0.65 at 0.05, 0.43 at 0.1; decode 1.58, 1.18,
+///   0.89, 0.65;
+/// - blocked ÷ dense: backward 0.62 at 0.25, 0.69–0.71 at 0.3, 0.80–0.90 at 0.4, 0.93 at 0.45, 1.08–1.28 at 0.5;
+///   decode 0.64–0.73 at 0.2, 0.76–0.86 at 0.3, 0.77–1.28 at 0.4, 0.95 at 0.45, 1.00–1.05 at 0.5.
+pub const SPARSE_DENSITY_ROWS: f64 = 0.02;
+pub const SPARSE_DENSITY_BACKWARD: f64 = 0.45;
+pub const SPARSE_DENSITY_DECODE: f64 = 0.4;
 
 /// Reused f32 buffers for the ops' temporaries, so that a training step allocates (and page-faults in) nothing after
 /// its first step: a buffer taken here goes back to the calling thread's pool when dropped. Its contents are stale
@@ -151,6 +158,12 @@ pub(crate) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += x[l] * y[l];
         }
     }
+    dot_finish(acc, ta, tb)
+}
+
+/// [`dot`]'s last steps: the lanes added pairwise, then the tail in order.
+#[inline(always)]
+fn dot_finish(mut acc: [f32; DOT_LANES], ta: &[f32], tb: &[f32]) -> f32 {
     let mut w = DOT_LANES;
     while w > 1 {
         w /= 2;
@@ -173,10 +186,28 @@ pub fn count_nonzero(f: &[f32]) -> usize {
         .sum()
 }
 
-/// True when the fast ops should take the sparse path for codes `f` of shape `s`.
-pub fn prefers_sparse(s: Shape, f: &[f32]) -> bool {
-    let total = (s.batch * s.d_sae).max(1);
-    (count_nonzero(f) as f64) / (total as f64) < SPARSE_DENSITY
+/// Which kernels a fast op runs for codes of a given density.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Below [`SPARSE_DENSITY_ROWS`]: pair by pair over whole rows.
+    Rows,
+    /// Below the op's threshold: the blocked kernels on packed tiles (`spmm`).
+    Blocked,
+    /// GEMMs.
+    Dense,
+}
+
+/// The path for codes of shape `s` with `nnz` nonzeros, given the op's blocked/dense crossover `dense_from` (one of
+/// the SPARSE_DENSITY_* constants).
+pub fn path_for(s: Shape, nnz: usize, dense_from: f64) -> Path {
+    let density = nnz as f64 / ((s.batch * s.d_sae).max(1) as f64);
+    if density < SPARSE_DENSITY_ROWS {
+        Path::Rows
+    } else if density < dense_from {
+        Path::Blocked
+    } else {
+        Path::Dense
+    }
 }
 
 /// The op families, by the name the suite, the benchmarks and the GPU check use.
