@@ -12,9 +12,9 @@ use crate::backend::{
 use crate::ops::{gated::Sums, Activation, AdamHyper, BatchStats, Shape};
 
 /// The CUDA backend takes its sparse decode and backward when fewer than this share of the (token, feature) pairs
-/// fire. It keeps the value the CPU used before its own crossover was measured (`ops::SPARSE_DENSITY`): the GPU's
-/// crossover has not been measured yet (no GPU was lent), and a GPU's dense SGEMM is relatively faster than its
-/// gathers, so the CPU's 0.125 would likely be too high there.
+/// fire. It keeps the value the CPU used before its own crossovers were measured (`ops::SPARSE_DENSITY_*` now): the
+/// GPU's crossover has not been measured yet (no GPU was lent), and a GPU's dense SGEMM is relatively faster than its
+/// gathers, so the CPU's crossovers (0.4–0.45 for its blocked kernels) would likely be too high there.
 pub const SPARSE_DENSITY: f64 = 1.0 / 16.0;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
