@@ -113,11 +113,9 @@ pub fn fast_sparse_rows(s: Shape, csr: &Csr, w_dec: &[f32], b_dec: &[f32], xhat:
 
 /// The sparse gather: [`fast_sparse_rows`] for very sparse codes, [`fast_sparse_blocked`] otherwise.
 pub fn fast_sparse(s: Shape, csr: &Csr, w_dec: &[f32], b_dec: &[f32], xhat: &mut [f32]) {
-    let density = csr.idx.len() as f64 / (s.batch * s.d_sae).max(1) as f64;
-    if density < super::SPARSE_DENSITY_ROWS {
-        fast_sparse_rows(s, csr, w_dec, b_dec, xhat)
-    } else {
-        fast_sparse_blocked(s, csr, w_dec, b_dec, xhat)
+    match super::path_for(s, csr.idx.len(), f64::INFINITY) {
+        super::Path::Rows => fast_sparse_rows(s, csr, w_dec, b_dec, xhat),
+        _ => fast_sparse_blocked(s, csr, w_dec, b_dec, xhat),
     }
 }
 

@@ -126,13 +126,20 @@ thread_local! {
     static CSR: std::cell::RefCell<Csr> = std::cell::RefCell::new(Csr::default());
 }
 
-/// Runs `body` on the CSR form of `f` ([batch, cols]), built in this thread's reused buffers.
-pub(crate) fn with_csr<R>(f: &[f32], cols: usize, body: impl FnOnce(&Csr) -> R) -> R {
+/// Runs `body` with this thread's pooled CSR buffers (taken out of the pool meanwhile, so a nested call gets its own).
+fn pooled<R>(body: impl FnOnce(&mut Csr) -> R) -> R {
     let mut csr = CSR.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    csr.refill(f, cols);
-    let out = body(&csr);
+    let out = body(&mut csr);
     let _ = CSR.try_with(|c| *c.borrow_mut() = csr);
     out
+}
+
+/// Runs `body` on the CSR form of `f` ([batch, cols]), built in this thread's reused buffers.
+pub(crate) fn with_csr<R>(f: &[f32], cols: usize, body: impl FnOnce(&Csr) -> R) -> R {
+    pooled(|csr| {
+        csr.refill(f, cols);
+        body(csr)
+    })
 }
 
 /// Picks a fast op's kernels for codes `f` of shape `s` ([`super::path_for`], with the op's blocked/dense crossover
@@ -144,17 +151,16 @@ pub(crate) fn with_path<R>(
     dense_from: f64,
     body: impl FnOnce(super::Path, Option<&Csr>) -> R,
 ) -> R {
-    let mut csr = CSR.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    csr.count(f, s.d_sae);
-    let path = super::path_for(s, *csr.ptr.last().unwrap_or(&0), dense_from);
-    let out = if path == super::Path::Dense {
-        body(path, None)
-    } else {
-        csr.fill(f, s.d_sae);
-        body(path, Some(&csr))
-    };
-    let _ = CSR.try_with(|c| *c.borrow_mut() = csr);
-    out
+    pooled(|csr| {
+        csr.count(f, s.d_sae);
+        let path = super::path_for(s, *csr.ptr.last().unwrap_or(&0), dense_from);
+        if path == super::Path::Dense {
+            body(path, None)
+        } else {
+            csr.fill(f, s.d_sae);
+            body(path, Some(csr))
+        }
+    })
 }
 
 /// `data` cut into the rows that `ptr` delimits (ptr[0] = 0, ptr[rows] = data.len()).
