@@ -357,13 +357,10 @@ fn blocked(
             let slabs = spmm::Slabs::new(&bounds, TOKEN_SLAB, bsz);
             // ∂W_dec rows and ∂pre at the pairs in one pass; then ∂W_enc from ∂pre.
             let mut dv = super::scratch::take(pairs);
-            let mut lanes = super::scratch::take(8 * pairs);
             gd_blk.fill(0.0);
             spmm::gather_dot_block(
                 gd_blk, d, &pd, &pw, i0, &cols.tok, &cols.fv, &slabs, &dxh, w.w_dec, l1b, &mut dv,
-                0, &mut lanes,
             );
-            drop(lanes);
             for (k, gb) in gb_blk.iter_mut().enumerate() {
                 let mut sum = 0.0f32;
                 for &v in &dv[cols.ptr[k]..cols.ptr[k + 1]] {
@@ -482,21 +479,30 @@ fn rows(s: Shape, x: &[f32], f: &[f32], csr: &Csr, xhat: &[f32], l1: f32, w: Wei
 
 /// The sparse backward: [`fast_sparse_rows`] for very sparse codes, [`fast_sparse_blocked`] otherwise.
 pub fn fast_sparse(s: Shape, x: &[f32], f: &[f32], xhat: &[f32], l1: f32, w: Weights, g: GradsMut) {
-    super::sparse::with_path(s, f, f64::INFINITY, |path, csr| match (path, csr) {
-        (super::Path::Rows, Some(csr)) => rows(s, x, f, csr, xhat, l1, w, g),
-        (_, Some(csr)) => blocked(s, x, f, csr, xhat, l1, w, g),
-        (_, None) => fast_dense(s, x, f, xhat, l1, w, g),
-    })
+    by_density(f64::INFINITY, s, x, f, xhat, l1, w, g)
 }
 
 /// The fast path: by the codes' density, the row-wise sparse kernels, the blocked sparse kernels, or three GEMMs.
 pub fn fast(s: Shape, x: &[f32], f: &[f32], xhat: &[f32], l1: f32, w: Weights, g: GradsMut) {
-    super::sparse::with_path(s, f, super::SPARSE_DENSITY_BACKWARD, |path, csr| {
-        match (path, csr) {
-            (super::Path::Rows, Some(csr)) => rows(s, x, f, csr, xhat, l1, w, g),
-            (super::Path::Blocked, Some(csr)) => blocked(s, x, f, csr, xhat, l1, w, g),
-            _ => fast_dense(s, x, f, xhat, l1, w, g),
-        }
+    by_density(super::SPARSE_DENSITY_BACKWARD, s, x, f, xhat, l1, w, g)
+}
+
+/// The kernels that [`super::path_for`] picks for the codes `f`, given the blocked/dense crossover `dense_from`.
+#[allow(clippy::too_many_arguments)]
+fn by_density(
+    dense_from: f64,
+    s: Shape,
+    x: &[f32],
+    f: &[f32],
+    xhat: &[f32],
+    l1: f32,
+    w: Weights,
+    g: GradsMut,
+) {
+    super::sparse::with_path(s, f, dense_from, |path, csr| match (path, csr) {
+        (super::Path::Rows, Some(csr)) => rows(s, x, f, csr, xhat, l1, w, g),
+        (super::Path::Blocked, Some(csr)) => blocked(s, x, f, csr, xhat, l1, w, g),
+        _ => fast_dense(s, x, f, xhat, l1, w, g),
     })
 }
 

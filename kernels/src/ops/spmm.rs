@@ -201,14 +201,14 @@ const HALF: usize = PACK / 2;
 /// The gather of [`gather_block`] fused with masked dot products over the same pairs. Output row r is row `w0 + r` of
 /// W (`pw`); its pairs e index rows of A (`pa`). For each pair, in one pass over its A row:
 /// - `out[r] = fma(val[e], A[idx[e]], out[r])` (as [`gather_block`]: per element, the pairs in order);
-/// - `dots[e − base] = ⟨A[idx[e]], W[w0 + r]⟩ + add`, the masked product (only the pairs are computed).
+/// - `dots[e] = ⟨A[idx[e]], W[w0 + r]⟩ + add`, the masked product (only the pairs are computed).
 ///
 /// A's row is loaded once for both (about 0.9 memory operations per FMA, against 1.2 for the two kernels apart).
 ///
 /// Order of a pair's dot: for each tile and each half of it in order, with x_q, w_q its four 8-float vectors of A
 /// and W, s = fma(x3, w3, fma(x2, w2, fma(x1, w1, fma(x0, w0, s)))) lane by lane (s starts at 0); then s's 8 lanes
 /// pairwise (l + 4, l + 2, l + 1); then the columns past the last tile from the unpacked `ua` [A rows, d] and
-/// `uw` [W rows, d], by FMA in order; then `add`. `lanes` is a scratch of at least 8 floats a pair.
+/// `uw` [W rows, d], by FMA in order; then `add`.
 ///
 /// Loops: slab by slab of A's rows (so that a pair's lanes stay in L1 across the tiles), then tile, half and row.
 #[allow(clippy::too_many_arguments)]
@@ -225,8 +225,6 @@ pub(crate) fn gather_dot_block(
     uw: &[f32],
     add: f32,
     dots: &mut [f32],
-    base: usize,
-    lanes: &mut [f32],
 ) {
     let (tiles, rows) = (d / PACK, slabs.rows());
     assert!(out.len() >= rows * d && idx.len() == val.len());
@@ -238,24 +236,26 @@ pub(crate) fn gather_dot_block(
     assert!(ua.len() >= pa.rows * d && uw.len() >= pw.rows * d);
     for r in 0..rows {
         let l = slabs.row(r);
-        assert!(l.start >= base && l.end - base <= dots.len() && (l.end - base) * 8 <= lanes.len());
+        assert!(l.end <= dots.len());
         assert!(
             idx[l].iter().all(|&i| (i as usize) < pa.rows),
             "gather_dot_block: index out of range"
         );
     }
+    // Each pair's 8 partial sums of its dot, carried across the tiles of a slab.
+    let mut lanes = scratch::take(8 * idx.len());
     let fma = has_fma();
     for k in 0..slabs.slabs {
         for r in 0..rows {
             let l = slabs.range(r, k);
-            lanes[(l.start - base) * 8..(l.end - base) * 8].fill(0.0);
+            lanes[l.start * 8..l.end * 8].fill(0.0);
         }
         for t in 0..tiles {
             #[cfg(target_arch = "x86_64")]
             if fma {
                 // SAFETY: the CPU has AVX2 and FMA; the bounds were checked above.
                 unsafe {
-                    avx2::gather_dot_tile(out, d, pa, pw, w0, idx, val, slabs, k, t, base, lanes)
+                    avx2::gather_dot_tile(out, d, pa, pw, w0, idx, val, slabs, k, t, &mut lanes)
                 };
                 continue;
             }
@@ -269,7 +269,7 @@ pub(crate) fn gather_dot_block(
                         for (a, xv) in o.iter_mut().zip(x) {
                             *a = val[e].mul_add(*xv, *a);
                         }
-                        let s = &mut lanes[(e - base) * 8..(e - base) * 8 + 8];
+                        let s = &mut lanes[e * 8..e * 8 + 8];
                         for (j, sj) in s.iter_mut().enumerate() {
                             for q in 0..4 {
                                 *sj = x[8 * q + j].mul_add(wv[8 * q + j], *sj);
@@ -283,7 +283,7 @@ pub(crate) fn gather_dot_block(
         for r in 0..rows {
             let wr = &uw[(w0 + r) * d + full..(w0 + r + 1) * d];
             for e in slabs.range(r, k) {
-                let s = &mut lanes[(e - base) * 8..(e - base) * 8 + 8];
+                let s = &mut lanes[e * 8..e * 8 + 8];
                 for wd in [4, 2, 1] {
                     for j in 0..wd {
                         s[j] += s[j + wd];
@@ -294,7 +294,7 @@ pub(crate) fn gather_dot_block(
                 for (xv, yv) in ua[a * d + full..(a + 1) * d].iter().zip(wr) {
                     sum = xv.mul_add(*yv, sum);
                 }
-                dots[e - base] = sum + add;
+                dots[e] = sum + add;
             }
         }
     }
@@ -388,7 +388,6 @@ mod avx2 {
         slabs: &Slabs,
         k: usize,
         t: usize,
-        base: usize,
         lanes: &mut [f32],
     ) {
         use super::HALF;
@@ -407,7 +406,7 @@ mod avx2 {
                 for e in pairs {
                     let x = blk.add(*ip.add(e) as usize * PACK + h);
                     let b = _mm256_set1_ps(*vp.add(e));
-                    let sp = lp.add((e - base) * 8);
+                    let sp = lp.add(e * 8);
                     let mut sv = _mm256_loadu_ps(sp);
                     for q in 0..4 {
                         let xq = _mm256_load_ps(x.add(8 * q));
@@ -490,10 +489,8 @@ mod tests {
             let (fused, dots) = both(|| {
                 let mut out = start.clone();
                 let mut dots = vec![0.0f32; idx.len()];
-                let mut lanes = vec![0.0f32; 8 * idx.len()];
                 gather_dot_block(
-                    &mut out, d, &p, &pa, 0, &idx, &val, &slabs, &w, &a, 0.5, &mut dots, 0,
-                    &mut lanes,
+                    &mut out, d, &p, &pa, 0, &idx, &val, &slabs, &w, &a, 0.5, &mut dots,
                 );
                 for q in 0..3 {
                     let l = slabs.row(q);
